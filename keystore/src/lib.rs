@@ -1,0 +1,31 @@
+//! The key-state model of gemini-proxy and the stores that hold it.
+//!
+//! This crate is the one contract between the operator and the proxies:
+//! - [`snapshot::GroupSnapshot`]: a group (upstream, keys with their secrets, rotation, access,
+//!   retries), published as a whole with a version;
+//! - [`state::KeyStatus`] and [`state::Transition`]: a key's cooldowns (per model or key-wide)
+//!   and retirement, changed atomically;
+//! - [`health::HealthReport`]: each proxy's view of its keys, with a time to live;
+//! - [`store::KeyStore`]: the interface, implemented by [`memory::MemoryStore`] (one process).
+//!
+//! A key is known everywhere by its [`secret::KeyId`]; its value is a [`secret::Secret`] that never
+//! prints itself.
+
+pub mod clock;
+pub mod health;
+pub mod memory;
+pub mod pacific;
+pub mod secret;
+pub mod snapshot;
+pub mod state;
+pub mod store;
+
+pub use health::{HealthReport, KeyHealth};
+pub use memory::MemoryStore;
+pub use secret::{KeyId, Secret, TokenDigest};
+pub use snapshot::{
+    AccessMode, AccessSpec, ClientEntry, GroupSnapshot, KeyEntry, RetrySpec, RotationStrategy,
+    UpstreamSpec,
+};
+pub use state::{Cooldown, CooldownReason, InvalidReason, KeyState, KeyStatus, Transition};
+pub use store::{BoxFuture, KeyStore, StoreError, StoreEvent};

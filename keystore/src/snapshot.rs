@@ -1,0 +1,200 @@
+//! A group as the proxies see it: upstream, keys (with their secrets), rotation, access, retries.
+//!
+//! The operator (from a `GeminiKeyGroup` and its Secrets) or a standalone proxy (from its YAML
+//! file) builds one, and a store publishes it. Proxies swap it in atomically.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::secret::{KeyId, Secret, TokenDigest};
+
+pub const DEFAULT_UPSTREAM: &str = "https://generativelanguage.googleapis.com";
+
+#[derive(Clone, Debug)]
+pub struct GroupSnapshot {
+    /// `namespace/name` in Kubernetes, the `name` of the group in a standalone config.
+    pub name: String,
+    /// Set by the store when it publishes; grows by one with every change.
+    pub version: u64,
+    pub upstream: UpstreamSpec,
+    pub keys: Vec<KeyEntry>,
+    pub rotation: RotationStrategy,
+    pub access: AccessSpec,
+    pub retry: RetrySpec,
+}
+
+#[derive(Clone, Debug)]
+pub struct UpstreamSpec {
+    pub url: String,
+    /// `http://`, `https://` or `socks5://` URL; may hold credentials, hence a secret.
+    pub egress_proxy: Option<Secret>,
+    /// Limit on the wait for the upstream's response headers (a stream may then run longer).
+    pub timeout_secs: u64,
+}
+
+impl Default for UpstreamSpec {
+    fn default() -> Self {
+        Self {
+            url: DEFAULT_UPSTREAM.to_owned(),
+            egress_proxy: None,
+            timeout_secs: 600,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct KeyEntry {
+    pub id: KeyId,
+    pub secret: Secret,
+    /// The Google Cloud project: keys of one project share its quota.
+    pub project: Option<String>,
+    pub weight: u32,
+    pub disabled: bool,
+    /// Where the key came from, for people: `groups[0].keys[1]`, `Secret team-a/gemini-keys#key-1`.
+    pub source: String,
+}
+
+impl KeyEntry {
+    pub fn new(secret: Secret, source: impl Into<String>) -> Self {
+        Self {
+            id: secret.key_id(),
+            secret,
+            project: None,
+            weight: 1,
+            disabled: false,
+            source: source.into(),
+        }
+    }
+
+    /// The quota scope of the key: its project, or the key alone when no project is named.
+    pub fn quota_scope(&self) -> &str {
+        self.project.as_deref().unwrap_or(self.id.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RotationStrategy {
+    #[default]
+    RoundRobin,
+    Weighted,
+    LeastLoaded,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccessMode {
+    #[default]
+    Token,
+    Open,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AccessSpec {
+    pub mode: AccessMode,
+    /// Digests of the client tokens that select this group, with the client's name.
+    pub clients: Vec<ClientEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientEntry {
+    pub name: String,
+    pub digest: TokenDigest,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetrySpec {
+    /// Upstream attempts per client request, the first included.
+    pub max_attempts: u32,
+}
+
+impl Default for RetrySpec {
+    fn default() -> Self {
+        Self { max_attempts: 3 }
+    }
+}
+
+impl GroupSnapshot {
+    /// A digest of everything but `version`: equal snapshots have equal fingerprints, so
+    /// publishing the same config twice changes nothing. Secrets enter only through their ids.
+    pub fn fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        let mut put = |s: &str| {
+            h.update((s.len() as u64).to_le_bytes());
+            h.update(s.as_bytes());
+        };
+        put(&self.name);
+        put(&self.upstream.url);
+        put(
+            &self
+                .upstream
+                .egress_proxy
+                .as_ref()
+                .map(|p| p.key_id().to_string())
+                .unwrap_or_default(),
+        );
+        put(&self.upstream.timeout_secs.to_string());
+        for k in &self.keys {
+            put(k.id.as_str());
+            put(k.project.as_deref().unwrap_or("\u{0}"));
+            put(&k.weight.to_string());
+            put(if k.disabled { "d" } else { "e" });
+            put(&k.source);
+        }
+        put(&format!("{:?}", self.rotation));
+        put(&format!("{:?}", self.access.mode));
+        for c in &self.access.clients {
+            put(&c.name);
+            put(c.digest.as_str());
+        }
+        put(&self.retry.max_attempts.to_string());
+        let digest = h.finalize();
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn key(&self, id: &KeyId) -> Option<&KeyEntry> {
+        self.keys.iter().find(|k| &k.id == id)
+    }
+
+    /// A small group for tests: open access, round robin, keys from their values.
+    pub fn for_test(name: &str, keys: &[&str]) -> Self {
+        Self {
+            name: name.to_owned(),
+            version: 0,
+            upstream: UpstreamSpec::default(),
+            keys: keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| KeyEntry::new(Secret::new(*k), format!("keys[{i}]")))
+                .collect(),
+            rotation: RotationStrategy::RoundRobin,
+            access: AccessSpec {
+                mode: AccessMode::Open,
+                clients: Vec::new(),
+            },
+            retry: RetrySpec::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_ignores_version_and_sees_key_changes() {
+        let a = GroupSnapshot::for_test("g", &["fake-1", "fake-2"]);
+        let mut b = a.clone();
+        b.version = 9;
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        let c = GroupSnapshot::for_test("g", &["fake-1", "fake-3"]);
+        assert_ne!(a.fingerprint(), c.fingerprint());
+        let mut d = a.clone();
+        d.keys[0].weight = 2;
+        assert_ne!(a.fingerprint(), d.fingerprint());
+    }
+
+    #[test]
+    fn debug_output_holds_no_key() {
+        let a = GroupSnapshot::for_test("g", &["fake-secret-value-1"]);
+        assert!(!format!("{a:?}").contains("fake-secret-value-1"));
+    }
+}

@@ -1,0 +1,85 @@
+//! The interface every store implements: the in-memory one here, Redis for many pods.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+
+use crate::health::HealthReport;
+use crate::secret::KeyId;
+use crate::snapshot::GroupSnapshot;
+use crate::state::{KeyStatus, Transition};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("unknown group {0}")]
+    UnknownGroup(String),
+}
+
+/// What a store tells its subscribers.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StoreEvent {
+    /// A group was published with a new version: reload it.
+    GroupChanged { name: String, version: u64 },
+    GroupRemoved { name: String },
+    /// Keys changed state; `origin` is the writer's id so a writer can skip its own echo.
+    KeysChanged {
+        group: String,
+        origin: String,
+        changes: Vec<(KeyId, KeyStatus)>,
+    },
+    /// Events may have been missed (a lagging subscriber, a dropped pub/sub link): reload all.
+    Resync,
+}
+
+/// The key-state store. None of these calls sit on a request's path: proxies read an in-memory
+/// snapshot and hand transitions to a background writer.
+pub trait KeyStore: Send + Sync + 'static {
+    /// Publishes a group. Publishing a snapshot equal to the current one (same fingerprint) is a
+    /// no-op. Returns the version now current.
+    fn publish_group(&self, snapshot: GroupSnapshot) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    fn remove_group<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Every group, at its current version.
+    fn groups(&self) -> BoxFuture<'_, Result<Vec<GroupSnapshot>, StoreError>>;
+
+    /// The stored state of the keys of a group that have any (others are Active).
+    fn key_statuses<'a>(
+        &'a self,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<HashMap<KeyId, KeyStatus>, StoreError>>;
+
+    /// Applies `transition` to each key atomically, publishes the change as `origin`, and
+    /// returns the resulting statuses of the keys that changed.
+    fn transition<'a>(
+        &'a self,
+        group: &'a str,
+        keys: &'a [KeyId],
+        transition: &'a Transition,
+        origin: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(KeyId, KeyStatus)>, StoreError>>;
+
+    /// Stores a proxy's health report; it disappears after `ttl` unless renewed.
+    fn report_health(
+        &self,
+        report: HealthReport,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// The unexpired reports of every proxy for a group.
+    fn health_reports<'a>(
+        &'a self,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<HealthReport>, StoreError>>;
+
+    fn subscribe(&self) -> broadcast::Receiver<StoreEvent>;
+}
