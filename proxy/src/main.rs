@@ -1,1 +1,129 @@
-fn main(){}
+//! `gemini-proxy`: the binary. Reads its configuration, then serves until SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, ValueEnum};
+use gemini_proxy::config::Settings;
+use gemini_proxy::server::{Proxy, serve, shutdown_signal};
+use keystore::MemoryStore;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "gemini-proxy",
+    version,
+    about = "Spreads Gemini API traffic over many API keys.",
+    after_help = "Quick start: GEMINI_API_KEYS=key1,key2 gemini-proxy\nWith a file:  gemini-proxy --config proxy.yaml"
+)]
+struct Cli {
+    /// YAML configuration file. Without it, keys come from GEMINI_API_KEYS (comma-separated).
+    #[arg(long, env = "GEMINI_PROXY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to serve on (overrides the file's `listen`); default 127.0.0.1:8080.
+    #[arg(long, env = "GEMINI_PROXY_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Log format.
+    #[arg(long, env = "GEMINI_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+    /// Worker threads (default: one per CPU).
+    #[arg(long, env = "GEMINI_PROXY_WORKER_THREADS")]
+    worker_threads: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match load(&cli) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("gemini-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let _log_guard = init_logging(cli.log_format);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(n) = cli.worker_threads {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = match rt.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gemini-proxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "gemini-proxy stopped");
+            eprintln!("gemini-proxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(cli: &Cli) -> Result<Settings, String> {
+    let mut settings = match (&cli.config, std::env::var("GEMINI_API_KEYS")) {
+        (Some(path), _) => Settings::from_file(path).map_err(|e| e.to_string())?,
+        (None, Ok(keys)) => Settings::quick_start(&keys).map_err(|e| e.to_string())?,
+        (None, Err(_)) => {
+            return Err("no configuration: run `GEMINI_API_KEYS=key1,key2 gemini-proxy` or `gemini-proxy --config proxy.yaml` (see --help)".into());
+        }
+    };
+    if let Some(listen) = cli.listen {
+        settings.listen = listen;
+    }
+    Ok(settings)
+}
+
+async fn run(settings: Settings) -> Result<(), String> {
+    let store = Arc::new(MemoryStore::new());
+    let proxy = Proxy::start(&settings, store)
+        .await
+        .map_err(|e| format!("cannot load groups: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+    let groups = proxy.app.registry.groups();
+    tracing::info!(
+        listen = %settings.listen,
+        groups = groups.pools().len(),
+        keys = groups.pools().iter().map(|p| p.members.len()).sum::<usize>(),
+        "gemini-proxy listening"
+    );
+    serve(listener, proxy.router(), shutdown_signal(), settings.shutdown_grace)
+        .await
+        .map_err(|e| format!("server error: {e}"))?;
+    tracing::info!("gemini-proxy stopped");
+    Ok(())
+}
+
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    use tracing_subscriber::EnvFilter;
+    let (writer, guard) = tracing_appender::non_blocking(std::io::BufWriter::with_capacity(
+        64 * 1024,
+        std::io::stdout(),
+    ));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Text => builder.with_ansi(false).init(),
+    }
+    guard
+}

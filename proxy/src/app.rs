@@ -1,0 +1,130 @@
+//! The HTTP application: probes, metrics, and everything else to the forwarder.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+
+use crate::forward;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::sync::Outbox;
+
+/// Everything a request handler needs.
+pub struct App {
+    pub registry: Arc<Registry>,
+    pub metrics: Metrics,
+    pub outbox: Outbox,
+    pub max_body_bytes: usize,
+    pub request_ids: RequestIds,
+}
+
+/// The router. No port is bound here, so tests drive it with `oneshot`.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(forward::handle)
+        .with_state(app)
+}
+
+/// Liveness: the process serves HTTP.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: groups loaded and at least one key that can serve.
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    let groups = app.registry.groups();
+    let mut usable_groups = 0;
+    let mut lines = Vec::new();
+    for pool in groups.pools() {
+        let usable = pool
+            .members
+            .iter()
+            .filter(|m| !m.disabled && !m.slot.is_retired())
+            .count();
+        if usable > 0 {
+            usable_groups += 1;
+        }
+        lines.push(format!(
+            "group {}: {usable} of {} keys usable",
+            pool.name(),
+            pool.members.len()
+        ));
+    }
+    let ready = groups.loaded && usable_groups > 0;
+    let head = if !groups.loaded {
+        "not ready: no group snapshot loaded yet".to_owned()
+    } else if ready {
+        "ready".to_owned()
+    } else {
+        "not ready: no group has a usable key".to_owned()
+    };
+    let mut body = head;
+    for l in lines {
+        body.push('\n');
+        body.push_str(&l);
+    }
+    body.push('\n');
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, body).into_response()
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let text = app
+        .metrics
+        .render(&app.registry.groups(), keystore::clock::now_ms());
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// Request ids: the client's `x-request-id` when it is sane, else a fresh one.
+pub struct RequestIds {
+    seed: u64,
+    next: AtomicU64,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        Self {
+            seed: RandomState::new().hash_one(std::process::id()),
+            next: AtomicU64::new(0),
+        }
+    }
+}
+
+impl RequestIds {
+    pub fn take(&self, headers: &HeaderMap) -> HeaderValue {
+        if let Some(v) = headers.get("x-request-id") {
+            let b = v.as_bytes();
+            if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
+                return v.clone();
+            }
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        // splitmix64: distinct, unpredictable-looking ids from a counter.
+        let mut z = self.seed.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        HeaderValue::from_str(&format!("{z:016x}")).unwrap_or(HeaderValue::from_static("0"))
+    }
+}

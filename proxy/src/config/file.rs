@@ -1,0 +1,100 @@
+//! The YAML file as written by people: every field, its default, and nothing else
+//! (`deny_unknown_fields` turns a typo into an error that names it).
+
+use std::path::PathBuf;
+
+use keystore::{AccessMode, RotationStrategy};
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FileConfig {
+    /// Address to serve on, `127.0.0.1:8080` by default.
+    pub listen: Option<String>,
+    #[serde(default)]
+    pub groups: Vec<GroupConfig>,
+    /// The group that serves requests without a token (it must be `Open`).
+    pub default_group: Option<String>,
+    /// Largest request body kept for retries; larger ones get 413. Default 32 MiB.
+    pub max_body_bytes: Option<u64>,
+    /// How long in-flight requests and streams may run on after SIGTERM. Default 30.
+    pub shutdown_grace_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GroupConfig {
+    pub name: String,
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+    #[serde(default)]
+    pub rotation: RotationConfig,
+    #[serde(default)]
+    pub access: AccessConfig,
+    #[serde(default)]
+    pub retry: RetryConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UpstreamConfig {
+    pub url: Option<String>,
+    /// `http://`, `https://` or `socks5://` proxy for this group's upstream traffic.
+    pub egress_proxy: Option<SecretRef>,
+    pub timeout_seconds: Option<u64>,
+}
+
+/// A key: exactly one of `value`, `env`, `file`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KeyConfig {
+    pub value: Option<String>,
+    pub env: Option<String>,
+    pub file: Option<PathBuf>,
+    pub project: Option<String>,
+    pub weight: Option<u32>,
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RotationConfig {
+    #[serde(default)]
+    pub strategy: RotationStrategy,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AccessConfig {
+    #[serde(default)]
+    pub mode: AccessMode,
+    #[serde(default)]
+    pub client_tokens: Vec<SecretRef>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RetryConfig {
+    /// Upstream attempts per request, the first included (default 3).
+    pub max_attempts: Option<u32>,
+}
+
+/// A secret written inline (`"sk-..."`) or as `{value|env|file}`, optionally with a `name`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum SecretRef {
+    Inline(String),
+    Source(SecretSource),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SecretSource {
+    pub name: Option<String>,
+    pub value: Option<String>,
+    pub env: Option<String>,
+    pub file: Option<PathBuf>,
+}

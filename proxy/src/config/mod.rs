@@ -1,0 +1,390 @@
+//! Configuration: the YAML file ([`file`]), the quick start from `GEMINI_API_KEYS`, and their
+//! resolution into [`Settings`]: secrets read, everything checked, errors naming the field.
+
+pub mod file;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use keystore::snapshot::DEFAULT_UPSTREAM;
+use keystore::{
+    AccessMode, AccessSpec, ClientEntry, GroupSnapshot, KeyEntry, RetrySpec, Secret, TokenDigest, UpstreamSpec,
+};
+
+use file::{FileConfig, GroupConfig, KeyConfig, SecretRef, SecretSource};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Everything the proxy needs, resolved and checked.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub groups: Vec<GroupSnapshot>,
+    pub default_group: Option<String>,
+    pub max_body_bytes: usize,
+    pub shutdown_grace: Duration,
+}
+
+/// A configuration error: where (file and field path) and what.
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}: {path}: {message}")]
+pub struct ConfigError {
+    pub origin: String,
+    pub path: String,
+    pub message: String,
+}
+
+impl Settings {
+    /// Reads and resolves a YAML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            origin: origin.clone(),
+            path: "(file)".into(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::from_yaml(&text, &origin, &Env::process())
+    }
+
+    /// Parses YAML text; `origin` names it in errors.
+    pub fn from_yaml(text: &str, origin: &str, env: &Env) -> Result<Self, ConfigError> {
+        let file: FileConfig = serde_saphyr::from_str(text).map_err(|e| ConfigError {
+            origin: origin.to_owned(),
+            path: "(yaml)".into(),
+            message: e.to_string(),
+        })?;
+        Resolver { origin, env }.settings(file)
+    }
+
+    /// The quick start: `GEMINI_API_KEYS=k1,k2,k3`, one Open group named `default`.
+    pub fn quick_start(keys_csv: &str) -> Result<Self, ConfigError> {
+        let err = |message: String| ConfigError {
+            origin: "GEMINI_API_KEYS".into(),
+            path: "keys".into(),
+            message,
+        };
+        let mut seen = HashMap::new();
+        let mut keys = Vec::new();
+        for (i, raw) in keys_csv.split(',').map(str::trim).enumerate() {
+            if raw.is_empty() {
+                continue;
+            }
+            let key = KeyEntry::new(Secret::new(raw), format!("GEMINI_API_KEYS[{i}]"));
+            if seen.insert(key.id.clone(), i).is_none() {
+                keys.push(key);
+            }
+        }
+        if keys.is_empty() {
+            return Err(err("no keys: set GEMINI_API_KEYS=key1,key2,...".into()));
+        }
+        let mut group = GroupSnapshot::for_test("default", &[]);
+        group.keys = keys;
+        Ok(Self {
+            listen: parse_listen(DEFAULT_LISTEN).map_err(err)?,
+            groups: vec![group],
+            default_group: Some("default".into()),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+        })
+    }
+}
+
+/// Where `env:` and `file:` references are read from (the process, or a map in tests).
+pub struct Env {
+    vars: Option<HashMap<String, String>>,
+}
+
+impl Env {
+    pub fn process() -> Self {
+        Self { vars: None }
+    }
+
+    pub fn for_test(vars: &[(&str, &str)]) -> Self {
+        Self {
+            vars: Some(
+                vars.iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
+        }
+    }
+
+    fn var(&self, name: &str) -> Option<String> {
+        match &self.vars {
+            Some(map) => map.get(name).cloned(),
+            None => std::env::var(name).ok(),
+        }
+    }
+}
+
+struct Resolver<'a> {
+    origin: &'a str,
+    env: &'a Env,
+}
+
+impl Resolver<'_> {
+    fn err(&self, path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            origin: self.origin.to_owned(),
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    fn settings(&self, file: FileConfig) -> Result<Settings, ConfigError> {
+        let listen = parse_listen(file.listen.as_deref().unwrap_or(DEFAULT_LISTEN))
+            .map_err(|m| self.err("listen", m))?;
+        let mut groups = Vec::with_capacity(file.groups.len());
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut tokens: HashMap<TokenDigest, String> = HashMap::new();
+        for (gi, g) in file.groups.into_iter().enumerate() {
+            let path = format!("groups[{gi}]");
+            if let Some(prev) = names.insert(g.name.clone(), gi) {
+                return Err(self.err(
+                    format!("{path}.name"),
+                    format!("group {:?} is also groups[{prev}]", g.name),
+                ));
+            }
+            let group = self.group(&path, g)?;
+            for (ci, c) in group.access.clients.iter().enumerate() {
+                let here = format!("{path}.access.clientTokens[{ci}]");
+                if let Some(other) = tokens.insert(c.digest.clone(), here.clone()) {
+                    return Err(self.err(
+                        here,
+                        format!("the same client token is also {other}: a token selects one group"),
+                    ));
+                }
+            }
+            groups.push(group);
+        }
+        if let Some(d) = &file.default_group {
+            match groups.iter().find(|g| &g.name == d) {
+                None => return Err(self.err("defaultGroup", format!("no group named {d:?}"))),
+                Some(g) if g.access.mode != AccessMode::Open => {
+                    return Err(self.err(
+                        "defaultGroup",
+                        format!("group {d:?} must have access.mode Open to serve requests without a token"),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        let max_body_bytes = match file.max_body_bytes {
+            Some(0) => return Err(self.err("maxBodyBytes", "must be at least 1")),
+            Some(n) => usize::try_from(n).map_err(|_| self.err("maxBodyBytes", "too large"))?,
+            None => DEFAULT_MAX_BODY_BYTES,
+        };
+        Ok(Settings {
+            listen,
+            groups,
+            default_group: file.default_group,
+            max_body_bytes,
+            shutdown_grace: file
+                .shutdown_grace_seconds
+                .map(Duration::from_secs)
+                .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+        })
+    }
+
+    fn group(&self, path: &str, g: GroupConfig) -> Result<GroupSnapshot, ConfigError> {
+        if g.name.trim().is_empty() {
+            return Err(self.err(format!("{path}.name"), "must not be empty"));
+        }
+        let url = g.upstream.url.as_deref().unwrap_or(DEFAULT_UPSTREAM);
+        check_upstream_url(url).map_err(|m| self.err(format!("{path}.upstream.url"), m))?;
+        let egress_proxy = match &g.upstream.egress_proxy {
+            None => None,
+            Some(r) => {
+                let p = format!("{path}.upstream.egressProxy");
+                let (_, secret) = self.secret(&p, r)?;
+                check_egress_url(secret.expose()).map_err(|m| self.err(&p, m))?;
+                Some(secret)
+            }
+        };
+        let timeout_secs = match g.upstream.timeout_seconds {
+            Some(0) => {
+                return Err(self.err(
+                    format!("{path}.upstream.timeoutSeconds"),
+                    "must be at least 1",
+                ));
+            }
+            Some(n) => n,
+            None => 600,
+        };
+        if g.keys.is_empty() {
+            return Err(self.err(format!("{path}.keys"), "a group needs at least one key"));
+        }
+        let mut keys: Vec<KeyEntry> = Vec::with_capacity(g.keys.len());
+        for (ki, k) in g.keys.iter().enumerate() {
+            let kp = format!("{path}.keys[{ki}]");
+            let key = self.key(&kp, k)?;
+            if let Some(j) = keys.iter().position(|x| x.id == key.id) {
+                return Err(self.err(kp, format!("the same key as {path}.keys[{j}] ({})", key.id)));
+            }
+            keys.push(key);
+        }
+        let mut clients = Vec::new();
+        for (ci, t) in g.access.client_tokens.iter().enumerate() {
+            let tp = format!("{path}.access.clientTokens[{ci}]");
+            let (name, secret) = self.secret(&tp, t)?;
+            let digest = TokenDigest::of(secret.expose());
+            clients.push(ClientEntry {
+                name: name.unwrap_or_else(|| format!("client-{}", digest.short())),
+                digest,
+            });
+        }
+        match g.access.mode {
+            AccessMode::Token if clients.is_empty() => {
+                return Err(self.err(
+                    format!("{path}.access.clientTokens"),
+                    "Token mode (the default) needs at least one client token; set access.mode: Open to serve anyone who can reach the proxy",
+                ));
+            }
+            AccessMode::Open if !clients.is_empty() => {
+                return Err(self.err(
+                    format!("{path}.access.clientTokens"),
+                    "Open mode takes no client tokens (use mode: Token)",
+                ));
+            }
+            _ => {}
+        }
+        let max_attempts = match g.retry.max_attempts {
+            Some(0) => {
+                return Err(self.err(format!("{path}.retry.maxAttempts"), "must be at least 1"));
+            }
+            Some(n) => n.min(100),
+            None => RetrySpec::default().max_attempts,
+        };
+        Ok(GroupSnapshot {
+            name: g.name,
+            version: 0,
+            upstream: UpstreamSpec {
+                url: url.trim_end_matches('/').to_owned(),
+                egress_proxy,
+                timeout_secs,
+            },
+            keys,
+            rotation: g.rotation.strategy,
+            access: AccessSpec {
+                mode: g.access.mode,
+                clients,
+            },
+            retry: RetrySpec { max_attempts },
+        })
+    }
+
+    fn key(&self, path: &str, k: &KeyConfig) -> Result<KeyEntry, ConfigError> {
+        let source = SecretSource {
+            name: None,
+            value: k.value.clone(),
+            env: k.env.clone(),
+            file: k.file.clone(),
+        };
+        let secret = self.source(path, &source)?;
+        if let Some(0) = k.weight {
+            return Err(self.err(format!("{path}.weight"), "must be at least 1"));
+        }
+        let mut entry = KeyEntry::new(secret, path);
+        entry.project = k.project.clone().filter(|p| !p.trim().is_empty());
+        entry.weight = k.weight.unwrap_or(1);
+        entry.disabled = k.disabled;
+        Ok(entry)
+    }
+
+    fn secret(
+        &self,
+        path: &str,
+        r: &SecretRef,
+    ) -> Result<(Option<String>, Secret), ConfigError> {
+        match r {
+            SecretRef::Inline(v) => Ok((None, self.nonempty(path, v, "the value")?)),
+            SecretRef::Source(s) => Ok((s.name.clone(), self.source(path, s)?)),
+        }
+    }
+
+    fn source(&self, path: &str, s: &SecretSource) -> Result<Secret, ConfigError> {
+        match (&s.value, &s.env, &s.file) {
+            (Some(v), None, None) => self.nonempty(&format!("{path}.value"), v, "the value"),
+            (None, Some(name), None) => match self.env.var(name) {
+                Some(v) => self.nonempty(
+                    &format!("{path}.env"),
+                    &v,
+                    &format!("environment variable {name}"),
+                ),
+                None => Err(self.err(
+                    format!("{path}.env"),
+                    format!("environment variable {name} is not set"),
+                )),
+            },
+            (None, None, Some(file)) => match std::fs::read_to_string(file) {
+                Ok(v) => self.nonempty(
+                    &format!("{path}.file"),
+                    &v,
+                    &format!("file {}", file.display()),
+                ),
+                Err(e) => Err(self.err(
+                    format!("{path}.file"),
+                    format!("cannot read {}: {e}", file.display()),
+                )),
+            },
+            _ => Err(self.err(path, "give exactly one of value, env, file")),
+        }
+    }
+
+    fn nonempty(&self, path: &str, v: &str, what: &str) -> Result<Secret, ConfigError> {
+        let v = v.trim();
+        if v.is_empty() {
+            return Err(self.err(path, format!("{what} is empty")));
+        }
+        if v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(self.err(path, format!("{what} holds whitespace inside the secret")));
+        }
+        Ok(Secret::new(v))
+    }
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not an address like 127.0.0.1:8080 or [::]:8080"))
+}
+
+fn check_upstream_url(s: &str) -> Result<(), String> {
+    let url = url::Url::parse(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("{s:?}: the scheme must be http or https"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{s:?} has no host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("{s:?}: no query or fragment allowed"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "{s:?}: no credentials in the upstream URL; keys are added per request"
+        ));
+    }
+    Ok(())
+}
+
+fn check_egress_url(s: &str) -> Result<(), String> {
+    // Never echo the URL: it may carry a password.
+    let url = url::Url::parse(s).map_err(|e| format!("not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https" | "socks5" | "socks5h") {
+        return Err(format!(
+            "scheme {:?}: must be http, https, socks5 or socks5h",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("no host".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,176 @@
+use super::*;
+
+fn parse(yaml: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+    Settings::from_yaml(yaml, "proxy.yaml", &Env::for_test(env))
+}
+
+fn err(yaml: &str) -> String {
+    match parse(yaml, &[]) {
+        Ok(_) => panic!("expected an error for:\n{yaml}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+const FULL: &str = r#"
+listen: "127.0.0.1:9090"
+groups:
+  - name: default
+    upstream:
+      url: "https://generativelanguage.googleapis.com"
+      egressProxy: "socks5://127.0.0.1:1080"
+      timeoutSeconds: 30
+    keys:
+      - value: "fake-inline"
+      - env: GEMINI_KEY_2
+        project: my-gcp-project
+        weight: 2
+    rotation: {strategy: LeastLoaded}
+    access:
+      mode: Token
+      clientTokens: ["sk-one", {name: bob, env: BOB_TOKEN}]
+    retry: {maxAttempts: 5}
+  - name: open
+    keys: [{value: fake-other}]
+    access: {mode: Open}
+defaultGroup: open
+"#;
+
+#[test]
+fn full_file_resolves() {
+    let s = parse(FULL, &[("GEMINI_KEY_2", "fake-from-env\n"), ("BOB_TOKEN", "sk-bob")]).unwrap();
+    assert_eq!(s.listen.to_string(), "127.0.0.1:9090");
+    assert_eq!(s.groups.len(), 2);
+    let g = &s.groups[0];
+    assert_eq!(g.keys.len(), 2);
+    assert_eq!(g.keys[1].secret.expose(), "fake-from-env");
+    assert_eq!(g.keys[1].project.as_deref(), Some("my-gcp-project"));
+    assert_eq!(g.keys[1].weight, 2);
+    assert_eq!(g.keys[1].source, "groups[0].keys[1]");
+    assert_eq!(g.rotation, keystore::RotationStrategy::LeastLoaded);
+    assert_eq!(g.retry.max_attempts, 5);
+    assert_eq!(g.upstream.timeout_secs, 30);
+    assert_eq!(
+        g.upstream.egress_proxy.as_ref().map(Secret::expose),
+        Some("socks5://127.0.0.1:1080")
+    );
+    assert_eq!(g.access.clients.len(), 2);
+    assert_eq!(g.access.clients[1].name, "bob");
+    assert_eq!(g.access.clients[1].digest, TokenDigest::of("sk-bob"));
+    assert_eq!(s.groups[1].access.mode, AccessMode::Open);
+    assert_eq!(s.default_group.as_deref(), Some("open"));
+    assert_eq!(s.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+}
+
+#[test]
+fn keys_from_files_are_trimmed() {
+    let dir = std::env::temp_dir().join(format!("gp-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("key3");
+    std::fs::write(&f, "fake-from-file\n").unwrap();
+    let yaml = format!(
+        "groups: [{{name: g, access: {{mode: Open}}, keys: [{{file: {}}}]}}]",
+        f.display()
+    );
+    let s = parse(&yaml, &[]).unwrap();
+    assert_eq!(s.groups[0].keys[0].secret.expose(), "fake-from-file");
+}
+
+#[test]
+fn unknown_field_is_named() {
+    let e = err("groups:\n  - name: g\n    keyz: []\n");
+    assert!(e.contains("proxy.yaml"), "{e}");
+    assert!(e.contains("keyz"), "{e}");
+    assert!(e.contains("line 3") || e.contains(":3:"), "{e}");
+}
+
+#[test]
+fn group_without_keys() {
+    let e = err("groups: [{name: g, access: {mode: Open}}]");
+    assert_eq!(e, "proxy.yaml: groups[0].keys: a group needs at least one key");
+}
+
+#[test]
+fn bad_upstream_url() {
+    let e = err("groups: [{name: g, upstream: {url: 'ftp://x'}, access: {mode: Open}, keys: [{value: a}]}]");
+    assert!(e.starts_with("proxy.yaml: groups[0].upstream.url: "), "{e}");
+    assert!(e.contains("http or https"), "{e}");
+    let e = err("groups: [{name: g, upstream: {url: 'not a url'}, access: {mode: Open}, keys: [{value: a}]}]");
+    assert!(e.contains("is not a URL"), "{e}");
+}
+
+#[test]
+fn bad_egress_proxy_does_not_echo_credentials() {
+    let e = err("groups: [{name: g, upstream: {egressProxy: 'ftp://user:hunter2@h'}, access: {mode: Open}, keys: [{value: a}]}]");
+    assert!(e.contains("groups[0].upstream.egressProxy"), "{e}");
+    assert!(!e.contains("hunter2"), "{e}");
+}
+
+#[test]
+fn missing_env_var_and_file() {
+    let e = err("groups: [{name: g, access: {mode: Open}, keys: [{value: a}, {env: NOPE_NOT_SET}]}]");
+    assert_eq!(
+        e,
+        "proxy.yaml: groups[0].keys[1].env: environment variable NOPE_NOT_SET is not set"
+    );
+    let e = err("groups: [{name: g, access: {mode: Open}, keys: [{file: /nonexistent/key}]}]");
+    assert!(e.starts_with("proxy.yaml: groups[0].keys[0].file: cannot read /nonexistent/key"), "{e}");
+}
+
+#[test]
+fn key_needs_exactly_one_source() {
+    let e = err("groups: [{name: g, access: {mode: Open}, keys: [{value: a, env: B}]}]");
+    assert_eq!(e, "proxy.yaml: groups[0].keys[0]: give exactly one of value, env, file");
+    let e = err("groups: [{name: g, access: {mode: Open}, keys: [{project: p}]}]");
+    assert!(e.contains("exactly one"), "{e}");
+}
+
+#[test]
+fn one_token_in_two_groups() {
+    let e = err(
+        "groups:\n  - {name: a, keys: [{value: k1}], access: {clientTokens: [t]}}\n  - {name: b, keys: [{value: k2}], access: {clientTokens: [t]}}\n",
+    );
+    assert!(e.starts_with("proxy.yaml: groups[1].access.clientTokens[0]: the same client token is also groups[0].access.clientTokens[0]"), "{e}");
+}
+
+#[test]
+fn access_rules() {
+    let e = err("groups: [{name: g, keys: [{value: a}]}]");
+    assert!(e.contains("groups[0].access.clientTokens: Token mode"), "{e}");
+    let e = err("groups: [{name: g, keys: [{value: a}], access: {mode: Open, clientTokens: [t]}}]");
+    assert!(e.contains("Open mode takes no client tokens"), "{e}");
+    let e = err("groups: [{name: g, keys: [{value: a}], access: {mode: Sometimes}}]");
+    assert!(e.contains("Sometimes"), "{e}");
+    let e = err("defaultGroup: g\ngroups: [{name: g, keys: [{value: a}], access: {clientTokens: [t]}}]");
+    assert!(e.contains("defaultGroup: group \"g\" must have access.mode Open"), "{e}");
+}
+
+#[test]
+fn duplicates_and_bounds() {
+    let e = err("groups: [{name: g, access: {mode: Open}, keys: [{value: a}, {value: a}]}]");
+    assert!(e.starts_with("proxy.yaml: groups[0].keys[1]: the same key as groups[0].keys[0] (k-"), "{e}");
+    assert!(!e.contains(": a "), "{e}");
+    let e = err("groups: [{name: g, access: {mode: Open}, keys: [{value: a, weight: 0}]}]");
+    assert_eq!(e, "proxy.yaml: groups[0].keys[0].weight: must be at least 1");
+    let e = err("groups: [{name: g, access: {mode: Open}, keys: [{value: a}]}, {name: g, access: {mode: Open}, keys: [{value: b}]}]");
+    assert!(e.contains("groups[1].name: group \"g\" is also groups[0]"), "{e}");
+    let e = err("listen: nowhere\ngroups: []");
+    assert!(e.starts_with("proxy.yaml: listen: "), "{e}");
+}
+
+#[test]
+fn quick_start_dedupes_and_opens() {
+    let s = Settings::quick_start(" k1, k2,,k1 ").unwrap();
+    assert_eq!(s.groups.len(), 1);
+    assert_eq!(s.groups[0].keys.len(), 2);
+    assert_eq!(s.groups[0].access.mode, AccessMode::Open);
+    assert_eq!(s.default_group.as_deref(), Some("default"));
+    assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
+    assert!(Settings::quick_start(" , ").is_err());
+}
+
+#[test]
+fn errors_never_hold_key_values() {
+    // A key that contains whitespace is rejected without echoing it.
+    let e = err("groups: [{name: g, access: {mode: Open}, keys: [{value: 'fake secret'}]}]");
+    assert!(!e.contains("fake secret"), "{e}");
+}

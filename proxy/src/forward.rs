@@ -1,0 +1,433 @@
+//! The request path: client in, key chosen, upstream attempts with retries, answer streamed out.
+//!
+//! Nothing here awaits the store: the group comes from an atomically swapped snapshot, key
+//! transitions are applied locally and handed to the outbox.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, Version, header};
+use http_body::Frame;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use keystore::clock::now_ms;
+use keystore::{KeyId, Transition};
+
+use crate::app::App;
+use crate::auth;
+use crate::classify::{self, QuotaWindow, Verdict};
+use crate::envelope::{self, retry_after_secs};
+use crate::pool::{InFlight, Pick, Pool};
+use crate::routes::{self, Api, ModelOf};
+use crate::sync::Pending;
+use crate::upstream::UpstreamError;
+
+/// Error bodies are read whole to classify them; they are small, this is a safety cap.
+const MAX_ERROR_BODY: usize = 1 << 20;
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// What the access log and metrics need to know about a request.
+struct Trace {
+    api: Api,
+    route: &'static str,
+    pool: Option<Arc<Pool>>,
+    client: Option<Arc<str>>,
+    key: Option<KeyId>,
+    attempts: u32,
+    /// Time spent waiting on the upstream and in backoffs: not the proxy's own latency.
+    waited: Duration,
+}
+
+pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
+    let started = Instant::now();
+    let request_id = app.request_ids.take(req.headers());
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let mut trace = Trace {
+        api: Api::Native,
+        route: "unknown",
+        pool: None,
+        client: None,
+        key: None,
+        attempts: 0,
+        waited: Duration::ZERO,
+    };
+    let mut res = forward(&app, req, &mut trace).await;
+    let status = res.status().as_u16();
+    let group = trace.pool.as_ref().map(|p| p.name()).unwrap_or("");
+    app.metrics
+        .requests
+        .with_label_values(&[group, trace.route, crate::metrics::status_class(status)])
+        .inc();
+    let elapsed = started.elapsed();
+    if trace.attempts > 0 {
+        app.metrics
+            .added_seconds
+            .observe(elapsed.saturating_sub(trace.waited).as_secs_f64());
+    }
+    tracing::info!(
+        target: "gemini_proxy::access",
+        request_id = request_id.to_str().unwrap_or(""),
+        method = %method,
+        path = %path,
+        api = trace.api.as_str(),
+        route = trace.route,
+        group,
+        client = trace.client.as_deref().unwrap_or(""),
+        status,
+        key_id = trace.key.as_ref().map(KeyId::as_str).unwrap_or(""),
+        attempts = trace.attempts,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        "request"
+    );
+    res.headers_mut().insert("x-request-id", request_id);
+    res
+}
+
+async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
+    let (parts, body) = req.into_parts();
+    let cred = auth::credential(&parts.headers, parts.uri.query());
+    let Some(route) = routes::route(&parts.method, parts.uri.path(), cred.bearer_only) else {
+        return envelope::error(
+            Api::Native,
+            StatusCode::NOT_FOUND,
+            &format!(
+                "no route for {}: Gemini's native API is under /v1/, /v1beta/, /upload/ and /download/; the OpenAI-compatible API under /v1beta/openai/ (or /v1/chat/completions, /v1/embeddings, /v1/models)",
+                parts.uri.path()
+            ),
+            None,
+        );
+    };
+    let api = route.api;
+    trace.api = api;
+    trace.route = route.operation;
+    let Some(client) = app.registry.resolve(cred.token.as_deref()) else {
+        let message = if cred.token.is_some() {
+            "the client token is not valid for this proxy"
+        } else {
+            "no client token: send it as Authorization: Bearer, x-goog-api-key or ?key="
+        };
+        return envelope::error(api, StatusCode::UNAUTHORIZED, message, None);
+    };
+    let pool = client.pool;
+    trace.pool = Some(pool.clone());
+    trace.client = client.name;
+
+    let limit = app.max_body_bytes;
+    let too_large = || {
+        envelope::error(
+            api,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the request body is larger than this proxy's limit of {limit} bytes"),
+            None,
+        )
+    };
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return too_large();
+    }
+    let body: Bytes = match Limited::new(body, limit).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(),
+        Err(_) => {
+            return envelope::error(
+                api,
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+                None,
+            );
+        }
+    };
+
+    let query = auth::strip_key_from_query(parts.uri.query());
+    let Ok(uri) = pool.upstream.uri(&route.upstream_path, query.as_deref()) else {
+        return envelope::error(api, StatusCode::BAD_REQUEST, "the request path is not valid", None);
+    };
+    let headers = auth::upstream_headers(&parts.headers);
+    let model = ModelOf::new(api, &route.upstream_path, &body);
+    let group = pool.name();
+    let max_attempts = pool.snapshot.retry.max_attempts.max(1);
+
+    let mut tried: Vec<usize> = Vec::with_capacity(max_attempts as usize);
+    let mut last: Option<(http::response::Parts, Bytes)> = None;
+    let mut last_error: Option<UpstreamError> = None;
+    let mut retry_reason = "";
+    let mut deadline_retries = 0u32;
+    let mut backoffs = 0u32;
+    loop {
+        let now = now_ms();
+        let i = match pool.pick(&model, &tried, now) {
+            Pick::Key(i) => i,
+            Pick::Cooling(until) => {
+                let secs = retry_after_secs(until, now);
+                return match last {
+                    Some((head, bytes)) => with_retry_after(buffered(head, bytes), secs),
+                    None => envelope::error(
+                        api,
+                        StatusCode::TOO_MANY_REQUESTS,
+                        &format!("every key of group {group} is rate limited; the first is free again in {secs} s"),
+                        Some(secs),
+                    ),
+                };
+            }
+            Pick::Tried | Pick::NoKeys => break,
+        };
+        if !tried.is_empty() {
+            app.metrics.retries.with_label_values(&[group, retry_reason]).inc();
+        }
+        tried.push(i);
+        trace.attempts += 1;
+        let member = &pool.members[i];
+        let slot = &member.slot;
+        trace.key = Some(slot.id.clone());
+
+        let mut up = http::Request::new(body.clone());
+        *up.method_mut() = parts.method.clone();
+        *up.uri_mut() = uri.clone();
+        *up.headers_mut() = headers.clone();
+        match api {
+            Api::Native => up.headers_mut().insert("x-goog-api-key", slot.native_auth.clone()),
+            Api::OpenAi => up.headers_mut().insert(header::AUTHORIZATION, slot.bearer_auth.clone()),
+        };
+        let in_flight = slot.start();
+        let sent = Instant::now();
+        let result = pool.upstream.send(up).await;
+        let took = sent.elapsed();
+        trace.waited += took;
+        app.metrics
+            .upstream_seconds
+            .with_label_values(&[group])
+            .observe(took.as_secs_f64());
+
+        let res = match result {
+            Ok(res) => res,
+            Err(e) => {
+                slot.record_failure(e.kind());
+                tracing::warn!(group, key_id = %slot.id, error = %e, "upstream attempt failed");
+                retry_reason = e.kind();
+                last_error = Some(e);
+                if trace.attempts >= max_attempts {
+                    break;
+                }
+                continue;
+            }
+        };
+        let status = res.status();
+        if status.as_u16() < 400 {
+            slot.record_success();
+            return deliver(res, in_flight);
+        }
+        let (head, stream) = res.into_parts();
+        let bytes = match Limited::new(stream, MAX_ERROR_BODY).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(_) => {
+                slot.record_failure("network");
+                retry_reason = "network";
+                last_error = Some(UpstreamError::Other("error body cut off".into()));
+                if trace.attempts >= max_attempts {
+                    break;
+                }
+                continue;
+            }
+        };
+        trace.waited += sent.elapsed().saturating_sub(took);
+        drop(in_flight);
+        match classify::classify(status, &bytes) {
+            Verdict::Deliver | Verdict::PassThrough => {
+                slot.record_success();
+                return buffered(head, bytes);
+            }
+            Verdict::RateLimited(limit) => {
+                let bare = limit.window == QuotaWindow::Unknown && limit.retry_delay.is_none();
+                let before = slot.record_rate_limit("429 RESOURCE_EXHAUSTED", bare);
+                let cooldown = classify::cooldown_for(&limit, now_ms(), before);
+                // A quota is the project's: every key of it is spent. A bare 429 may be
+                // anything, so only this key waits.
+                let targets = if limit.window == QuotaWindow::Unknown {
+                    vec![i]
+                } else {
+                    pool.same_quota(i)
+                };
+                app.metrics
+                    .cooldowns
+                    .with_label_values(&[group, cooldown.reason.as_str()])
+                    .inc();
+                tracing::info!(
+                    target: "gemini_proxy::audit",
+                    event = "key_cooled",
+                    group,
+                    key_id = %slot.id,
+                    keys = targets.len(),
+                    reason = cooldown.reason.as_str(),
+                    model = cooldown.model.as_deref().unwrap_or(""),
+                    until_ms = cooldown.until_ms,
+                    "key cooling down"
+                );
+                transition(app, &pool, &targets, Transition::Cool(cooldown));
+                retry_reason = "rate_limited";
+            }
+            Verdict::KeyInvalid(reason) => {
+                slot.record_failure(reason.as_str());
+                app.metrics
+                    .retirements
+                    .with_label_values(&[group, reason.as_str()])
+                    .inc();
+                tracing::warn!(
+                    target: "gemini_proxy::audit",
+                    event = "key_retired",
+                    group,
+                    key_id = %slot.id,
+                    source = %member.source,
+                    reason = reason.as_str(),
+                    "key retired"
+                );
+                transition(app, &pool, &[i], Transition::Retire { reason });
+                retry_reason = "key_invalid";
+            }
+            Verdict::ServerError => {
+                retry_reason = "server_error";
+                if trace.attempts < max_attempts {
+                    let wait = (BACKOFF_BASE * 2u32.saturating_pow(backoffs)).min(BACKOFF_MAX);
+                    backoffs += 1;
+                    tokio::time::sleep(wait).await;
+                    trace.waited += wait;
+                }
+            }
+            Verdict::Deadline => {
+                if deadline_retries >= 1 {
+                    return buffered(head, bytes);
+                }
+                deadline_retries += 1;
+                retry_reason = "deadline";
+            }
+        }
+        last = Some((head, bytes));
+        if trace.attempts >= max_attempts {
+            break;
+        }
+    }
+
+    // Out of attempts, or every key was tried.
+    if let Some((head, bytes)) = last {
+        let now = now_ms();
+        let reset = (head.status == StatusCode::TOO_MANY_REQUESTS)
+            .then(|| pool.earliest_reset(&model, now))
+            .flatten();
+        let res = buffered(head, bytes);
+        return match reset {
+            Some(until) => with_retry_after(res, retry_after_secs(until, now)),
+            None => res,
+        };
+    }
+    match last_error {
+        Some(UpstreamError::Timeout(t)) => envelope::error(
+            api,
+            StatusCode::GATEWAY_TIMEOUT,
+            &format!("the upstream sent no answer within {} s", t.as_secs()),
+            None,
+        ),
+        Some(e) => envelope::error(
+            api,
+            StatusCode::BAD_GATEWAY,
+            &format!("the upstream could not be reached: {}", e.kind()),
+            None,
+        ),
+        None => envelope::error(
+            api,
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("group {group} has no usable key: every key is invalid or disabled"),
+            None,
+        ),
+    }
+}
+
+/// Applies a transition to members of `pool` now, and queues it for the store.
+fn transition(app: &App, pool: &Pool, members: &[usize], t: Transition) {
+    let now = now_ms();
+    let mut keys = Vec::with_capacity(members.len());
+    for &j in members {
+        let slot = &pool.members[j].slot;
+        slot.apply(&t, now);
+        keys.push(slot.id.clone());
+    }
+    app.outbox.send(Pending {
+        group: pool.name().to_owned(),
+        keys,
+        transition: t,
+    });
+}
+
+fn clean_head(head: &mut http::response::Parts) {
+    head.version = Version::HTTP_11;
+    let drop: Vec<_> = head
+        .headers
+        .keys()
+        .filter(|n| auth::dropped_response_header(n))
+        .cloned()
+        .collect();
+    for name in drop {
+        head.headers.remove(name);
+    }
+}
+
+/// A success: the body streams through as it arrives; the key counts as in flight until the
+/// body ends.
+fn deliver(res: http::Response<Body>, in_flight: InFlight) -> Response {
+    let (mut head, body) = res.into_parts();
+    clean_head(&mut head);
+    Response::from_parts(
+        head,
+        Body::new(Tracked {
+            inner: body,
+            _in_flight: in_flight,
+        }),
+    )
+}
+
+/// An upstream answer that was read whole (an error), passed on unchanged.
+fn buffered(mut head: http::response::Parts, bytes: Bytes) -> Response {
+    clean_head(&mut head);
+    Response::from_parts(head, Body::from(bytes))
+}
+
+fn with_retry_after(mut res: Response, secs: u64) -> Response {
+    res.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    res
+}
+
+/// A response body that holds the key's in-flight guard until it ends or is dropped.
+struct Tracked {
+    inner: Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

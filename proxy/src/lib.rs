@@ -1,0 +1,28 @@
+//! gemini-proxy: spreads Gemini API traffic over many API keys.
+//!
+//! The layers of a request, outside in:
+//! - [`app`]: the axum router (probes, metrics, the fallback to the forwarder);
+//! - [`routes`] and [`auth`]: which API a path speaks, the client's token, what goes upstream;
+//! - [`registry`]: token to group, from an atomically swapped snapshot;
+//! - [`pool`]: key choice per rotation strategy, per-key state and health;
+//! - [`forward`]: attempts, retries, [`classify`] of upstream answers, streaming out;
+//! - [`upstream`]: pooled HTTP/1.1 + HTTP/2 client, egress proxies;
+//! - [`sync`]: the store, off the request path.
+
+pub mod app;
+pub mod auth;
+pub mod classify;
+pub mod config;
+pub mod envelope;
+pub mod forward;
+pub mod metrics;
+pub mod pool;
+pub mod registry;
+pub mod routes;
+pub mod server;
+pub mod sync;
+pub mod upstream;
+
+pub use app::{App, router};
+pub use config::Settings;
+pub use server::{Proxy, serve};

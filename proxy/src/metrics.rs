@@ -1,0 +1,161 @@
+//! Prometheus metrics. Labels carry group names, routes, reasons and key ids, never keys.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, GaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::registry::Groups;
+
+pub struct Metrics {
+    registry: Registry,
+    /// Client requests by group, route (operation) and status class.
+    pub requests: IntCounterVec,
+    /// Time to the upstream's response headers, per attempt.
+    pub upstream_seconds: HistogramVec,
+    /// Time the proxy adds to a request: everything but waiting on the upstream and backoffs.
+    pub added_seconds: Histogram,
+    /// Attempts after the first, by the reason of the retry.
+    pub retries: IntCounterVec,
+    /// Cooldowns started, by reason (PerMinuteQuota, PerDayQuota, RateLimited).
+    pub cooldowns: IntCounterVec,
+    /// Keys retired, by reason.
+    pub retirements: IntCounterVec,
+    /// 1 for the state each key is in (Active, CoolingDown, Invalid, Disabled).
+    key_state: IntGaugeVec,
+    /// Health score of each key, 0 to 1.
+    key_health: GaugeVec,
+    /// Requests in flight on each key.
+    key_in_flight: IntGaugeVec,
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    // Metric definitions are constants: a failure here is a programming error caught by tests.
+    r.unwrap_or_else(|e| panic!("metric definition: {e}"))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("gemini_proxy".into()), None).unwrap_or_default();
+        let requests = must(IntCounterVec::new(
+            Opts::new("requests_total", "Client requests by group, route and status class"),
+            &["group", "route", "status"],
+        ));
+        let upstream_seconds = must(HistogramVec::new(
+            HistogramOpts::new(
+                "upstream_duration_seconds",
+                "Time to the upstream's response headers, per attempt",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+                300.0,
+            ]),
+            &["group"],
+        ));
+        let added_seconds = must(Histogram::with_opts(
+            HistogramOpts::new(
+                "added_latency_seconds",
+                "Latency the proxy adds to a request (excluding upstream time and backoffs)",
+            )
+            .buckets(vec![
+                0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+            ]),
+        ));
+        let retries = must(IntCounterVec::new(
+            Opts::new("retries_total", "Upstream attempts after the first, by reason"),
+            &["group", "reason"],
+        ));
+        let cooldowns = must(IntCounterVec::new(
+            Opts::new("cooldowns_total", "Key cooldowns started, by reason"),
+            &["group", "reason"],
+        ));
+        let retirements = must(IntCounterVec::new(
+            Opts::new("key_retirements_total", "Keys retired as dead, by reason"),
+            &["group", "reason"],
+        ));
+        let key_state = must(IntGaugeVec::new(
+            Opts::new("key_state", "1 for the current state of each key (by key id)"),
+            &["group", "key_id", "state"],
+        ));
+        let key_health = must(GaugeVec::new(
+            Opts::new("key_health", "Health score of each key (0 to 1)"),
+            &["group", "key_id"],
+        ));
+        let key_in_flight = must(IntGaugeVec::new(
+            Opts::new("key_in_flight", "Requests in flight on each key"),
+            &["group", "key_id"],
+        ));
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(upstream_seconds.clone()),
+            Box::new(added_seconds.clone()),
+            Box::new(retries.clone()),
+            Box::new(cooldowns.clone()),
+            Box::new(retirements.clone()),
+            Box::new(key_state.clone()),
+            Box::new(key_health.clone()),
+            Box::new(key_in_flight.clone()),
+        ] {
+            must(registry.register(c));
+        }
+        Self {
+            registry,
+            requests,
+            upstream_seconds,
+            added_seconds,
+            retries,
+            cooldowns,
+            retirements,
+            key_state,
+            key_health,
+            key_in_flight,
+        }
+    }
+
+    /// The text exposition, with key gauges read fresh from the pools.
+    pub fn render(&self, groups: &Groups, now_ms: u64) -> String {
+        self.key_state.reset();
+        self.key_health.reset();
+        self.key_in_flight.reset();
+        for pool in groups.pools() {
+            for m in &pool.members {
+                let id = m.slot.id.as_str();
+                let state = m.slot.status().state(m.disabled, now_ms);
+                self.key_state
+                    .with_label_values(&[pool.name(), id, state.name()])
+                    .set(1);
+                self.key_health
+                    .with_label_values(&[pool.name(), id])
+                    .set(m.slot.health());
+                self.key_in_flight
+                    .with_label_values(&[pool.name(), id])
+                    .set(i64::from(m.slot.in_flight()));
+            }
+        }
+        let mut out = Vec::new();
+        if TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .is_err()
+        {
+            return String::new();
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `2xx`, `4xx`, ... for a status code.
+pub fn status_class(code: u16) -> &'static str {
+    match code {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

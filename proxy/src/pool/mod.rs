@@ -1,0 +1,213 @@
+//! A group at run time: its keys ([`slot::KeySlot`]), its rotation, its upstream.
+//!
+//! A [`Pool`] is built from a [`GroupSnapshot`] and replaced whole when the snapshot changes;
+//! key slots (state and counters) carry over by key id.
+
+pub mod slot;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use keystore::{GroupSnapshot, KeyId, KeyStatus, RotationStrategy};
+
+use crate::routes::ModelOf;
+use crate::upstream::Upstream;
+pub use slot::{InFlight, KeySlot};
+
+/// A key as a member of this group.
+pub struct Member {
+    pub slot: Arc<KeySlot>,
+    /// Keys with the same quota scope (project) share one quota.
+    pub scope: Arc<str>,
+    pub weight: u32,
+    pub disabled: bool,
+    pub source: String,
+    pub project: Option<String>,
+}
+
+/// The outcome of choosing a key.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pick {
+    Key(usize),
+    /// Every key that could serve is cooling; the earliest is usable again at this time (Unix ms).
+    Cooling(u64),
+    /// Every usable key was tried already by this request.
+    Tried,
+    /// No key can serve at all (all retired or disabled).
+    NoKeys,
+}
+
+pub struct Pool {
+    pub snapshot: GroupSnapshot,
+    pub members: Vec<Member>,
+    /// Member indices in smooth weighted round-robin order (Weighted strategy).
+    weighted: Vec<u32>,
+    cursor: AtomicUsize,
+    pub upstream: Upstream,
+}
+
+impl Pool {
+    /// Builds a pool, reusing slots of `previous` for keys it already had, and taking stored
+    /// statuses for keys that are new here.
+    pub fn build(
+        snapshot: GroupSnapshot,
+        previous: Option<&Pool>,
+        statuses: &HashMap<KeyId, KeyStatus>,
+        upstream: Upstream,
+    ) -> Self {
+        let old: HashMap<&KeyId, &Arc<KeySlot>> = previous
+            .map(|p| p.members.iter().map(|m| (&m.slot.id, &m.slot)).collect())
+            .unwrap_or_default();
+        let mut members = Vec::with_capacity(snapshot.keys.len());
+        for k in &snapshot.keys {
+            let slot = match old.get(&k.id) {
+                Some(s) => Arc::clone(s),
+                None => match KeySlot::new(k) {
+                    Some(s) => Arc::new(s),
+                    None => {
+                        tracing::warn!(group = %snapshot.name, key_id = %k.id, "key cannot be sent as a header; skipped");
+                        continue;
+                    }
+                },
+            };
+            if let Some(st) = statuses.get(&k.id) {
+                slot.adopt(st);
+            }
+            members.push(Member {
+                slot,
+                scope: Arc::from(k.quota_scope()),
+                weight: k.weight.max(1),
+                disabled: k.disabled,
+                source: k.source.clone(),
+                project: k.project.clone(),
+            });
+        }
+        let weighted = smooth_weighted_order(&members.iter().map(|m| m.weight).collect::<Vec<_>>());
+        Self {
+            snapshot,
+            members,
+            weighted,
+            cursor: AtomicUsize::new(0),
+            upstream,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.snapshot.name
+    }
+
+    fn candidate(&self, i: usize, model: &ModelOf<'_>, tried: &[usize], now_ms: u64) -> bool {
+        let m = &self.members[i];
+        !m.disabled && !tried.contains(&i) && m.slot.usable(|| model.get(), now_ms)
+    }
+
+    /// Chooses a key for a request for `model`, skipping the keys in `tried`.
+    pub fn pick(&self, model: &ModelOf<'_>, tried: &[usize], now_ms: u64) -> Pick {
+        let n = self.members.len();
+        if n == 0 {
+            return Pick::NoKeys;
+        }
+        let start = self.cursor.fetch_add(1, Relaxed);
+        let chosen = match self.snapshot.rotation {
+            RotationStrategy::RoundRobin => (0..n)
+                .map(|i| (start + i) % n)
+                .find(|&i| self.candidate(i, model, tried, now_ms)),
+            RotationStrategy::Weighted => {
+                let len = self.weighted.len();
+                (0..len)
+                    .map(|i| self.weighted[(start + i) % len] as usize)
+                    .find(|&i| self.candidate(i, model, tried, now_ms))
+            }
+            RotationStrategy::LeastLoaded => {
+                let mut best: Option<(f64, usize)> = None;
+                for i in (0..n).map(|i| (start + i) % n) {
+                    if !self.candidate(i, model, tried, now_ms) {
+                        continue;
+                    }
+                    let m = &self.members[i];
+                    // Fewer requests in flight per unit of weight, discounted by poor health.
+                    let load = f64::from(m.slot.in_flight() + 1)
+                        / (f64::from(m.weight) * m.slot.health().max(0.05));
+                    if best.is_none_or(|(b, _)| load < b) {
+                        best = Some((load, i));
+                    }
+                }
+                best.map(|(_, i)| i)
+            }
+        };
+        if let Some(i) = chosen {
+            return Pick::Key(i);
+        }
+        let mut earliest: Option<u64> = None;
+        let mut tried_but_usable = false;
+        for m in self.members.iter().filter(|m| !m.disabled && !m.slot.is_retired()) {
+            match m.slot.cooling_until(model.get(), now_ms) {
+                Some(until) => earliest = Some(earliest.map_or(until, |e| e.min(until))),
+                None => tried_but_usable = true,
+            }
+        }
+        match (tried_but_usable, earliest) {
+            (true, _) => Pick::Tried,
+            (false, Some(until)) => Pick::Cooling(until),
+            (false, None) => Pick::NoKeys,
+        }
+    }
+
+    /// Indices of the members that share the quota of member `i` (itself included).
+    pub fn same_quota(&self, i: usize) -> Vec<usize> {
+        let scope = &self.members[i].scope;
+        (0..self.members.len())
+            .filter(|&j| self.members[j].scope == *scope)
+            .collect()
+    }
+
+    /// When the first cooling key of the group becomes usable for `model`.
+    pub fn earliest_reset(&self, model: &ModelOf<'_>, now_ms: u64) -> Option<u64> {
+        self.members
+            .iter()
+            .filter(|m| !m.disabled && !m.slot.is_retired())
+            .filter_map(|m| m.slot.cooling_until(model.get(), now_ms))
+            .min()
+    }
+
+    /// Whether at least one key could serve (now or after a cooldown).
+    pub fn has_usable_key(&self) -> bool {
+        self.members
+            .iter()
+            .any(|m| !m.disabled && !m.slot.is_retired())
+    }
+}
+
+/// nginx's smooth weighted round robin, unrolled into one cycle: weights 5,1,1 give
+/// a a b a c a a rather than a a a a a b c. Long cycles are scaled down.
+fn smooth_weighted_order(weights: &[u32]) -> Vec<u32> {
+    const MAX_CYCLE: u64 = 4096;
+    let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+    let weights: Vec<i64> = if total > MAX_CYCLE {
+        weights
+            .iter()
+            .map(|&w| ((u64::from(w) * MAX_CYCLE / total).max(1)) as i64)
+            .collect()
+    } else {
+        weights.iter().map(|&w| i64::from(w)).collect()
+    };
+    let total: i64 = weights.iter().sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut order = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for i in 0..weights.len() {
+            current[i] += weights[i];
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        order.push(best as u32);
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,152 @@
+//! The groups this proxy serves, swapped atomically: the request path loads them without a
+//! lock and without awaiting anything.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use keystore::{AccessMode, GroupSnapshot, KeyId, KeyStatus, TokenDigest};
+
+use crate::pool::Pool;
+use crate::upstream::Clients;
+
+/// One consistent view of all groups.
+#[derive(Default)]
+pub struct Groups {
+    pools: Vec<Arc<Pool>>,
+    by_name: HashMap<String, usize>,
+    by_token: HashMap<TokenDigest, (usize, Arc<str>)>,
+    default_open: Option<usize>,
+    /// Whether a snapshot was ever loaded (readiness).
+    pub loaded: bool,
+}
+
+impl Groups {
+    pub fn pools(&self) -> &[Arc<Pool>] {
+        &self.pools
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.by_name.get(name).map(|&i| &self.pools[i])
+    }
+}
+
+/// Who a request is for.
+pub struct Client {
+    pub pool: Arc<Pool>,
+    /// The client's name for Token groups; `None` for anonymous use of an Open group.
+    pub name: Option<Arc<str>>,
+}
+
+pub struct Registry {
+    current: ArcSwap<Groups>,
+    /// `defaultGroup`: the Open group that serves requests without a known token.
+    default_group: Option<String>,
+    /// The groups to serve when the config names some; `None` serves every group in the store.
+    only: Option<HashSet<String>>,
+    clients: Clients,
+}
+
+impl Registry {
+    pub fn new(default_group: Option<String>, only: Option<HashSet<String>>) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(Groups::default()),
+            default_group,
+            only,
+            clients: Clients::new(),
+        }
+    }
+
+    pub fn groups(&self) -> Arc<Groups> {
+        self.current.load_full()
+    }
+
+    /// The group for a client token. A token that selects no group falls back to the default
+    /// Open group (Open groups accept any token: SDKs insist on sending one).
+    pub fn resolve(&self, token: Option<&str>) -> Option<Client> {
+        let groups = self.current.load();
+        if let Some(t) = token {
+            if !groups.by_token.is_empty() {
+                if let Some((i, name)) = groups.by_token.get(&TokenDigest::of(t)) {
+                    return Some(Client {
+                        pool: groups.pools[*i].clone(),
+                        name: Some(name.clone()),
+                    });
+                }
+            }
+        }
+        groups.default_open.map(|i| Client {
+            pool: groups.pools[i].clone(),
+            name: None,
+        })
+    }
+
+    /// Replaces all groups; key slots carry over by group name and key id.
+    pub fn rebuild(
+        &self,
+        snapshots: Vec<GroupSnapshot>,
+        statuses: &HashMap<String, HashMap<KeyId, KeyStatus>>,
+    ) {
+        let old = self.current.load_full();
+        let mut next = Groups {
+            loaded: true,
+            ..Groups::default()
+        };
+        let empty = HashMap::new();
+        for snap in snapshots {
+            if self.only.as_ref().is_some_and(|only| !only.contains(&snap.name)) {
+                continue;
+            }
+            let upstream = match self.clients.upstream(&snap.upstream) {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::error!(group = %snap.name, error = %e, "group skipped: bad upstream");
+                    continue;
+                }
+            };
+            let st = statuses.get(&snap.name).unwrap_or(&empty);
+            let previous = old.get(&snap.name).map(|p| p.as_ref());
+            let pool = Pool::build(snap, previous, st, upstream);
+            let i = next.pools.len();
+            for c in &pool.snapshot.access.clients {
+                if pool.snapshot.access.mode != AccessMode::Token {
+                    continue;
+                }
+                if let Some((j, _)) = next.by_token.get(&c.digest) {
+                    tracing::warn!(group = %pool.name(), other = %next.pools[*j].name(), client = %c.name, "a client token selects two groups; the first keeps it");
+                    continue;
+                }
+                next.by_token.insert(c.digest.clone(), (i, Arc::from(c.name.as_str())));
+            }
+            next.by_name.insert(pool.name().to_owned(), i);
+            next.pools.push(Arc::new(pool));
+        }
+        next.default_open = match &self.default_group {
+            Some(d) => next
+                .by_name
+                .get(d)
+                .copied()
+                .filter(|&i| next.pools[i].snapshot.access.mode == AccessMode::Open),
+            None => {
+                let open: Vec<usize> = (0..next.pools.len())
+                    .filter(|&i| next.pools[i].snapshot.access.mode == AccessMode::Open)
+                    .collect();
+                (open.len() == 1).then(|| open[0])
+            }
+        };
+        self.current.store(Arc::new(next));
+    }
+
+    /// Applies key states written by other proxies.
+    pub fn adopt(&self, group: &str, changes: &[(KeyId, KeyStatus)]) {
+        let groups = self.current.load();
+        let Some(pool) = groups.get(group) else {
+            return;
+        };
+        for (id, status) in changes {
+            if let Some(m) = pool.members.iter().find(|m| &m.slot.id == id) {
+                m.slot.adopt(status);
+            }
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Which API a request speaks and where it goes upstream.
+//!
+//! | client path                                   | API    | upstream path                          |
+//! |-----------------------------------------------|--------|----------------------------------------|
+//! | `/v1beta/openai/{rest}`                       | OpenAI | same                                   |
+//! | `/v1/chat/completions`, `/v1/embeddings`, `/v1/images/generations` | OpenAI | `/v1beta/openai/{rest}` |
+//! | `GET /v1/models[/{id}]` with `Authorization: Bearer` and no Google credential | OpenAI | `/v1beta/openai/models[/{id}]` |
+//! | `/v1/...`, `/v1beta/...`, `/v1alpha/...`, `/upload/...`, `/download/...` | native | same |
+//!
+//! `GET /v1/models` is both Gemini's native model list (the GenAI SDK sends `x-goog-api-key`)
+//! and OpenAI's (an OpenAI SDK on a `/v1` base URL sends `Bearer`): the credential decides.
+
+use std::borrow::Cow;
+use std::cell::OnceCell;
+
+use http::Method;
+
+/// The API family of a route: it decides how the key is sent and the shape of errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    /// Gemini's own REST API: key in `x-goog-api-key`, errors in Google's envelope.
+    Native,
+    /// The OpenAI-compatible layer: key as `Bearer`, errors in OpenAI's envelope.
+    OpenAi,
+}
+
+impl Api {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::OpenAi => "openai",
+        }
+    }
+}
+
+/// Where a request goes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Route<'a> {
+    pub api: Api,
+    pub upstream_path: Cow<'a, str>,
+    /// A short, bounded name of the operation for metrics (`generateContent`, `chat/completions`).
+    pub operation: &'static str,
+}
+
+const OPENAI_PREFIX: &str = "/v1beta/openai/";
+const OPENAI_ALIASES: [&str; 3] = ["chat/completions", "embeddings", "images/generations"];
+const NATIVE_PREFIXES: [&str; 5] = ["/v1/", "/v1beta/", "/v1alpha/", "/upload/", "/download/"];
+
+/// Routes `path`. `openai_credential` is true when the client authenticated with
+/// `Authorization: Bearer` and sent no Google credential (`x-goog-api-key` or `?key=`).
+pub fn route<'a>(method: &Method, path: &'a str, openai_credential: bool) -> Option<Route<'a>> {
+    if let Some(rest) = path.strip_prefix(OPENAI_PREFIX) {
+        return Some(Route {
+            api: Api::OpenAi,
+            upstream_path: Cow::Borrowed(path),
+            operation: openai_operation(rest),
+        });
+    }
+    if let Some(rest) = path.strip_prefix("/v1/") {
+        let is_alias = OPENAI_ALIASES.contains(&rest)
+            || (openai_credential && *method == Method::GET && is_openai_models_path(rest));
+        if is_alias {
+            return Some(Route {
+                api: Api::OpenAi,
+                upstream_path: Cow::Owned(format!("{OPENAI_PREFIX}{rest}")),
+                operation: openai_operation(rest),
+            });
+        }
+    }
+    if NATIVE_PREFIXES.iter().any(|p| path.starts_with(p)) {
+        return Some(Route {
+            api: Api::Native,
+            upstream_path: Cow::Borrowed(path),
+            operation: native_operation(path),
+        });
+    }
+    None
+}
+
+/// `models` or `models/{id}` (no `:method`, no deeper path).
+fn is_openai_models_path(rest: &str) -> bool {
+    match rest.strip_prefix("models") {
+        Some("") => true,
+        Some(id) => id
+            .strip_prefix('/')
+            .is_some_and(|id| !id.is_empty() && !id.contains([':', '/'])),
+        None => false,
+    }
+}
+
+fn openai_operation(rest: &str) -> &'static str {
+    match rest {
+        "chat/completions" => "chat/completions",
+        "embeddings" => "embeddings",
+        "images/generations" => "images/generations",
+        r if r == "models" || r.starts_with("models/") => "models",
+        _ => "other",
+    }
+}
+
+fn native_operation(path: &str) -> &'static str {
+    if path.starts_with("/upload/") {
+        return "upload";
+    }
+    if path.starts_with("/download/") {
+        return "download";
+    }
+    let method = path.rsplit_once(':').map(|(_, m)| m).unwrap_or("");
+    match method {
+        "generateContent" => "generateContent",
+        "streamGenerateContent" => "streamGenerateContent",
+        "countTokens" => "countTokens",
+        "embedContent" => "embedContent",
+        "batchEmbedContents" => "batchEmbedContents",
+        "batchGenerateContent" => "batchGenerateContent",
+        "" => {
+            let rest = path.splitn(3, '/').nth(2).unwrap_or("");
+            if rest.starts_with("models") {
+                "models"
+            } else if rest.starts_with("files") {
+                "files"
+            } else if rest.starts_with("cachedContents") {
+                "cachedContents"
+            } else if rest.starts_with("batches") {
+                "batches"
+            } else {
+                "other"
+            }
+        }
+        _ => "other",
+    }
+}
+
+/// The model a native request names in its path (`/v1beta/models/{model}:method`).
+pub fn model_in_path(path: &str) -> Option<&str> {
+    let after = path.split_once("/models/")?.1;
+    let model = after.split([':', '/']).next()?;
+    (!model.is_empty()).then_some(model)
+}
+
+/// The model an OpenAI-layer body names (`"model": "gemini-2.5-flash"` or `"models/..."`).
+pub fn model_in_body(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Model {
+        model: Option<String>,
+    }
+    let m: Model = serde_json::from_slice(body).ok()?;
+    m.model
+        .map(|m| m.strip_prefix("models/").map(str::to_owned).unwrap_or(m))
+}
+
+/// The model of a request, looked up only when a model's cooldown makes it matter (for the
+/// OpenAI layer it means parsing the body).
+pub struct ModelOf<'a> {
+    api: Api,
+    path: &'a str,
+    body: &'a [u8],
+    cell: OnceCell<Option<String>>,
+}
+
+impl<'a> ModelOf<'a> {
+    pub fn new(api: Api, path: &'a str, body: &'a [u8]) -> Self {
+        Self {
+            api,
+            path,
+            body,
+            cell: OnceCell::new(),
+        }
+    }
+
+    pub fn get(&self) -> Option<&str> {
+        self.cell
+            .get_or_init(|| match self.api {
+                Api::Native => model_in_path(self.path).map(str::to_owned),
+                Api::OpenAi => model_in_body(self.body),
+            })
+            .as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,88 @@
+use super::*;
+
+fn r(method: Method, path: &str, bearer: bool) -> Option<(Api, String, &'static str)> {
+    route(&method, path, bearer).map(|r| (r.api, r.upstream_path.into_owned(), r.operation))
+}
+
+#[test]
+fn native_paths_pass_through_unchanged() {
+    for (path, op) in [
+        ("/v1beta/models/gemini-2.5-flash:generateContent", "generateContent"),
+        ("/v1/models/gemini-2.5-flash:streamGenerateContent", "streamGenerateContent"),
+        ("/v1beta/models", "models"),
+        ("/v1beta/files/abc", "files"),
+        ("/v1beta/cachedContents", "cachedContents"),
+        ("/upload/v1beta/files", "upload"),
+        ("/download/v1beta/files/abc:download", "download"),
+        ("/v1alpha/models/x:countTokens", "countTokens"),
+    ] {
+        assert_eq!(
+            r(Method::POST, path, false),
+            Some((Api::Native, path.to_owned(), op)),
+            "{path}"
+        );
+    }
+}
+
+#[test]
+fn openai_layer_and_aliases() {
+    assert_eq!(
+        r(Method::POST, "/v1beta/openai/chat/completions", true),
+        Some((Api::OpenAi, "/v1beta/openai/chat/completions".into(), "chat/completions"))
+    );
+    for rest in ["chat/completions", "embeddings", "images/generations"] {
+        // The alias holds whatever the credential (a curl user may send x-goog-api-key).
+        for bearer in [true, false] {
+            assert_eq!(
+                r(Method::POST, &format!("/v1/{rest}"), bearer).map(|x| (x.0, x.1)),
+                Some((Api::OpenAi, format!("/v1beta/openai/{rest}")))
+            );
+        }
+    }
+}
+
+#[test]
+fn v1_models_collision_is_decided_by_the_credential() {
+    // An OpenAI SDK on a /v1 base URL: Bearer.
+    assert_eq!(
+        r(Method::GET, "/v1/models", true),
+        Some((Api::OpenAi, "/v1beta/openai/models".into(), "models"))
+    );
+    assert_eq!(
+        r(Method::GET, "/v1/models/gemini-2.5-flash", true).map(|x| x.1),
+        Some("/v1beta/openai/models/gemini-2.5-flash".into())
+    );
+    // The GenAI SDK: x-goog-api-key, native.
+    assert_eq!(
+        r(Method::GET, "/v1/models", false),
+        Some((Api::Native, "/v1/models".into(), "models"))
+    );
+    // A native method call stays native even with Bearer.
+    assert_eq!(
+        r(Method::POST, "/v1/models/gemini-2.5-flash:generateContent", true).map(|x| x.0),
+        Some(Api::Native)
+    );
+    assert_eq!(r(Method::POST, "/v1/models", true).map(|x| x.0), Some(Api::Native));
+}
+
+#[test]
+fn unknown_paths_have_no_route() {
+    for p in ["/", "/v2/models", "/v1", "/v1beta", "/openai/v1/chat/completions", "/admin"] {
+        assert_eq!(r(Method::GET, p, false), None, "{p}");
+    }
+}
+
+#[test]
+fn models_are_found_in_path_and_body() {
+    assert_eq!(
+        model_in_path("/v1beta/models/gemini-2.5-flash:generateContent"),
+        Some("gemini-2.5-flash")
+    );
+    assert_eq!(model_in_path("/v1beta/models/gemini-2.5-pro"), Some("gemini-2.5-pro"));
+    assert_eq!(model_in_path("/v1beta/files/x"), None);
+    assert_eq!(
+        model_in_body(br#"{"messages":[],"model":"models/gemini-2.5-flash"}"#).as_deref(),
+        Some("gemini-2.5-flash")
+    );
+    assert_eq!(model_in_body(b"not json"), None);
+}

@@ -1,0 +1,120 @@
+//! Start-up (store, groups, background tasks) and serving with a bounded graceful shutdown.
+
+use std::collections::HashSet;
+use std::future::{Future, IntoFuture};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::serve::ListenerExt;
+use keystore::{KeyStore, StoreError};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::app::{App, RequestIds};
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::sync::{self, Outbox};
+
+/// A started proxy: its app state and the handle that stops its background tasks.
+pub struct Proxy {
+    pub app: Arc<App>,
+    stop: watch::Sender<bool>,
+}
+
+impl Proxy {
+    /// Publishes the configured groups to `store`, loads what this proxy serves, and starts the
+    /// background tasks.
+    pub async fn start(settings: &Settings, store: Arc<dyn KeyStore>) -> Result<Self, StoreError> {
+        for g in &settings.groups {
+            store.publish_group(g.clone()).await?;
+        }
+        let only = (!settings.groups.is_empty())
+            .then(|| settings.groups.iter().map(|g| g.name.clone()).collect::<HashSet<_>>());
+        let registry = Arc::new(Registry::new(settings.default_group.clone(), only));
+        sync::reload(store.as_ref(), &registry).await?;
+        let (outbox, rx) = Outbox::new();
+        let (stop, stopped) = watch::channel(false);
+        sync::spawn(store, registry.clone(), proxy_id(), rx, stopped);
+        let app = Arc::new(App {
+            registry,
+            metrics: Metrics::new(),
+            outbox,
+            max_body_bytes: settings.max_body_bytes,
+            request_ids: RequestIds::default(),
+        });
+        Ok(Self { app, stop })
+    }
+
+    pub fn router(&self) -> Router {
+        crate::app::router(self.app.clone())
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// This proxy's name in the store: the pod name in Kubernetes, else host and pid.
+fn proxy_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()))
+        .unwrap_or_else(|_| "proxy".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves; then stops accepting and lets
+/// in-flight requests and streams finish for at most `grace`.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let (fired, mut on_fire) = watch::channel(false);
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let server = axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections; finishing requests in flight");
+            let _ = fired.send(true);
+        })
+        .into_future();
+    tokio::select! {
+        r = server => r,
+        _ = async {
+            let _ = on_fire.wait_for(|f| *f).await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(grace_s = grace.as_secs(), "shutdown grace over: closing the requests still in flight");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

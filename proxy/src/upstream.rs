@@ -1,0 +1,216 @@
+//! The connection to Gemini: pooled HTTP/1.1 and HTTP/2 (ALPN) on hyper's client for direct
+//! traffic, reqwest for groups that leave through an egress proxy (HTTP, HTTPS or SOCKS5).
+//!
+//! hyper's pooled client costs about half of what reqwest costs per request on loopback (see
+//! DESIGN.md), so it carries the hot path; reqwest earns its place where its proxy support does.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use keystore::{Secret, UpstreamSpec};
+
+type Direct = HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const POOL_IDLE: Duration = Duration::from_secs(90);
+
+/// Why an attempt got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("no response headers within {0:?}")]
+    Timeout(Duration),
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("request failed: {0}")]
+    Other(String),
+}
+
+impl UpstreamError {
+    /// A short label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Timeout(_) => "timeout",
+            Self::Connect(_) => "connect",
+            Self::Other(_) => "network",
+        }
+    }
+}
+
+/// Shared HTTP clients: one pooled direct client, one reqwest client per egress proxy.
+pub struct Clients {
+    direct: Direct,
+    egress: Mutex<HashMap<String, reqwest::Client>>,
+}
+
+impl Clients {
+    pub fn new() -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let tls = rustls_config();
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(http);
+        let direct = HyperClient::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .pool_max_idle_per_host(1024)
+            .build(https);
+        Self {
+            direct,
+            egress: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The upstream of a group.
+    pub fn upstream(&self, spec: &UpstreamSpec) -> Result<Upstream, String> {
+        let base = spec.url.trim_end_matches('/');
+        let parsed: Uri = base.parse().map_err(|e| format!("upstream url: {e}"))?;
+        let path_prefix = match parsed.path() {
+            "/" => String::new(),
+            p => p.trim_end_matches('/').to_owned(),
+        };
+        let origin = format!(
+            "{}://{}",
+            parsed.scheme_str().unwrap_or("https"),
+            parsed.authority().map(|a| a.as_str()).unwrap_or_default()
+        );
+        let client = match &spec.egress_proxy {
+            None => Client::Direct(self.direct.clone()),
+            Some(proxy) => Client::Egress(self.egress_client(proxy)?),
+        };
+        Ok(Upstream {
+            client,
+            origin,
+            path_prefix,
+            timeout: Duration::from_secs(spec.timeout_secs.max(1)),
+        })
+    }
+
+    fn egress_client(&self, proxy: &Secret) -> Result<reqwest::Client, String> {
+        let mut cache = self.egress.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cache.get(proxy.expose()) {
+            return Ok(c.clone());
+        }
+        // The proxy URL may hold a password: errors must not show it.
+        let p = reqwest::Proxy::all(proxy.expose())
+            .map_err(|_| "egress proxy: not a usable proxy URL".to_owned())?;
+        let client = reqwest::Client::builder()
+            .proxy(p)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .pool_idle_timeout(POOL_IDLE)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| format!("egress client: {e}"))?;
+        cache.insert(proxy.expose().to_owned(), client.clone());
+        Ok(client)
+    }
+}
+
+impl Default for Clients {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn rustls_config() -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+        .unwrap_or_else(|_| {
+            rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        })
+}
+
+#[derive(Clone)]
+enum Client {
+    Direct(Direct),
+    Egress(reqwest::Client),
+}
+
+/// Where one group's requests go and how.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client,
+    origin: String,
+    path_prefix: String,
+    pub timeout: Duration,
+}
+
+impl Upstream {
+    /// The upstream URI for a client path and (already filtered) query.
+    pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+        let mut s = String::with_capacity(
+            self.origin.len() + self.path_prefix.len() + path.len() + query.map_or(0, |q| q.len() + 1),
+        );
+        s.push_str(&self.origin);
+        s.push_str(&self.path_prefix);
+        s.push_str(path);
+        if let Some(q) = query {
+            s.push('?');
+            s.push_str(q);
+        }
+        Ok(Uri::try_from(s)?)
+    }
+
+    /// Sends one attempt; waits at most `timeout` for the response headers.
+    pub async fn send(&self, req: Request<Bytes>) -> Result<Response<Body>, UpstreamError> {
+        let timeout = self.timeout;
+        match &self.client {
+            Client::Direct(c) => {
+                let req = req.map(Full::new);
+                match tokio::time::timeout(timeout, c.request(req)).await {
+                    Err(_) => Err(UpstreamError::Timeout(timeout)),
+                    Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
+                    Ok(Err(e)) => Err(UpstreamError::Other(error_chain(&e))),
+                    Ok(Ok(res)) => Ok(res.map(Body::new)),
+                }
+            }
+            Client::Egress(c) => {
+                let req = reqwest::Request::try_from(req.map(reqwest::Body::from))
+                    .map_err(|e| UpstreamError::Other(error_chain(&e)))?;
+                match tokio::time::timeout(timeout, c.execute(req)).await {
+                    Err(_) => Err(UpstreamError::Timeout(timeout)),
+                    Ok(Err(e)) if e.is_connect() => {
+                        Err(UpstreamError::Connect(error_chain(&e.without_url())))
+                    }
+                    Ok(Err(e)) => Err(UpstreamError::Other(error_chain(&e.without_url()))),
+                    Ok(Ok(res)) => Ok(http::Response::from(res).map(Body::new)),
+                }
+            }
+        }
+    }
+}
+
+/// An error and its causes on one line.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let msg = s.to_string();
+        if !out.contains(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        cur = s.source();
+    }
+    out
+}

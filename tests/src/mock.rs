@@ -1,0 +1,382 @@
+//! A mock Gemini upstream on loopback that answers like Google (see [`crate::wire`]).
+//!
+//! Each API key has a [`Behaviour`] (or a script of them, one per request, the last repeating);
+//! unknown keys get 400 `API_KEY_INVALID`, as from Google. Every request is recorded.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::response::Response;
+use http::{HeaderMap, Method, StatusCode, header};
+use http_body::Frame;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::wire::{self, Quota, Usage};
+
+/// How the mock answers a request made with a given key.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Behaviour {
+    Ok,
+    /// 400 `API_KEY_INVALID`.
+    Invalid,
+    Leaked,
+    ServiceBlocked,
+    ServiceDisabled,
+    Suspended,
+    /// 403 for a file of another project.
+    FilePermission,
+    /// 429 for `quota`, with `RetryInfo` when `retry_delay` is set (e.g. `"2s"`).
+    Quota {
+        quota: Quota,
+        retry_delay: Option<&'static str>,
+    },
+    /// 429 with only a Help link.
+    RateLimitedBare,
+    Internal,
+    Overloaded,
+    Deadline,
+    /// Accepts the request and never answers.
+    Hang,
+}
+
+/// A request as the mock saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: Method,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    /// The key the request carried (`x-goog-api-key`, `?key=` or `Bearer`).
+    pub key: Option<String>,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+/// Stream shape for `streamGenerateContent` and OpenAI `stream: true`.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamShape {
+    pub chunks: usize,
+    pub delay: Duration,
+}
+
+#[derive(Default)]
+struct Inner {
+    scripts: HashMap<String, (Vec<Behaviour>, usize)>,
+    seen: Vec<Seen>,
+    stream: Option<StreamShape>,
+    /// How keys without a script are answered (Google's answer: invalid).
+    default: Option<Behaviour>,
+}
+
+#[derive(Clone)]
+pub struct MockGemini {
+    pub addr: SocketAddr,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl MockGemini {
+    /// Starts the mock on a free loopback port.
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mock");
+        let addr = listener.local_addr().expect("mock addr");
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let app = Router::new().fallback(handle).with_state(inner.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, inner }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets how `key` is answered from now on.
+    pub fn key(&self, key: &str, b: Behaviour) -> &Self {
+        self.script(key, vec![b])
+    }
+
+    /// Answers `key`'s next requests with `script` in order; the last entry repeats.
+    pub fn script(&self, key: &str, script: Vec<Behaviour>) -> &Self {
+        assert!(!script.is_empty());
+        self.lock().scripts.insert(key.to_owned(), (script, 0));
+        self
+    }
+
+    /// Answers every key without a script with `b` (by default such keys are invalid).
+    pub fn accept_any_key(&self, b: Behaviour) -> &Self {
+        self.lock().default = Some(b);
+        self
+    }
+
+    pub fn set_stream(&self, chunks: usize, delay: Duration) -> &Self {
+        self.lock().stream = Some(StreamShape { chunks, delay });
+        self
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.lock().seen.clone()
+    }
+
+    /// How many requests carried `key`.
+    pub fn count(&self, key: &str) -> usize {
+        self.lock()
+            .seen
+            .iter()
+            .filter(|s| s.key.as_deref() == Some(key))
+            .count()
+    }
+
+    pub fn clear(&self) {
+        self.lock().seen.clear();
+    }
+}
+
+fn text(status: u16, content_type: &str, body: String) -> Response {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .header("server-timing", "gfet4t7; dur=12")
+        .header("x-gemini-service-tier", "standard")
+        .body(Body::from(body))
+        .unwrap_or_default()
+}
+
+async fn handle(State(inner): State<Arc<Mutex<Inner>>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, 64 << 20).await.unwrap_or_default();
+    let path = parts.uri.path().to_owned();
+    let query = parts.uri.query().map(str::to_owned);
+    let openai = path.starts_with("/v1beta/openai/");
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let bearer = header("authorization")
+        .and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned));
+    let query_key = query.as_deref().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("key=").map(str::to_owned))
+    });
+    let key = if openai {
+        bearer.clone()
+    } else {
+        header("x-goog-api-key").or(query_key)
+    };
+    let (behaviour, stream) = {
+        let mut inner = inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.seen.push(Seen {
+            method: parts.method.clone(),
+            path: path.clone(),
+            query: query.clone(),
+            headers: parts.headers.clone(),
+            key: key.clone().or(bearer.clone()),
+            body: body.clone(),
+            at: Instant::now(),
+        });
+        let behaviour = key.as_ref().map(|k| match inner.scripts.get_mut(k) {
+            Some((script, next)) => {
+                let b = script[(*next).min(script.len() - 1)].clone();
+                *next += 1;
+                b
+            }
+            None => inner.default.clone().unwrap_or(Behaviour::Invalid),
+        });
+        (
+            behaviour,
+            inner.stream.unwrap_or(StreamShape {
+                chunks: 3,
+                delay: Duration::from_millis(5),
+            }),
+        )
+    };
+    let wrap = |s: String| if openai { wire::openai_wrap(&s) } else { s };
+
+    // Authentication, as Google does it.
+    if !openai && bearer.is_some() {
+        return text(401, wire::JSON, wire::unauthenticated());
+    }
+    let Some(behaviour) = behaviour else {
+        return if openai {
+            text(401, wire::JSON, wrap(wire::unauthenticated()))
+        } else {
+            text(403, wire::JSON, wire::unregistered_caller())
+        };
+    };
+    let model = model_of(&path, &body);
+    let err = |status: u16, b: String| text(status, wire::JSON, wrap(b));
+    match behaviour {
+        Behaviour::Ok => {}
+        Behaviour::Invalid => return err(400, wire::api_key_invalid()),
+        Behaviour::Leaked => return err(403, wire::leaked()),
+        Behaviour::ServiceBlocked => return err(403, wire::service_blocked()),
+        Behaviour::ServiceDisabled => return err(403, wire::service_disabled()),
+        Behaviour::Suspended => return err(403, wire::suspended()),
+        Behaviour::FilePermission => return err(403, wire::file_permission("files/abc")),
+        Behaviour::Quota { quota, retry_delay } => {
+            return err(429, wire::quota_exceeded(quota, &model, 10, retry_delay));
+        }
+        Behaviour::RateLimitedBare => return err(429, wire::rate_limited_bare()),
+        Behaviour::Internal => return err(500, wire::internal()),
+        Behaviour::Overloaded => return err(503, wire::overloaded()),
+        Behaviour::Deadline => return err(504, wire::deadline_exceeded()),
+        Behaviour::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            return err(504, wire::deadline_exceeded());
+        }
+    }
+    if model == "no-such-model" {
+        return err(404, wire::model_not_found(&model));
+    }
+    if body.windows(10).any(|w| w == b"TRIGGER400") {
+        return err(400, wire::token_limit_exceeded());
+    }
+    answer(&parts.method, &path, query.as_deref(), &body, &model, stream)
+}
+
+fn model_of(path: &str, body: &[u8]) -> String {
+    if let Some(after) = path.split_once("/models/") {
+        if let Some(m) = after.1.split([':', '/']).next() {
+            return m.to_owned();
+        }
+    }
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("model").and_then(|m| m.as_str()).map(str::to_owned))
+        .map(|m| m.trim_start_matches("models/").to_owned())
+        .unwrap_or_else(|| "gemini-2.5-flash".to_owned())
+}
+
+fn answer(
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    body: &[u8],
+    model: &str,
+    stream: StreamShape,
+) -> Response {
+    let usage = Usage {
+        prompt: 5,
+        candidates: 7,
+    };
+    if let Some(rest) = path.strip_prefix("/v1beta/openai/") {
+        return match rest {
+            "chat/completions" => {
+                let streaming = serde_json::from_slice::<serde_json::Value>(body)
+                    .ok()
+                    .and_then(|v| v.get("stream").and_then(|s| s.as_bool()))
+                    .unwrap_or(false);
+                if streaming {
+                    let model = model.to_owned();
+                    streamed(wire::SSE, stream, move |i, last| {
+                        let mut s = wire::openai_chunk(&model, &format!("chunk{i} "), last);
+                        if last {
+                            s.push_str(wire::OPENAI_DONE);
+                        }
+                        s
+                    }, None)
+                } else {
+                    text(200, "application/json", wire::openai_chat_completion(model, "Hello from the mock", usage))
+                }
+            }
+            "embeddings" => text(200, "application/json", wire::openai_embeddings(model)),
+            r if r == "models" || r.starts_with("models/") => {
+                text(200, "application/json", wire::openai_models())
+            }
+            _ => text(404, wire::JSON, wire::openai_wrap(&wire::error(404, "Not found", "NOT_FOUND", &[]))),
+        };
+    }
+    let op = path.rsplit_once(':').map(|(_, m)| m).unwrap_or("");
+    match (method, op) {
+        (&Method::POST, "generateContent") => {
+            text(200, wire::JSON, wire::generate_content(model, "Hello from the mock", usage))
+        }
+        (&Method::POST, "streamGenerateContent") => {
+            let sse = query.is_some_and(|q| q.split('&').any(|kv| kv == "alt=sse"));
+            let model = model.to_owned();
+            let piece = move |i: usize, last: bool| {
+                let u = Usage {
+                    prompt: 5,
+                    candidates: (i as u64 + 1) * 2,
+                };
+                let chunk = wire::stream_chunk(&model, &format!("chunk{i} "), u, last);
+                if sse {
+                    wire::sse_event(&chunk)
+                } else {
+                    wire::json_array_piece(&chunk, i)
+                }
+            };
+            if sse {
+                streamed(wire::SSE, stream, piece, None)
+            } else {
+                streamed(wire::JSON, stream, piece, Some(wire::JSON_ARRAY_END))
+            }
+        }
+        (&Method::POST, "countTokens") => text(200, wire::JSON, wire::count_tokens(12)),
+        (&Method::GET, "") if path.ends_with("/models") => text(200, wire::JSON, wire::models_list()),
+        _ => text(
+            404,
+            "text/html; charset=UTF-8",
+            "<!DOCTYPE html>\n<html lang=en><title>Error 404 (Not Found)!!1</title></html>\n".into(),
+        ),
+    }
+}
+
+fn streamed(
+    content_type: &str,
+    shape: StreamShape,
+    piece: impl Fn(usize, bool) -> String + Send + 'static,
+    tail: Option<&'static str>,
+) -> Response {
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    tokio::spawn(async move {
+        for i in 0..shape.chunks {
+            if i > 0 {
+                tokio::time::sleep(shape.delay).await;
+            }
+            let last = i + 1 == shape.chunks;
+            if tx.send(Bytes::from(piece(i, last))).await.is_err() {
+                return;
+            }
+        }
+        if let Some(t) = tail {
+            let _ = tx.send(Bytes::from_static(t.as_bytes())).await;
+        }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::new(ChannelBody(rx)))
+        .unwrap_or_default()
+}
+
+/// A body fed by a channel: each message is one frame, sent when it is ready.
+pub struct ChannelBody(pub mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
