@@ -24,6 +24,9 @@ struct Cli {
     /// Address to serve on (overrides the file's `listen`); default 127.0.0.1:8080.
     #[arg(long, env = "GEMINI_PROXY_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Upstream base URL for the quick-start group (default Google's).
+    #[arg(long, env = "GEMINI_PROXY_UPSTREAM_URL")]
+    upstream_url: Option<String>,
     /// Log format.
     #[arg(long, env = "GEMINI_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
@@ -74,7 +77,9 @@ fn main() -> ExitCode {
 fn load(cli: &Cli) -> Result<Settings, String> {
     let mut settings = match (&cli.config, std::env::var("GEMINI_API_KEYS")) {
         (Some(path), _) => Settings::from_file(path).map_err(|e| e.to_string())?,
-        (None, Ok(keys)) => Settings::quick_start(&keys).map_err(|e| e.to_string())?,
+        (None, Ok(keys)) => {
+            Settings::quick_start(&keys, cli.upstream_url.as_deref()).map_err(|e| e.to_string())?
+        }
         (None, Err(_)) => {
             return Err("no configuration: run `GEMINI_API_KEYS=key1,key2 gemini-proxy` or `gemini-proxy --config proxy.yaml` (see --help)".into());
         }

@@ -60,8 +60,9 @@ impl Settings {
         Resolver { origin, env }.settings(file)
     }
 
-    /// The quick start: `GEMINI_API_KEYS=k1,k2,k3`, one Open group named `default`.
-    pub fn quick_start(keys_csv: &str) -> Result<Self, ConfigError> {
+    /// The quick start: `GEMINI_API_KEYS=k1,k2,k3`, one Open group named `default`, Google as
+    /// upstream unless `upstream_url` says otherwise.
+    pub fn quick_start(keys_csv: &str, upstream_url: Option<&str>) -> Result<Self, ConfigError> {
         let err = |message: String| ConfigError {
             origin: "GEMINI_API_KEYS".into(),
             path: "keys".into(),
@@ -83,6 +84,14 @@ impl Settings {
         }
         let mut group = GroupSnapshot::for_test("default", &[]);
         group.keys = keys;
+        if let Some(url) = upstream_url {
+            check_upstream_url(url).map_err(|m| ConfigError {
+                origin: "GEMINI_PROXY_UPSTREAM_URL".into(),
+                path: "url".into(),
+                message: m,
+            })?;
+            group.upstream.url = url.trim_end_matches('/').to_owned();
+        }
         Ok(Self {
             listen: parse_listen(DEFAULT_LISTEN).map_err(err)?,
             groups: vec![group],

@@ -159,13 +159,16 @@ fn duplicates_and_bounds() {
 
 #[test]
 fn quick_start_dedupes_and_opens() {
-    let s = Settings::quick_start(" k1, k2,,k1 ").unwrap();
+    let s = Settings::quick_start(" k1, k2,,k1 ", None).unwrap();
     assert_eq!(s.groups.len(), 1);
     assert_eq!(s.groups[0].keys.len(), 2);
     assert_eq!(s.groups[0].access.mode, AccessMode::Open);
     assert_eq!(s.default_group.as_deref(), Some("default"));
     assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
-    assert!(Settings::quick_start(" , ").is_err());
+    assert!(Settings::quick_start(" , ", None).is_err());
+    let s = Settings::quick_start("k", Some("http://127.0.0.1:9/")).unwrap();
+    assert_eq!(s.groups[0].upstream.url, "http://127.0.0.1:9");
+    assert!(Settings::quick_start("k", Some("ftp://x")).is_err());
 }
 
 #[test]
