@@ -1,0 +1,176 @@
+//! The `gemini-proxy` binary as users run it: quick start, start-up errors, graceful shutdown
+//! with a stream open, and no key anywhere in logs or metrics.
+
+use std::time::{Duration, Instant};
+
+use gemini_proxy_tests::process::run_to_exit;
+use gemini_proxy_tests::{Behaviour, Client, MockGemini, ProxyProcess, Quota};
+use http::Method;
+
+const BIN: &str = env!("CARGO_BIN_EXE_gemini-proxy");
+const MODEL_PATH: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
+
+#[tokio::test]
+async fn quick_start_from_gemini_api_keys() {
+    let mock = MockGemini::start().await;
+    mock.accept_any_key(Behaviour::Ok);
+    let p = ProxyProcess::spawn(
+        BIN,
+        &[],
+        &[("GEMINI_API_KEYS", "qs-key-1,qs-key-2"), ("GEMINI_PROXY_UPSTREAM_URL", &mock.url())],
+    )
+    .await;
+    let c = Client::new();
+    for _ in 0..4 {
+        let r = c.call(Method::POST, &format!("{}{MODEL_PATH}", p.url()), &[], "{}").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(mock.count("qs-key-1"), 2);
+    assert_eq!(mock.count("qs-key-2"), 2);
+    let logs = p.logs();
+    assert!(logs.contains("\"message\":\"gemini-proxy listening\""), "{logs}");
+    assert_eq!(logs.matches("\"message\":\"request\"").count(), 4, "{logs}");
+}
+
+#[tokio::test]
+async fn no_configuration_explains_how_to_start() {
+    let (status, out) = run_to_exit(BIN, &[], &[]).await;
+    assert_eq!(status.code(), Some(2));
+    assert!(out.contains("GEMINI_API_KEYS=key1,key2 gemini-proxy"), "{out}");
+}
+
+#[tokio::test]
+async fn bad_config_stops_start_up_naming_file_and_field() {
+    let dir = gemini_proxy_tests::process::temp_dir("badcfg");
+    let path = dir.join("proxy.yaml");
+    std::fs::write(
+        &path,
+        "groups:\n  - name: g\n    access: {mode: Open}\n    keys:\n      - env: GP_TEST_SURELY_UNSET\n",
+    )
+    .unwrap();
+    let (status, out) = run_to_exit(BIN, &["--config", path.to_str().unwrap()], &[]).await;
+    assert_eq!(status.code(), Some(2));
+    assert!(
+        out.contains("proxy.yaml: groups[0].keys[0].env: environment variable GP_TEST_SURELY_UNSET is not set"),
+        "{out}"
+    );
+    std::fs::write(&path, "groups:\n  - name: g\n    rotation: {strategy: Random}\n").unwrap();
+    let (status, out) = run_to_exit(BIN, &["--config", path.to_str().unwrap()], &[]).await;
+    assert_eq!(status.code(), Some(2));
+    assert!(out.contains("Random") && out.contains("line 3"), "{out}");
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_open_stream_finish_then_exits_zero() {
+    let mock = MockGemini::start().await;
+    mock.accept_any_key(Behaviour::Ok)
+        .set_stream(8, Duration::from_millis(150));
+    let config = format!(
+        "shutdownGraceSeconds: 10\ngroups:\n  - {{name: g, upstream: {{url: \"{}\"}}, access: {{mode: Open}}, keys: [{{value: k}}]}}\n",
+        mock.url()
+    );
+    let mut p = ProxyProcess::with_config(BIN, &config, &[]).await;
+    let c = Client::new();
+    let res = c
+        .open(
+            Method::POST,
+            &format!("{}/v1beta/models/m:streamGenerateContent?alt=sse", p.url()),
+            &[],
+            "{}",
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let reader = tokio::spawn(Client::frames(res.into_body(), Duration::from_secs(10)));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let signalled = Instant::now();
+    p.terminate();
+    // New connections are refused soon after the signal...
+    let mut refused = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        if tokio::net::TcpStream::connect(p.addr).await.is_err() {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "still accepting after SIGTERM");
+    // ...while the open stream runs to its end.
+    let frames = reader.await.unwrap();
+    let text: String = frames.iter().map(|f| String::from_utf8_lossy(&f.data).into_owned()).collect();
+    assert_eq!(text.matches("data: ").count(), 8, "stream cut: {text:?}");
+    let status = p.wait_exit(Duration::from_secs(10)).await.expect("exited");
+    assert!(status.success(), "exit status {status}");
+    assert!(signalled.elapsed() >= Duration::from_millis(700));
+    assert!(p.logs().contains("shutting down"), "{}", p.logs());
+}
+
+#[tokio::test]
+async fn shutdown_grace_is_bounded() {
+    let mock = MockGemini::start().await;
+    mock.accept_any_key(Behaviour::Ok).set_stream(100, Duration::from_millis(200));
+    let config = format!(
+        "shutdownGraceSeconds: 1\ngroups:\n  - {{name: g, upstream: {{url: \"{}\"}}, access: {{mode: Open}}, keys: [{{value: k}}]}}\n",
+        mock.url()
+    );
+    let mut p = ProxyProcess::with_config(BIN, &config, &[]).await;
+    let res = Client::new()
+        .open(Method::POST, &format!("{}/v1beta/models/m:streamGenerateContent?alt=sse", p.url()), &[], "{}")
+        .await;
+    let started = Instant::now();
+    p.terminate();
+    let status = p.wait_exit(Duration::from_secs(10)).await.expect("exited");
+    assert!(status.success());
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    drop(res);
+}
+
+/// Keys with recognisable shapes, so a leak is found wherever it lands.
+const SECRET_KEYS: [&str; 5] = [
+    "fake-secret-ok-7f3a9c",
+    "fake-secret-dead-2b8e1d",
+    "fake-secret-rpm-9d4c0a",
+    "fake-secret-slow-5e7f21",
+    "fake-secret-leak-0c6b3e",
+];
+
+#[tokio::test]
+async fn no_key_in_logs_or_metrics_even_at_debug() {
+    let mock = MockGemini::start().await;
+    mock.key(SECRET_KEYS[0], Behaviour::Ok)
+        .key(SECRET_KEYS[1], Behaviour::Invalid)
+        .key(SECRET_KEYS[2], Behaviour::Quota { quota: Quota::RequestsPerMinute, retry_delay: Some("5s") })
+        .key(SECRET_KEYS[3], Behaviour::Hang)
+        .key(SECRET_KEYS[4], Behaviour::Leaked);
+    let keys: Vec<String> = SECRET_KEYS.iter().map(|k| format!("{{value: {k}}}")).collect();
+    let config = format!(
+        "groups:\n  - name: g\n    upstream: {{url: \"{}\", timeoutSeconds: 1}}\n    retry: {{maxAttempts: 5}}\n    keys: [{}]\n    access: {{clientTokens: [sk-client-token-4e1f]}}\n",
+        mock.url(),
+        keys.join(", ")
+    );
+    let p = ProxyProcess::with_config(BIN, &config, &[("RUST_LOG", "debug")]).await;
+    let c = Client::new();
+    for i in 0..8 {
+        let path = if i % 2 == 0 { MODEL_PATH.to_owned() } else { format!("{MODEL_PATH}?key=sk-client-token-4e1f") };
+        let headers: &[(&str, &str)] = if i % 2 == 0 { &[("x-goog-api-key", "sk-client-token-4e1f")] } else { &[] };
+        c.call(Method::POST, &format!("{}{path}", p.url()), headers, "{}").await;
+        c.call(Method::POST, &format!("{}/v1/chat/completions", p.url()), &[("authorization", "Bearer sk-client-token-4e1f")], "{}").await;
+    }
+    // Bad token, too.
+    c.call(Method::POST, &format!("{}{MODEL_PATH}", p.url()), &[("x-goog-api-key", "fake-secret-wrong-token")], "{}").await;
+    let metrics = c.call(Method::GET, &format!("{}/metrics", p.url()), &[], "").await.text();
+    let ready = c.call(Method::GET, &format!("{}/readyz", p.url()), &[], "").await.text();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let logs = p.logs();
+    assert!(logs.contains("key retired"), "the test did not exercise retirement:\n{logs}");
+    assert!(logs.contains("key cooling down"), "{logs}");
+    assert!(logs.contains("upstream attempt failed"), "{logs}");
+    assert!(metrics.contains("gemini_proxy_key_state"), "{metrics}");
+    for secret in SECRET_KEYS.iter().chain(&["sk-client-token-4e1f", "fake-secret-wrong-token"]) {
+        for (what, text) in [("logs", &logs), ("metrics", &metrics), ("readyz", &ready)] {
+            assert!(!text.contains(secret), "{secret} appears in {what}");
+        }
+    }
+    // The key ids are there instead.
+    assert!(metrics.contains(&keystore::KeyId::of(SECRET_KEYS[0]).to_string()));
+}
