@@ -94,7 +94,14 @@ impl KeyStore for MemoryStore {
     }
 
     fn groups(&self) -> BoxFuture<'_, Result<Vec<GroupSnapshot>, StoreError>> {
-        Box::pin(async move { Ok(self.lock().groups.values().map(|(g, _)| g.clone()).collect()) })
+        Box::pin(async move {
+            Ok(self
+                .lock()
+                .groups
+                .values()
+                .map(|(g, _)| g.clone())
+                .collect())
+        })
     }
 
     fn key_statuses<'a>(

@@ -123,14 +123,12 @@ impl GroupSnapshot {
         };
         put(&self.name);
         put(&self.upstream.url);
-        put(
-            &self
-                .upstream
-                .egress_proxy
-                .as_ref()
-                .map(|p| p.key_id().to_string())
-                .unwrap_or_default(),
-        );
+        put(&self
+            .upstream
+            .egress_proxy
+            .as_ref()
+            .map(|p| p.key_id().to_string())
+            .unwrap_or_default());
         put(&self.upstream.timeout_secs.to_string());
         for k in &self.keys {
             put(k.id.as_str());

@@ -88,7 +88,9 @@ impl Cooldown {
 #[serde(tag = "kind", rename_all = "camelCase")]
 pub enum Transition {
     Cool(Cooldown),
-    Retire { reason: InvalidReason },
+    Retire {
+        reason: InvalidReason,
+    },
     /// Clears cooldowns and retirement (a person or the operator vouches for the key).
     Recover,
 }
@@ -238,7 +240,10 @@ mod tests {
         assert_eq!(s.cooldowns.len(), 2);
         assert!(matches!(
             s.state(false, 10),
-            KeyState::CoolingDown { until_ms: 5_000, .. }
+            KeyState::CoolingDown {
+                until_ms: 5_000,
+                ..
+            }
         ));
     }
 

@@ -28,8 +28,13 @@ pub enum StoreError {
 #[derive(Clone, Debug, PartialEq)]
 pub enum StoreEvent {
     /// A group was published with a new version: reload it.
-    GroupChanged { name: String, version: u64 },
-    GroupRemoved { name: String },
+    GroupChanged {
+        name: String,
+        version: u64,
+    },
+    GroupRemoved {
+        name: String,
+    },
     /// Keys changed state; `origin` is the writer's id so a writer can skip its own echo.
     KeysChanged {
         group: String,

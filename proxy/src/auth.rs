@@ -50,7 +50,10 @@ pub fn strip_key_from_query(query: Option<&str>) -> Option<Cow<'_, str>> {
     if !q.split('&').any(is_key_param) {
         return (!q.is_empty()).then_some(Cow::Borrowed(q));
     }
-    let kept: Vec<&str> = q.split('&').filter(|p| !is_key_param(p) && !p.is_empty()).collect();
+    let kept: Vec<&str> = q
+        .split('&')
+        .filter(|p| !is_key_param(p) && !p.is_empty())
+        .collect();
     (!kept.is_empty()).then(|| Cow::Owned(kept.join("&")))
 }
 
@@ -86,7 +89,9 @@ pub fn upstream_headers(client: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(client.len());
     let extra = connection_tokens(client);
     for (name, value) in client {
-        if dropped_request_header(name) || extra.iter().any(|t| name.as_str().eq_ignore_ascii_case(t)) {
+        if dropped_request_header(name)
+            || extra.iter().any(|t| name.as_str().eq_ignore_ascii_case(t))
+        {
             continue;
         }
         out.append(name.clone(), value.clone());
@@ -164,9 +169,18 @@ mod tests {
     fn key_is_stripped_from_query() {
         assert_eq!(strip_key_from_query(None), None);
         assert_eq!(strip_key_from_query(Some("key=abc")), None);
-        assert_eq!(strip_key_from_query(Some("alt=sse&key=abc")).as_deref(), Some("alt=sse"));
-        assert_eq!(strip_key_from_query(Some("key=a&alt=sse&key=b&x=1")).as_deref(), Some("alt=sse&x=1"));
-        assert_eq!(strip_key_from_query(Some("keyword=1")).as_deref(), Some("keyword=1"));
+        assert_eq!(
+            strip_key_from_query(Some("alt=sse&key=abc")).as_deref(),
+            Some("alt=sse")
+        );
+        assert_eq!(
+            strip_key_from_query(Some("key=a&alt=sse&key=b&x=1")).as_deref(),
+            Some("alt=sse&x=1")
+        );
+        assert_eq!(
+            strip_key_from_query(Some("keyword=1")).as_deref(),
+            Some("keyword=1")
+        );
     }
 
     #[test]
@@ -184,6 +198,9 @@ mod tests {
         ]);
         let out = upstream_headers(&h);
         let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["content-type", "x-goog-upload-protocol", "user-agent"]);
+        assert_eq!(
+            names,
+            ["content-type", "x-goog-upload-protocol", "user-agent"]
+        );
     }
 }

@@ -52,9 +52,7 @@ pub fn error(api: Api, code: StatusCode, message: &str, retry_after_secs: Option
         }
         Api::OpenAi => {
             let (kind, c) = openai_kind(code);
-            format!(
-                r#"{{"error":{{"message":{msg},"type":"{kind}","param":null,"code":"{c}"}}}}"#
-            )
+            format!(r#"{{"error":{{"message":{msg},"type":"{kind}","param":null,"code":"{c}"}}}}"#)
         }
     };
     let mut res = Response::new(Body::from(body));
@@ -66,7 +64,8 @@ pub fn error(api: Api, code: StatusCode, message: &str, retry_after_secs: Option
     res.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     if let Some(s) = retry_after_secs {
-        res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(s));
     }
     res
 }
@@ -88,7 +87,12 @@ mod tests {
 
     #[tokio::test]
     async fn google_envelope_with_retry_info() {
-        let res = error(Api::Native, StatusCode::TOO_MANY_REQUESTS, "all keys cooling", Some(17));
+        let res = error(
+            Api::Native,
+            StatusCode::TOO_MANY_REQUESTS,
+            "all keys cooling",
+            Some(17),
+        );
         assert_eq!(res.headers()["retry-after"], "17");
         let v = body(res).await;
         assert_eq!(v["error"]["code"], 429);

@@ -151,7 +151,12 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
 
     let query = auth::strip_key_from_query(parts.uri.query());
     let Ok(uri) = pool.upstream.uri(&route.upstream_path, query.as_deref()) else {
-        return envelope::error(api, StatusCode::BAD_REQUEST, "the request path is not valid", None);
+        return envelope::error(
+            api,
+            StatusCode::BAD_REQUEST,
+            "the request path is not valid",
+            None,
+        );
     };
     let headers = auth::upstream_headers(&parts.headers);
     let model = ModelOf::new(api, &route.upstream_path, &body);
@@ -175,7 +180,9 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
                     None => envelope::error(
                         api,
                         StatusCode::TOO_MANY_REQUESTS,
-                        &format!("every key of group {group} is rate limited; the first is free again in {secs} s"),
+                        &format!(
+                            "every key of group {group} is rate limited; the first is free again in {secs} s"
+                        ),
                         Some(secs),
                     ),
                 };
@@ -183,7 +190,10 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
             Pick::Tried | Pick::NoKeys => break,
         };
         if !tried.is_empty() {
-            app.metrics.retries.with_label_values(&[group, retry_reason]).inc();
+            app.metrics
+                .retries
+                .with_label_values(&[group, retry_reason])
+                .inc();
         }
         tried.push(i);
         trace.attempts += 1;
@@ -196,8 +206,12 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
         *up.uri_mut() = uri.clone();
         *up.headers_mut() = headers.clone();
         match api {
-            Api::Native => up.headers_mut().insert("x-goog-api-key", slot.native_auth.clone()),
-            Api::OpenAi => up.headers_mut().insert(header::AUTHORIZATION, slot.bearer_auth.clone()),
+            Api::Native => up
+                .headers_mut()
+                .insert("x-goog-api-key", slot.native_auth.clone()),
+            Api::OpenAi => up
+                .headers_mut()
+                .insert(header::AUTHORIZATION, slot.bearer_auth.clone()),
         };
         let in_flight = slot.start();
         let sent = Instant::now();

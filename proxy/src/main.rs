@@ -105,9 +105,14 @@ async fn run(settings: Settings) -> Result<(), String> {
         keys = groups.pools().iter().map(|p| p.members.len()).sum::<usize>(),
         "gemini-proxy listening"
     );
-    serve(listener, proxy.router(), shutdown_signal(), settings.shutdown_grace)
-        .await
-        .map_err(|e| format!("server error: {e}"))?;
+    serve(
+        listener,
+        proxy.router(),
+        shutdown_signal(),
+        settings.shutdown_grace,
+    )
+    .await
+    .map_err(|e| format!("server error: {e}"))?;
     tracing::info!("gemini-proxy stopped");
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Prometheus metrics. Labels carry group names, routes, reasons and key ids, never keys.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, GaugeVec, Opts,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
@@ -38,7 +38,10 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some("gemini_proxy".into()), None).unwrap_or_default();
         let requests = must(IntCounterVec::new(
-            Opts::new("requests_total", "Client requests by group, route and status class"),
+            Opts::new(
+                "requests_total",
+                "Client requests by group, route and status class",
+            ),
             &["group", "route", "status"],
         ));
         let upstream_seconds = must(HistogramVec::new(
@@ -62,7 +65,10 @@ impl Metrics {
             ]),
         ));
         let retries = must(IntCounterVec::new(
-            Opts::new("retries_total", "Upstream attempts after the first, by reason"),
+            Opts::new(
+                "retries_total",
+                "Upstream attempts after the first, by reason",
+            ),
             &["group", "reason"],
         ));
         let cooldowns = must(IntCounterVec::new(
@@ -74,7 +80,10 @@ impl Metrics {
             &["group", "reason"],
         ));
         let key_state = must(IntGaugeVec::new(
-            Opts::new("key_state", "1 for the current state of each key (by key id)"),
+            Opts::new(
+                "key_state",
+                "1 for the current state of each key (by key id)",
+            ),
             &["group", "key_id", "state"],
         ));
         let key_health = must(GaugeVec::new(

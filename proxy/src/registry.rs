@@ -65,15 +65,14 @@ impl Registry {
     /// Open group (Open groups accept any token: SDKs insist on sending one).
     pub fn resolve(&self, token: Option<&str>) -> Option<Client> {
         let groups = self.current.load();
-        if let Some(t) = token {
-            if !groups.by_token.is_empty() {
-                if let Some((i, name)) = groups.by_token.get(&TokenDigest::of(t)) {
-                    return Some(Client {
-                        pool: groups.pools[*i].clone(),
-                        name: Some(name.clone()),
-                    });
-                }
-            }
+        if let Some(t) = token
+            && !groups.by_token.is_empty()
+            && let Some((i, name)) = groups.by_token.get(&TokenDigest::of(t))
+        {
+            return Some(Client {
+                pool: groups.pools[*i].clone(),
+                name: Some(name.clone()),
+            });
         }
         groups.default_open.map(|i| Client {
             pool: groups.pools[i].clone(),
@@ -94,7 +93,11 @@ impl Registry {
         };
         let empty = HashMap::new();
         for snap in snapshots {
-            if self.only.as_ref().is_some_and(|only| !only.contains(&snap.name)) {
+            if self
+                .only
+                .as_ref()
+                .is_some_and(|only| !only.contains(&snap.name))
+            {
                 continue;
             }
             let upstream = match self.clients.upstream(&snap.upstream) {
@@ -116,7 +119,8 @@ impl Registry {
                     tracing::warn!(group = %pool.name(), other = %next.pools[*j].name(), client = %c.name, "a client token selects two groups; the first keeps it");
                     continue;
                 }
-                next.by_token.insert(c.digest.clone(), (i, Arc::from(c.name.as_str())));
+                next.by_token
+                    .insert(c.digest.clone(), (i, Arc::from(c.name.as_str())));
             }
             next.by_name.insert(pool.name().to_owned(), i);
             next.pools.push(Arc::new(pool));

@@ -30,8 +30,13 @@ impl Proxy {
         for g in &settings.groups {
             store.publish_group(g.clone()).await?;
         }
-        let only = (!settings.groups.is_empty())
-            .then(|| settings.groups.iter().map(|g| g.name.clone()).collect::<HashSet<_>>());
+        let only = (!settings.groups.is_empty()).then(|| {
+            settings
+                .groups
+                .iter()
+                .map(|g| g.name.clone())
+                .collect::<HashSet<_>>()
+        });
         let registry = Arc::new(Registry::new(settings.default_group.clone(), only));
         sync::reload(store.as_ref(), &registry).await?;
         let (outbox, rx) = Outbox::new();

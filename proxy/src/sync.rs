@@ -85,7 +85,10 @@ pub fn spawn(
                     p = outbox.recv() => match p { Some(p) => p, None => return },
                     _ = shutdown.wait_for(|s| *s) => return,
                 };
-                match store.transition(&p.group, &p.keys, &p.transition, &proxy_id).await {
+                match store
+                    .transition(&p.group, &p.keys, &p.transition, &proxy_id)
+                    .await
+                {
                     Ok(_) => failing = false,
                     Err(e) if !failing => {
                         failing = true;
@@ -122,10 +125,8 @@ pub fn spawn(
                         Err(broadcast::error::RecvError::Closed) => return,
                     },
                 };
-                if reload_all {
-                    if let Err(e) = reload(store.as_ref(), &registry).await {
-                        tracing::warn!(error = %e, "cannot reload groups from the store; serving the last snapshot");
-                    }
+                if reload_all && let Err(e) = reload(store.as_ref(), &registry).await {
+                    tracing::warn!(error = %e, "cannot reload groups from the store; serving the last snapshot");
                 }
             }
         });
@@ -146,7 +147,11 @@ pub fn spawn(
                         proxy_id: proxy_id.clone(),
                         group: pool.name().to_owned(),
                         at_ms: now,
-                        keys: pool.members.iter().map(|m| m.slot.health_report()).collect(),
+                        keys: pool
+                            .members
+                            .iter()
+                            .map(|m| m.slot.health_report())
+                            .collect(),
                     };
                     if let Err(e) = store.report_health(report, HEALTH_TTL).await {
                         tracing::debug!(error = %e, "cannot report health");

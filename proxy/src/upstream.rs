@@ -47,7 +47,7 @@ impl UpstreamError {
 
 /// Shared HTTP clients: one pooled direct client, one reqwest client per egress proxy.
 pub struct Clients {
-    direct: Direct,
+    direct: Arc<Direct>,
     egress: Mutex<HashMap<String, reqwest::Client>>,
 }
 
@@ -71,7 +71,7 @@ impl Clients {
             .pool_max_idle_per_host(1024)
             .build(https);
         Self {
-            direct,
+            direct: Arc::new(direct),
             egress: Mutex::new(HashMap::new()),
         }
     }
@@ -90,7 +90,7 @@ impl Clients {
             parsed.authority().map(|a| a.as_str()).unwrap_or_default()
         );
         let client = match &spec.egress_proxy {
-            None => Client::Direct(self.direct.clone()),
+            None => Client::Direct(Arc::clone(&self.direct)),
             Some(proxy) => Client::Egress(self.egress_client(proxy)?),
         };
         Ok(Upstream {
@@ -142,7 +142,7 @@ fn rustls_config() -> rustls::ClientConfig {
 
 #[derive(Clone)]
 enum Client {
-    Direct(Direct),
+    Direct(Arc<Direct>),
     Egress(reqwest::Client),
 }
 
@@ -159,7 +159,10 @@ impl Upstream {
     /// The upstream URI for a client path and (already filtered) query.
     pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
         let mut s = String::with_capacity(
-            self.origin.len() + self.path_prefix.len() + path.len() + query.map_or(0, |q| q.len() + 1),
+            self.origin.len()
+                + self.path_prefix.len()
+                + path.len()
+                + query.map_or(0, |q| q.len() + 1),
         );
         s.push_str(&self.origin);
         s.push_str(&self.path_prefix);

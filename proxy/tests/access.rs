@@ -30,17 +30,31 @@ async fn two_groups() -> (MockGemini, support::Running) {
 #[tokio::test]
 async fn the_token_selects_the_group_whichever_way_it_is_sent() {
     let (mock, p) = two_groups().await;
-    let r = p.post(MODEL_PATH, &[("x-goog-api-key", "sk-team-a")], "{}").await;
-    assert_eq!(r.status, 200);
-    let r = p.post(MODEL_PATH, &[("authorization", "Bearer sk-team-b")], "{}").await;
-    assert_eq!(r.status, 200);
-    let r = p.post(&format!("{MODEL_PATH}?key=sk-alice"), &[], "{}").await;
-    assert_eq!(r.status, 200);
     let r = p
-        .post("/v1beta/openai/chat/completions", &[("authorization", "Bearer sk-team-b")], "{}")
+        .post(MODEL_PATH, &[("x-goog-api-key", "sk-team-a")], "{}")
         .await;
     assert_eq!(r.status, 200);
-    let keys: Vec<_> = mock.requests().into_iter().map(|s| s.key.unwrap_or_default()).collect();
+    let r = p
+        .post(MODEL_PATH, &[("authorization", "Bearer sk-team-b")], "{}")
+        .await;
+    assert_eq!(r.status, 200);
+    let r = p
+        .post(&format!("{MODEL_PATH}?key=sk-alice"), &[], "{}")
+        .await;
+    assert_eq!(r.status, 200);
+    let r = p
+        .post(
+            "/v1beta/openai/chat/completions",
+            &[("authorization", "Bearer sk-team-b")],
+            "{}",
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let keys: Vec<_> = mock
+        .requests()
+        .into_iter()
+        .map(|s| s.key.unwrap_or_default())
+        .collect();
     assert_eq!(keys, ["key-of-a", "key-of-b", "key-of-a", "key-of-b"]);
 }
 
@@ -51,7 +65,12 @@ async fn client_credentials_never_reach_the_upstream() {
     let r = p
         .post(
             &format!("{MODEL_PATH}?key=sk-team-a&alt=sse"),
-            &[("authorization", "Bearer sk-team-a"), ("x-goog-api-key", "sk-team-a"), ("user-agent", "test-sdk/1.0"), ("x-goog-api-client", "genai-py/3.4")],
+            &[
+                ("authorization", "Bearer sk-team-a"),
+                ("x-goog-api-key", "sk-team-a"),
+                ("user-agent", "test-sdk/1.0"),
+                ("x-goog-api-client", "genai-py/3.4"),
+            ],
             "{}",
         )
         .await;
@@ -63,10 +82,18 @@ async fn client_credentials_never_reach_the_upstream() {
     assert_eq!(seen.headers["user-agent"], "test-sdk/1.0");
     assert_eq!(seen.headers["x-goog-api-client"], "genai-py/3.4");
     for (_, v) in &seen.headers {
-        assert!(!v.as_bytes().windows(4).any(|w| w == b"sk-t"), "client token forwarded: {v:?}");
+        assert!(
+            !v.as_bytes().windows(4).any(|w| w == b"sk-t"),
+            "client token forwarded: {v:?}"
+        );
     }
     // OpenAI layer: the key goes as Bearer, the client's Bearer is gone.
-    p.post("/v1beta/openai/embeddings", &[("authorization", "Bearer sk-team-b")], "{}").await;
+    p.post(
+        "/v1beta/openai/embeddings",
+        &[("authorization", "Bearer sk-team-b")],
+        "{}",
+    )
+    .await;
     let seen = &mock.requests()[1];
     assert_eq!(seen.headers["authorization"], "Bearer key-of-b");
     assert!(seen.headers.get("x-goog-api-key").is_none());
@@ -75,17 +102,29 @@ async fn client_credentials_never_reach_the_upstream() {
 #[tokio::test]
 async fn unknown_or_missing_token_is_401_in_the_routes_envelope() {
     let (mock, p) = two_groups().await;
-    let r = p.post(MODEL_PATH, &[("x-goog-api-key", "sk-wrong")], "{}").await;
+    let r = p
+        .post(MODEL_PATH, &[("x-goog-api-key", "sk-wrong")], "{}")
+        .await;
     assert_eq!(r.status, 401);
-    assert_eq!(r.header("content-type"), Some("application/json; charset=UTF-8"));
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/json; charset=UTF-8")
+    );
     let v = r.json();
     assert_eq!(v["error"]["code"], 401);
     assert_eq!(v["error"]["status"], "UNAUTHENTICATED");
     let r = p.post(MODEL_PATH, &[], "{}").await;
     assert_eq!(r.status, 401);
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("no client token"));
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no client token")
+    );
     for path in ["/v1beta/openai/chat/completions", "/v1/chat/completions"] {
-        let r = p.post(path, &[("authorization", "Bearer sk-wrong")], "{}").await;
+        let r = p
+            .post(path, &[("authorization", "Bearer sk-wrong")], "{}")
+            .await;
         assert_eq!(r.status, 401);
         let v = r.json();
         assert_eq!(v["error"]["code"], "invalid_api_key");
@@ -100,17 +139,30 @@ async fn open_group_takes_any_token_or_none() {
     mock.accept_any_key(Behaviour::Ok);
     let p = start(&support::open_group(&["k"], ""), &mock).await;
     assert_eq!(p.post(MODEL_PATH, &[], "{}").await.status, 200);
-    assert_eq!(p.post(MODEL_PATH, &[("x-goog-api-key", "anything")], "{}").await.status, 200);
-    assert!(mock.requests().iter().all(|s| s.key.as_deref() == Some("k")));
+    assert_eq!(
+        p.post(MODEL_PATH, &[("x-goog-api-key", "anything")], "{}")
+            .await
+            .status,
+        200
+    );
+    assert!(
+        mock.requests()
+            .iter()
+            .all(|s| s.key.as_deref() == Some("k"))
+    );
 }
 
 #[tokio::test]
 async fn v1_models_is_native_for_genai_and_openai_for_bearer() {
     let (mock, p) = two_groups().await;
-    let r = p.get("/v1/models", &[("x-goog-api-key", "sk-team-a")]).await;
+    let r = p
+        .get("/v1/models", &[("x-goog-api-key", "sk-team-a")])
+        .await;
     assert_eq!(r.status, 200);
     assert!(r.json()["models"].is_array(), "{}", r.text());
-    let r = p.get("/v1/models", &[("authorization", "Bearer sk-team-a")]).await;
+    let r = p
+        .get("/v1/models", &[("authorization", "Bearer sk-team-a")])
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["object"], "list");
     let paths: Vec<_> = mock.requests().into_iter().map(|s| s.path).collect();
@@ -130,13 +182,21 @@ async fn unknown_route_is_404_in_googles_envelope() {
 async fn request_ids_are_honoured_or_made() {
     let (_mock, p) = two_groups().await;
     let r = p
-        .post(MODEL_PATH, &[("x-goog-api-key", "sk-team-a"), ("x-request-id", "abc-123")], "{}")
+        .post(
+            MODEL_PATH,
+            &[("x-goog-api-key", "sk-team-a"), ("x-request-id", "abc-123")],
+            "{}",
+        )
         .await;
     assert_eq!(r.header("x-request-id"), Some("abc-123"));
-    let r = p.post(MODEL_PATH, &[("x-goog-api-key", "nope")], "{}").await;
+    let r = p
+        .post(MODEL_PATH, &[("x-goog-api-key", "nope")], "{}")
+        .await;
     let id = r.header("x-request-id").expect("an id").to_owned();
     assert_eq!(id.len(), 16);
-    let r2 = p.post(MODEL_PATH, &[("x-goog-api-key", "nope")], "{}").await;
+    let r2 = p
+        .post(MODEL_PATH, &[("x-goog-api-key", "nope")], "{}")
+        .await;
     assert_ne!(r2.header("x-request-id"), Some(id.as_str()));
 }
 
@@ -162,7 +222,11 @@ async fn oversized_body_is_413_and_never_forwarded() {
     assert_eq!(r.json()["error"]["code"], 413);
     // ... in OpenAI's on that layer.
     let r = p
-        .post("/v1/chat/completions", &[("authorization", "Bearer x")], &"a".repeat(2000))
+        .post(
+            "/v1/chat/completions",
+            &[("authorization", "Bearer x")],
+            &"a".repeat(2000),
+        )
         .await;
     assert_eq!(r.status, 413);
     assert_eq!(r.json()["error"]["code"], "request_too_large");
@@ -177,9 +241,12 @@ async fn a_declared_huge_body_is_refused_before_it_is_sent() {
     let addr = p.url.trim_start_matches("http://").to_owned();
     let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
     // Announce 10 GiB and send none of it: the answer must come without waiting for the body.
-    sock.write_all(format!("POST {MODEL_PATH} HTTP/1.1\r\nhost: x\r\ncontent-length: 10737418240\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    sock.write_all(
+        format!("POST {MODEL_PATH} HTTP/1.1\r\nhost: x\r\ncontent-length: 10737418240\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut buf = vec![0u8; 4096];
     let n = tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf))
         .await
@@ -221,7 +288,15 @@ async fn probes_and_methods() {
     assert!(r.text().starts_with("ready\n"), "{}", r.text());
     let r = p
         .client
-        .call(Method::DELETE, &format!("{}/v1beta/files/abc", p.url), &[("x-goog-api-key", "sk-team-a")], "")
+        .call(
+            Method::DELETE,
+            &format!("{}/v1beta/files/abc", p.url),
+            &[("x-goog-api-key", "sk-team-a")],
+            "",
+        )
         .await;
-    assert_eq!(r.status, 404, "DELETE is forwarded (the mock knows no such file)");
+    assert_eq!(
+        r.status, 404,
+        "DELETE is forwarded (the mock knows no such file)"
+    );
 }

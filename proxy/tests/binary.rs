@@ -17,18 +17,26 @@ async fn quick_start_from_gemini_api_keys() {
     let p = ProxyProcess::spawn(
         BIN,
         &[],
-        &[("GEMINI_API_KEYS", "qs-key-1,qs-key-2"), ("GEMINI_PROXY_UPSTREAM_URL", &mock.url())],
+        &[
+            ("GEMINI_API_KEYS", "qs-key-1,qs-key-2"),
+            ("GEMINI_PROXY_UPSTREAM_URL", &mock.url()),
+        ],
     )
     .await;
     let c = Client::new();
     for _ in 0..4 {
-        let r = c.call(Method::POST, &format!("{}{MODEL_PATH}", p.url()), &[], "{}").await;
+        let r = c
+            .call(Method::POST, &format!("{}{MODEL_PATH}", p.url()), &[], "{}")
+            .await;
         assert_eq!(r.status, 200, "{}", r.text());
     }
     assert_eq!(mock.count("qs-key-1"), 2);
     assert_eq!(mock.count("qs-key-2"), 2);
     let logs = p.logs();
-    assert!(logs.contains("\"message\":\"gemini-proxy listening\""), "{logs}");
+    assert!(
+        logs.contains("\"message\":\"gemini-proxy listening\""),
+        "{logs}"
+    );
     assert_eq!(logs.matches("\"message\":\"request\"").count(), 4, "{logs}");
 }
 
@@ -36,7 +44,10 @@ async fn quick_start_from_gemini_api_keys() {
 async fn no_configuration_explains_how_to_start() {
     let (status, out) = run_to_exit(BIN, &[], &[]).await;
     assert_eq!(status.code(), Some(2));
-    assert!(out.contains("GEMINI_API_KEYS=key1,key2 gemini-proxy"), "{out}");
+    assert!(
+        out.contains("GEMINI_API_KEYS=key1,key2 gemini-proxy"),
+        "{out}"
+    );
 }
 
 #[tokio::test]
@@ -54,7 +65,11 @@ async fn bad_config_stops_start_up_naming_file_and_field() {
         out.contains("proxy.yaml: groups[0].keys[0].env: environment variable GP_TEST_SURELY_UNSET is not set"),
         "{out}"
     );
-    std::fs::write(&path, "groups:\n  - name: g\n    rotation: {strategy: Random}\n").unwrap();
+    std::fs::write(
+        &path,
+        "groups:\n  - name: g\n    rotation: {strategy: Random}\n",
+    )
+    .unwrap();
     let (status, out) = run_to_exit(BIN, &["--config", path.to_str().unwrap()], &[]).await;
     assert_eq!(status.code(), Some(2));
     assert!(out.contains("Random") && out.contains("line 3"), "{out}");
@@ -96,7 +111,10 @@ async fn sigterm_lets_an_open_stream_finish_then_exits_zero() {
     assert!(refused, "still accepting after SIGTERM");
     // ...while the open stream runs to its end.
     let frames = reader.await.unwrap();
-    let text: String = frames.iter().map(|f| String::from_utf8_lossy(&f.data).into_owned()).collect();
+    let text: String = frames
+        .iter()
+        .map(|f| String::from_utf8_lossy(&f.data).into_owned())
+        .collect();
     assert_eq!(text.matches("data: ").count(), 8, "stream cut: {text:?}");
     let status = p.wait_exit(Duration::from_secs(10)).await.expect("exited");
     assert!(status.success(), "exit status {status}");
@@ -107,14 +125,20 @@ async fn sigterm_lets_an_open_stream_finish_then_exits_zero() {
 #[tokio::test]
 async fn shutdown_grace_is_bounded() {
     let mock = MockGemini::start().await;
-    mock.accept_any_key(Behaviour::Ok).set_stream(100, Duration::from_millis(200));
+    mock.accept_any_key(Behaviour::Ok)
+        .set_stream(100, Duration::from_millis(200));
     let config = format!(
         "shutdownGraceSeconds: 1\ngroups:\n  - {{name: g, upstream: {{url: \"{}\"}}, access: {{mode: Open}}, keys: [{{value: k}}]}}\n",
         mock.url()
     );
     let mut p = ProxyProcess::with_config(BIN, &config, &[]).await;
     let res = Client::new()
-        .open(Method::POST, &format!("{}/v1beta/models/m:streamGenerateContent?alt=sse", p.url()), &[], "{}")
+        .open(
+            Method::POST,
+            &format!("{}/v1beta/models/m:streamGenerateContent?alt=sse", p.url()),
+            &[],
+            "{}",
+        )
         .await;
     let started = Instant::now();
     p.terminate();
@@ -139,10 +163,19 @@ async fn no_key_in_logs_or_metrics_even_at_debug() {
     let mock = MockGemini::start().await;
     mock.key(SECRET_KEYS[0], Behaviour::Ok)
         .key(SECRET_KEYS[1], Behaviour::Invalid)
-        .key(SECRET_KEYS[2], Behaviour::Quota { quota: Quota::RequestsPerMinute, retry_delay: Some("5s") })
+        .key(
+            SECRET_KEYS[2],
+            Behaviour::Quota {
+                quota: Quota::RequestsPerMinute,
+                retry_delay: Some("5s"),
+            },
+        )
         .key(SECRET_KEYS[3], Behaviour::Hang)
         .key(SECRET_KEYS[4], Behaviour::Leaked);
-    let keys: Vec<String> = SECRET_KEYS.iter().map(|k| format!("{{value: {k}}}")).collect();
+    let keys: Vec<String> = SECRET_KEYS
+        .iter()
+        .map(|k| format!("{{value: {k}}}"))
+        .collect();
     let config = format!(
         "groups:\n  - name: g\n    upstream: {{url: \"{}\", timeoutSeconds: 1}}\n    retry: {{maxAttempts: 5}}\n    keys: [{}]\n    access: {{clientTokens: [sk-client-token-4e1f]}}\n",
         mock.url(),
@@ -151,22 +184,55 @@ async fn no_key_in_logs_or_metrics_even_at_debug() {
     let p = ProxyProcess::with_config(BIN, &config, &[("RUST_LOG", "debug")]).await;
     let c = Client::new();
     for i in 0..8 {
-        let path = if i % 2 == 0 { MODEL_PATH.to_owned() } else { format!("{MODEL_PATH}?key=sk-client-token-4e1f") };
-        let headers: &[(&str, &str)] = if i % 2 == 0 { &[("x-goog-api-key", "sk-client-token-4e1f")] } else { &[] };
-        c.call(Method::POST, &format!("{}{path}", p.url()), headers, "{}").await;
-        c.call(Method::POST, &format!("{}/v1/chat/completions", p.url()), &[("authorization", "Bearer sk-client-token-4e1f")], "{}").await;
+        let path = if i % 2 == 0 {
+            MODEL_PATH.to_owned()
+        } else {
+            format!("{MODEL_PATH}?key=sk-client-token-4e1f")
+        };
+        let headers: &[(&str, &str)] = if i % 2 == 0 {
+            &[("x-goog-api-key", "sk-client-token-4e1f")]
+        } else {
+            &[]
+        };
+        c.call(Method::POST, &format!("{}{path}", p.url()), headers, "{}")
+            .await;
+        c.call(
+            Method::POST,
+            &format!("{}/v1/chat/completions", p.url()),
+            &[("authorization", "Bearer sk-client-token-4e1f")],
+            "{}",
+        )
+        .await;
     }
     // Bad token, too.
-    c.call(Method::POST, &format!("{}{MODEL_PATH}", p.url()), &[("x-goog-api-key", "fake-secret-wrong-token")], "{}").await;
-    let metrics = c.call(Method::GET, &format!("{}/metrics", p.url()), &[], "").await.text();
-    let ready = c.call(Method::GET, &format!("{}/readyz", p.url()), &[], "").await.text();
+    c.call(
+        Method::POST,
+        &format!("{}{MODEL_PATH}", p.url()),
+        &[("x-goog-api-key", "fake-secret-wrong-token")],
+        "{}",
+    )
+    .await;
+    let metrics = c
+        .call(Method::GET, &format!("{}/metrics", p.url()), &[], "")
+        .await
+        .text();
+    let ready = c
+        .call(Method::GET, &format!("{}/readyz", p.url()), &[], "")
+        .await
+        .text();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let logs = p.logs();
-    assert!(logs.contains("key retired"), "the test did not exercise retirement:\n{logs}");
+    assert!(
+        logs.contains("key retired"),
+        "the test did not exercise retirement:\n{logs}"
+    );
     assert!(logs.contains("key cooling down"), "{logs}");
     assert!(logs.contains("upstream attempt failed"), "{logs}");
     assert!(metrics.contains("gemini_proxy_key_state"), "{metrics}");
-    for secret in SECRET_KEYS.iter().chain(&["sk-client-token-4e1f", "fake-secret-wrong-token"]) {
+    for secret in SECRET_KEYS
+        .iter()
+        .chain(&["sk-client-token-4e1f", "fake-secret-wrong-token"])
+    {
         for (what, text) in [("logs", &logs), ("metrics", &metrics), ("readyz", &ready)] {
             assert!(!text.contains(secret), "{secret} appears in {what}");
         }

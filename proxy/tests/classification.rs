@@ -28,7 +28,11 @@ async fn per_minute_429_cools_key_for_retry_delay_and_retries_elsewhere() {
     assert_eq!(mock.count("rpm-a"), 1, "a cooling key was used again");
     assert_eq!(mock.count("ok-b"), 4);
     match p.state("rpm-a") {
-        KeyState::CoolingDown { until_ms, reason, model } => {
+        KeyState::CoolingDown {
+            until_ms,
+            reason,
+            model,
+        } => {
             assert_eq!(reason, CooldownReason::PerMinuteQuota);
             assert_eq!(model.as_deref(), Some("gemini-2.5-flash"));
             let s = secs_until(until_ms);
@@ -38,8 +42,14 @@ async fn per_minute_429_cools_key_for_retry_delay_and_retries_elsewhere() {
     }
     assert_eq!(p.state("ok-b"), KeyState::Active);
     let m = p.metrics().await;
-    assert!(m.contains(r#"gemini_proxy_retries_total{group="g",reason="rate_limited"} 1"#), "{m}");
-    assert!(m.contains(r#"gemini_proxy_cooldowns_total{group="g",reason="PerMinuteQuota"} 1"#), "{m}");
+    assert!(
+        m.contains(r#"gemini_proxy_retries_total{group="g",reason="rate_limited"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"gemini_proxy_cooldowns_total{group="g",reason="PerMinuteQuota"} 1"#),
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -56,7 +66,11 @@ async fn model_cooldown_leaves_other_models_on_the_key() {
     assert_eq!(r.status, 200, "{}", r.text());
     let r = p.generate().await;
     assert_eq!(r.status, 429);
-    assert_eq!(mock.count("k"), 2, "the spent model was sent upstream again");
+    assert_eq!(
+        mock.count("k"),
+        2,
+        "the spent model was sent upstream again"
+    );
 }
 
 #[tokio::test]
@@ -93,14 +107,23 @@ groups:
     for _ in 0..3 {
         assert_eq!(p.generate().await.status, 200);
     }
-    assert_eq!(mock.count("same-project-b"), 0, "a key of the spent project was used");
+    assert_eq!(
+        mock.count("same-project-b"),
+        0,
+        "a key of the spent project was used"
+    );
     assert_eq!(mock.count("other-project-c"), 3);
     let midnight = next_pacific_midnight_ms(keystore::clock::now_ms());
     for k in ["day-a", "same-project-b"] {
         match p.state(k) {
-            KeyState::CoolingDown { until_ms, reason, .. } => {
+            KeyState::CoolingDown {
+                until_ms, reason, ..
+            } => {
                 assert_eq!(reason, CooldownReason::PerDayQuota);
-                assert!(until_ms.abs_diff(midnight) < 2_000, "{k} until {until_ms}, midnight {midnight}");
+                assert!(
+                    until_ms.abs_diff(midnight) < 2_000,
+                    "{k} until {until_ms}, midnight {midnight}"
+                );
             }
             other => panic!("{k}: {other:?}"),
         }
@@ -122,7 +145,11 @@ groups:
     let p = start(yaml, &mock).await;
     assert_eq!(p.generate().await.status, 200);
     match p.state("bare-a") {
-        KeyState::CoolingDown { until_ms, reason, model } => {
+        KeyState::CoolingDown {
+            until_ms,
+            reason,
+            model,
+        } => {
             assert_eq!(reason, CooldownReason::RateLimited);
             assert_eq!(model, None);
             let s = secs_until(until_ms);
@@ -151,11 +178,19 @@ async fn dead_keys_are_retired_and_never_used_again() {
             assert_eq!(r.status, 200, "{behaviour:?}: {}", r.text());
         }
         assert_eq!(mock.count("dead"), 1, "{behaviour:?}");
-        assert_eq!(p.state("dead"), KeyState::Invalid { reason }, "{behaviour:?}");
+        assert_eq!(
+            p.state("dead"),
+            KeyState::Invalid { reason },
+            "{behaviour:?}"
+        );
         assert!(p.health("dead") < 1.0);
         let ready = p.get("/readyz", &[]).await;
         assert_eq!(ready.status, 200);
-        assert!(ready.text().contains("1 of 2 keys usable"), "{}", ready.text());
+        assert!(
+            ready.text().contains("1 of 2 keys usable"),
+            "{}",
+            ready.text()
+        );
     }
 }
 
@@ -178,7 +213,9 @@ async fn client_faults_pass_through_unchanged_and_the_key_is_untouched() {
     let mock = MockGemini::start().await;
     mock.accept_any_key(Behaviour::Ok);
     let p = start(&open_group(&["a", "b"], ""), &mock).await;
-    let r = p.post(support::MODEL_PATH, &[], r#"{"x":"TRIGGER400"}"#).await;
+    let r = p
+        .post(support::MODEL_PATH, &[], r#"{"x":"TRIGGER400"}"#)
+        .await;
     assert_eq!(r.status, 400);
     assert_eq!(r.text(), wire::token_limit_exceeded());
     assert_eq!(r.header("content-type"), Some(wire::JSON));
@@ -208,7 +245,11 @@ async fn server_errors_retry_on_another_key_without_blaming_it() {
     for b in [Behaviour::Internal, Behaviour::Overloaded] {
         let mock = MockGemini::start().await;
         mock.key("flaky", b.clone()).key("ok", Behaviour::Ok);
-        let p = start(&open_group(&["flaky", "ok"], "rotation: {strategy: RoundRobin}"), &mock).await;
+        let p = start(
+            &open_group(&["flaky", "ok"], "rotation: {strategy: RoundRobin}"),
+            &mock,
+        )
+        .await;
         for _ in 0..4 {
             assert_eq!(p.generate().await.status, 200, "{b:?}");
         }
@@ -222,7 +263,11 @@ async fn server_errors_retry_on_another_key_without_blaming_it() {
 async fn server_errors_back_off_between_attempts() {
     let mock = MockGemini::start().await;
     mock.accept_any_key(Behaviour::Overloaded);
-    let p = start(&open_group(&["a", "b", "c"], "retry: {maxAttempts: 3}"), &mock).await;
+    let p = start(
+        &open_group(&["a", "b", "c"], "retry: {maxAttempts: 3}"),
+        &mock,
+    )
+    .await;
     let r = p.generate().await;
     assert_eq!(r.status, 503);
     assert_eq!(r.text(), wire::overloaded());
@@ -240,7 +285,11 @@ async fn server_errors_back_off_between_attempts() {
 async fn deadline_is_retried_at_most_once() {
     let mock = MockGemini::start().await;
     mock.accept_any_key(Behaviour::Deadline);
-    let p = start(&open_group(&["a", "b", "c", "d"], "retry: {maxAttempts: 4}"), &mock).await;
+    let p = start(
+        &open_group(&["a", "b", "c", "d"], "retry: {maxAttempts: 4}"),
+        &mock,
+    )
+    .await;
     let r = p.generate().await;
     assert_eq!(r.status, 504);
     assert_eq!(r.text(), wire::deadline_exceeded());
@@ -252,7 +301,10 @@ async fn timeouts_retry_elsewhere_and_lower_health_without_retiring() {
     let mock = MockGemini::start().await;
     mock.key("slow", Behaviour::Hang).key("ok", Behaviour::Ok);
     let p = start(
-        &open_group(&["slow", "ok"], "upstream: {url: \"{mock}\", timeoutSeconds: 1}"),
+        &open_group(
+            &["slow", "ok"],
+            "upstream: {url: \"{mock}\", timeoutSeconds: 1}",
+        ),
         &mock,
     )
     .await;
@@ -261,13 +313,19 @@ async fn timeouts_retry_elsewhere_and_lower_health_without_retiring() {
     assert!(p.health("slow") < 1.0);
     assert_eq!(p.state("slow"), KeyState::Active);
     let m = p.metrics().await;
-    assert!(m.contains(r#"gemini_proxy_retries_total{group="g",reason="timeout"} 1"#), "{m}");
+    assert!(
+        m.contains(r#"gemini_proxy_retries_total{group="g",reason="timeout"} 1"#),
+        "{m}"
+    );
 }
 
 #[tokio::test]
 async fn connection_refused_is_502_in_the_routes_envelope() {
     let mock = MockGemini::start().await;
-    let dead = format!("http://127.0.0.1:{}", gemini_proxy_tests::process::free_port());
+    let dead = format!(
+        "http://127.0.0.1:{}",
+        gemini_proxy_tests::process::free_port()
+    );
     let p = start(
         &open_group(&["a", "b"], &format!("upstream: {{url: \"{dead}\"}}")),
         &mock,
@@ -277,7 +335,11 @@ async fn connection_refused_is_502_in_the_routes_envelope() {
     assert_eq!(r.status, 502);
     assert_eq!(r.json()["error"]["status"], "UNAVAILABLE");
     let r = p
-        .post("/v1beta/openai/chat/completions", &[("authorization", "Bearer x")], "{}")
+        .post(
+            "/v1beta/openai/chat/completions",
+            &[("authorization", "Bearer x")],
+            "{}",
+        )
         .await;
     assert_eq!(r.status, 502);
     assert_eq!(r.json()["error"]["type"], "server_error");
@@ -288,7 +350,11 @@ async fn connection_refused_is_502_in_the_routes_envelope() {
 async fn attempts_are_capped() {
     let mock = MockGemini::start().await;
     mock.accept_any_key(Behaviour::Internal);
-    let p = start(&open_group(&["a", "b", "c", "d"], "retry: {maxAttempts: 2}"), &mock).await;
+    let p = start(
+        &open_group(&["a", "b", "c", "d"], "retry: {maxAttempts: 2}"),
+        &mock,
+    )
+    .await;
     let r = p.generate().await;
     assert_eq!(r.status, 500);
     assert_eq!(mock.requests().len(), 2);
@@ -303,14 +369,21 @@ async fn all_keys_cooling_answers_429_with_retry_after_without_calling_upstream(
     let r = p.generate().await;
     assert_eq!(r.status, 429);
     assert_eq!(r.json()["error"]["status"], "RESOURCE_EXHAUSTED");
-    let after: u64 = r.header("retry-after").expect("Retry-After").parse().unwrap();
+    let after: u64 = r
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
     assert!((29..=31).contains(&after), "{after}");
     assert_eq!(mock.requests().len(), 2);
     // Then: the proxy answers by itself, in the envelope of the route.
     let r = p.generate().await;
     assert_eq!(r.status, 429);
     assert!(r.header("retry-after").is_some());
-    assert_eq!(r.json()["error"]["details"][0]["@type"], "type.googleapis.com/google.rpc.RetryInfo");
+    assert_eq!(
+        r.json()["error"]["details"][0]["@type"],
+        "type.googleapis.com/google.rpc.RetryInfo"
+    );
     let r = p
         .post(
             "/v1beta/openai/chat/completions",
@@ -321,13 +394,20 @@ async fn all_keys_cooling_answers_429_with_retry_after_without_calling_upstream(
     assert_eq!(r.status, 429);
     assert_eq!(r.json()["error"]["code"], "rate_limit_exceeded");
     assert!(r.header("retry-after").is_some());
-    assert_eq!(mock.requests().len(), 2, "a request went upstream while every key cooled");
+    assert_eq!(
+        mock.requests().len(),
+        2,
+        "a request went upstream while every key cooled"
+    );
 }
 
 #[tokio::test]
 async fn cooldown_expires_and_the_key_serves_again() {
     let mock = MockGemini::start().await;
-    mock.script("k", vec![quota(Quota::RequestsPerMinute, Some("1s")), Behaviour::Ok]);
+    mock.script(
+        "k",
+        vec![quota(Quota::RequestsPerMinute, Some("1s")), Behaviour::Ok],
+    );
     let p = start(&open_group(&["k"], ""), &mock).await;
     let r = p.generate().await;
     assert_eq!(r.status, 429);
@@ -345,7 +425,11 @@ async fn openai_layer_errors_are_classified_too() {
     mock.key("dead", Behaviour::Invalid)
         .key("rpm", quota(Quota::RequestsPerMinute, Some("9s")))
         .key("ok", Behaviour::Ok);
-    let p = start(&open_group(&["dead", "rpm", "ok"], "retry: {maxAttempts: 3}"), &mock).await;
+    let p = start(
+        &open_group(&["dead", "rpm", "ok"], "retry: {maxAttempts: 3}"),
+        &mock,
+    )
+    .await;
     let r = p
         .post(
             "/v1beta/openai/chat/completions",

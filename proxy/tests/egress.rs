@@ -27,19 +27,40 @@ groups:
     );
     let p = start(&yaml, &mock).await;
     for _ in 0..3 {
-        let r = p.post(support::MODEL_PATH, &[("x-goog-api-key", "via-egress")], "{}").await;
+        let r = p
+            .post(
+                support::MODEL_PATH,
+                &[("x-goog-api-key", "via-egress")],
+                "{}",
+            )
+            .await;
         assert_eq!(r.status, 200, "{kind:?}: {}", r.text());
     }
-    assert!(egress.connections() >= 1, "{kind:?}: nothing went through the egress proxy");
+    assert!(
+        egress.connections() >= 1,
+        "{kind:?}: nothing went through the egress proxy"
+    );
     let before = egress.connections();
-    let r = p.post(support::MODEL_PATH, &[("x-goog-api-key", "direct")], "{}").await;
+    let r = p
+        .post(support::MODEL_PATH, &[("x-goog-api-key", "direct")], "{}")
+        .await;
     assert_eq!(r.status, 200);
-    assert_eq!(egress.connections(), before, "direct traffic took the egress proxy");
+    assert_eq!(
+        egress.connections(),
+        before,
+        "direct traffic took the egress proxy"
+    );
     assert_eq!(mock.count("k1"), 3);
     assert_eq!(mock.count("k2"), 1);
     // The egress path classifies answers like the direct one.
     mock.key("k1", Behaviour::Invalid);
-    let r = p.post(support::MODEL_PATH, &[("x-goog-api-key", "via-egress")], "{}").await;
+    let r = p
+        .post(
+            support::MODEL_PATH,
+            &[("x-goog-api-key", "via-egress")],
+            "{}",
+        )
+        .await;
     assert_eq!(r.status, 400);
     assert!(matches!(p.state("k1"), keystore::KeyState::Invalid { .. }));
 }

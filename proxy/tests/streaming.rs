@@ -12,11 +12,21 @@ use support::{open_group, start};
 const CHUNKS: usize = 5;
 const DELAY: Duration = Duration::from_millis(150);
 
-async fn stream(p: &support::Running, path: &str, headers: &[(&str, &str)], body: &str) -> (String, Vec<Duration>, http::HeaderMap) {
+async fn stream(
+    p: &support::Running,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (String, Vec<Duration>, http::HeaderMap) {
     let started = std::time::Instant::now();
     let res = p
         .client
-        .open(Method::POST, &format!("{}{path}", p.url), headers, body.to_owned())
+        .open(
+            Method::POST,
+            &format!("{}{path}", p.url),
+            headers,
+            body.to_owned(),
+        )
         .await;
     assert_eq!(res.status(), 200);
     let headers = res.headers().clone();
@@ -25,7 +35,11 @@ async fn stream(p: &support::Running, path: &str, headers: &[(&str, &str)], body
         .iter()
         .map(|f| String::from_utf8_lossy(&f.data).into_owned())
         .collect();
-    (text, frames.iter().map(|f| f.at - started).collect(), headers)
+    (
+        text,
+        frames.iter().map(|f| f.at - started).collect(),
+        headers,
+    )
 }
 
 fn assert_spaced(times: &[Duration]) {
@@ -33,7 +47,10 @@ fn assert_spaced(times: &[Duration]) {
     // The first chunk comes right away, not after the whole stream was produced.
     assert!(times[0] < DELAY * 2, "first chunk after {:?}", times[0]);
     let spread = times[times.len() - 1] - times[0];
-    assert!(spread >= DELAY * (CHUNKS as u32 - 2), "chunks bunched: {times:?}");
+    assert!(
+        spread >= DELAY * (CHUNKS as u32 - 2),
+        "chunks bunched: {times:?}"
+    );
 }
 
 #[tokio::test]
@@ -97,8 +114,13 @@ async fn openai_stream_is_forwarded_as_it_comes() {
 #[tokio::test]
 async fn a_key_counts_as_busy_until_its_stream_ends() {
     let mock = MockGemini::start().await;
-    mock.accept_any_key(Behaviour::Ok).set_stream(3, Duration::from_millis(300));
-    let p = start(&open_group(&["a", "b"], "rotation: {strategy: LeastLoaded}"), &mock).await;
+    mock.accept_any_key(Behaviour::Ok)
+        .set_stream(3, Duration::from_millis(300));
+    let p = start(
+        &open_group(&["a", "b"], "rotation: {strategy: LeastLoaded}"),
+        &mock,
+    )
+    .await;
     let res = p
         .client
         .open(

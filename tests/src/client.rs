@@ -60,7 +60,12 @@ impl Client {
         }
     }
 
-    fn request(method: Method, url: &str, headers: &[(&str, &str)], body: Bytes) -> Request<Full<Bytes>> {
+    fn request(
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Request<Full<Bytes>> {
         let mut b = Request::builder().method(method).uri(url);
         for (k, v) in headers {
             b = b.header(*k, *v);

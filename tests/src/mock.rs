@@ -157,7 +157,9 @@ fn text(status: u16, content_type: &str, body: String) -> Response {
 
 async fn handle(State(inner): State<Arc<Mutex<Inner>>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, 64 << 20).await.unwrap_or_default();
+    let body = axum::body::to_bytes(body, 64 << 20)
+        .await
+        .unwrap_or_default();
     let path = parts.uri.path().to_owned();
     let query = parts.uri.query().map(str::to_owned);
     let openai = path.starts_with("/v1beta/openai/");
@@ -168,8 +170,7 @@ async fn handle(State(inner): State<Arc<Mutex<Inner>>>, req: Request) -> Respons
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
-    let bearer = header("authorization")
-        .and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned));
+    let bearer = header("authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned));
     let query_key = query.as_deref().and_then(|q| {
         q.split('&')
             .find_map(|kv| kv.strip_prefix("key=").map(str::to_owned))
@@ -247,14 +248,21 @@ async fn handle(State(inner): State<Arc<Mutex<Inner>>>, req: Request) -> Respons
     if body.windows(10).any(|w| w == b"TRIGGER400") {
         return err(400, wire::token_limit_exceeded());
     }
-    answer(&parts.method, &path, query.as_deref(), &body, &model, stream)
+    answer(
+        &parts.method,
+        &path,
+        query.as_deref(),
+        &body,
+        &model,
+        stream,
+    )
 }
 
 fn model_of(path: &str, body: &[u8]) -> String {
-    if let Some(after) = path.split_once("/models/") {
-        if let Some(m) = after.1.split([':', '/']).next() {
-            return m.to_owned();
-        }
+    if let Some(after) = path.split_once("/models/")
+        && let Some(m) = after.1.split([':', '/']).next()
+    {
+        return m.to_owned();
     }
     serde_json::from_slice::<serde_json::Value>(body)
         .ok()
@@ -284,29 +292,44 @@ fn answer(
                     .unwrap_or(false);
                 if streaming {
                     let model = model.to_owned();
-                    streamed(wire::SSE, stream, move |i, last| {
-                        let mut s = wire::openai_chunk(&model, &format!("chunk{i} "), last);
-                        if last {
-                            s.push_str(wire::OPENAI_DONE);
-                        }
-                        s
-                    }, None)
+                    streamed(
+                        wire::SSE,
+                        stream,
+                        move |i, last| {
+                            let mut s = wire::openai_chunk(&model, &format!("chunk{i} "), last);
+                            if last {
+                                s.push_str(wire::OPENAI_DONE);
+                            }
+                            s
+                        },
+                        None,
+                    )
                 } else {
-                    text(200, "application/json", wire::openai_chat_completion(model, "Hello from the mock", usage))
+                    text(
+                        200,
+                        "application/json",
+                        wire::openai_chat_completion(model, "Hello from the mock", usage),
+                    )
                 }
             }
             "embeddings" => text(200, "application/json", wire::openai_embeddings(model)),
             r if r == "models" || r.starts_with("models/") => {
                 text(200, "application/json", wire::openai_models())
             }
-            _ => text(404, wire::JSON, wire::openai_wrap(&wire::error(404, "Not found", "NOT_FOUND", &[]))),
+            _ => text(
+                404,
+                wire::JSON,
+                wire::openai_wrap(&wire::error(404, "Not found", "NOT_FOUND", &[])),
+            ),
         };
     }
     let op = path.rsplit_once(':').map(|(_, m)| m).unwrap_or("");
     match (method, op) {
-        (&Method::POST, "generateContent") => {
-            text(200, wire::JSON, wire::generate_content(model, "Hello from the mock", usage))
-        }
+        (&Method::POST, "generateContent") => text(
+            200,
+            wire::JSON,
+            wire::generate_content(model, "Hello from the mock", usage),
+        ),
         (&Method::POST, "streamGenerateContent") => {
             let sse = query.is_some_and(|q| q.split('&').any(|kv| kv == "alt=sse"));
             let model = model.to_owned();
@@ -329,11 +352,14 @@ fn answer(
             }
         }
         (&Method::POST, "countTokens") => text(200, wire::JSON, wire::count_tokens(12)),
-        (&Method::GET, "") if path.ends_with("/models") => text(200, wire::JSON, wire::models_list()),
+        (&Method::GET, "") if path.ends_with("/models") => {
+            text(200, wire::JSON, wire::models_list())
+        }
         _ => text(
             404,
             "text/html; charset=UTF-8",
-            "<!DOCTYPE html>\n<html lang=en><title>Error 404 (Not Found)!!1</title></html>\n".into(),
+            "<!DOCTYPE html>\n<html lang=en><title>Error 404 (Not Found)!!1</title></html>\n"
+                .into(),
         ),
     }
 }

@@ -91,18 +91,20 @@ impl ProxyProcess {
         let url = format!("{}/healthz", self.url());
         for _ in 0..200 {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("gemini-proxy exited with {status} before it was up:\n{}", self.logs());
+                panic!(
+                    "gemini-proxy exited with {status} before it was up:\n{}",
+                    self.logs()
+                );
             }
             let probe = tokio::time::timeout(
                 Duration::from_millis(200),
                 client.call(Method::GET, &url, &[], ""),
             );
-            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
-                if let Ok(r) = probe.await {
-                    if r.status.is_success() {
-                        return;
-                    }
-                }
+            if tokio::net::TcpStream::connect(self.addr).await.is_ok()
+                && let Ok(r) = probe.await
+                && r.status.is_success()
+            {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -136,14 +138,19 @@ impl ProxyProcess {
 
     /// Waits for the process to exit, up to `limit`.
     pub async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        tokio::time::timeout(limit, self.child.wait()).await.ok().and_then(Result::ok)
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .ok()
+            .and_then(Result::ok)
     }
 }
 
 /// Runs `bin` with `args` to completion (for start-up errors): exit status and output.
 pub async fn run_to_exit(bin: &str, args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) {
     let mut cmd = Command::new(bin);
-    cmd.args(args).env_remove("GEMINI_API_KEYS").stdin(Stdio::null());
+    cmd.args(args)
+        .env_remove("GEMINI_API_KEYS")
+        .stdin(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }

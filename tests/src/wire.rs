@@ -62,7 +62,12 @@ fn localized(message: &str) -> String {
 /// 400 `API_KEY_INVALID`.
 pub fn api_key_invalid() -> String {
     let m = "API key not valid. Please pass a valid API key.";
-    error(400, m, "INVALID_ARGUMENT", &[error_info("API_KEY_INVALID"), localized(m)])
+    error(
+        400,
+        m,
+        "INVALID_ARGUMENT",
+        &[error_info("API_KEY_INVALID"), localized(m)],
+    )
 }
 
 /// 403 `API_KEY_SERVICE_BLOCKED`.
@@ -222,11 +227,21 @@ pub fn internal() -> String {
 }
 
 pub fn overloaded() -> String {
-    error(503, "The model is overloaded. Please try again later.", "UNAVAILABLE", &[])
+    error(
+        503,
+        "The model is overloaded. Please try again later.",
+        "UNAVAILABLE",
+        &[],
+    )
 }
 
 pub fn deadline_exceeded() -> String {
-    error(504, "Deadline expired before operation could complete.", "DEADLINE_EXCEEDED", &[])
+    error(
+        504,
+        "Deadline expired before operation could complete.",
+        "DEADLINE_EXCEEDED",
+        &[],
+    )
 }
 
 /// 400 that is the client's fault.
@@ -242,7 +257,9 @@ pub fn token_limit_exceeded() -> String {
 pub fn model_not_found(model: &str) -> String {
     error(
         404,
-        &format!("models/{model} is not found for API version v1beta, or is not supported for generateContent. Call ListModels to see the list of available models and their supported methods."),
+        &format!(
+            "models/{model} is not found for API version v1beta, or is not supported for generateContent. Call ListModels to see the list of available models and their supported methods."
+        ),
         "NOT_FOUND",
         &[],
     )
@@ -302,7 +319,11 @@ pub fn generate_content(model: &str, text: &str, usage: Usage) -> String {
 
 /// One streamed chunk as Gemini writes it on one line (cumulative usage).
 pub fn stream_chunk(model: &str, text: &str, usage: Usage, last: bool) -> String {
-    let finish = if last { r#","finishReason": "STOP""# } else { "" };
+    let finish = if last {
+        r#","finishReason": "STOP""#
+    } else {
+        ""
+    };
     format!(
         r#"{{"candidates": [{{"content": {{"parts": [{{"text": {}}}],"role": "model"}}{finish},"index": 0}}],"usageMetadata": {{"promptTokenCount": {},"candidatesTokenCount": {},"totalTokenCount": {}}},"modelVersion": "{model}","responseId": "mock-response-id"}}"#,
         json_string(text),
@@ -398,7 +419,12 @@ mod tests {
 
     #[test]
     fn envelopes_parse_and_keep_googles_field_order() {
-        let body = quota_exceeded(Quota::RequestsPerMinute, "gemini-2.5-flash", 10, Some("22s"));
+        let body = quota_exceeded(
+            Quota::RequestsPerMinute,
+            "gemini-2.5-flash",
+            10,
+            Some("22s"),
+        );
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["error"]["code"], 429);
         assert_eq!(v["error"]["details"][2]["retryDelay"], "22s");
@@ -407,7 +433,13 @@ mod tests {
         let status = body.find("\"status\"").unwrap();
         let details = body.find("\"details\"").unwrap();
         assert!(code < msg && msg < status && status < details);
-        for b in [api_key_invalid(), leaked(), service_blocked(), overloaded(), rate_limited_bare()] {
+        for b in [
+            api_key_invalid(),
+            leaked(),
+            service_blocked(),
+            overloaded(),
+            rate_limited_bare(),
+        ] {
             serde_json::from_str::<serde_json::Value>(&b).unwrap();
         }
         serde_json::from_str::<serde_json::Value>(&openai_wrap(&api_key_invalid())).unwrap();
@@ -415,14 +447,40 @@ mod tests {
 
     #[test]
     fn stream_framing() {
-        let c = stream_chunk("m", "hi", Usage { prompt: 1, candidates: 2 }, true);
+        let c = stream_chunk(
+            "m",
+            "hi",
+            Usage {
+                prompt: 1,
+                candidates: 2,
+            },
+            true,
+        );
         serde_json::from_str::<serde_json::Value>(&c).unwrap();
         assert!(!c.contains('\n'));
         assert_eq!(sse_event("{}"), "data: {}\r\n\r\n");
-        let arr = format!("{}{}{}", json_array_piece(&c, 0), json_array_piece(&c, 1), JSON_ARRAY_END);
+        let arr = format!(
+            "{}{}{}",
+            json_array_piece(&c, 0),
+            json_array_piece(&c, 1),
+            JSON_ARRAY_END
+        );
         let v: serde_json::Value = serde_json::from_str(&arr).unwrap();
         assert_eq!(v.as_array().unwrap().len(), 2);
-        serde_json::from_str::<serde_json::Value>(&generate_content("m", "x", Usage { prompt: 1, candidates: 1 })).unwrap();
-        serde_json::from_str::<serde_json::Value>(openai_chunk("m", "x", false).strip_prefix("data: ").unwrap()).unwrap();
+        serde_json::from_str::<serde_json::Value>(&generate_content(
+            "m",
+            "x",
+            Usage {
+                prompt: 1,
+                candidates: 1,
+            },
+        ))
+        .unwrap();
+        serde_json::from_str::<serde_json::Value>(
+            openai_chunk("m", "x", false)
+                .strip_prefix("data: ")
+                .unwrap(),
+        )
+        .unwrap();
     }
 }

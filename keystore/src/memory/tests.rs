@@ -74,7 +74,7 @@ fn transitions_are_applied_published_and_dropped_with_their_key() {
         // The same cooldown again changes nothing and publishes nothing.
         assert!(
             store
-                .transition("g", &[a.clone()], &cool, "pod-2")
+                .transition("g", std::slice::from_ref(&a), &cool, "pod-2")
                 .await
                 .unwrap()
                 .is_empty()
@@ -84,7 +84,10 @@ fn transitions_are_applied_published_and_dropped_with_their_key() {
         let retire = Transition::Retire {
             reason: InvalidReason::ApiKeyInvalid,
         };
-        store.transition("g", &[b.clone()], &retire, "pod-1").await.unwrap();
+        store
+            .transition("g", std::slice::from_ref(&b), &retire, "pod-1")
+            .await
+            .unwrap();
         assert_eq!(
             store.key_statuses("g").await.unwrap()[&b].invalid,
             Some(InvalidReason::ApiKeyInvalid)

@@ -70,15 +70,22 @@ pub fn cooldown_for(limit: &RateLimit, now_ms: u64, previous_backoffs: u32) -> C
         ),
         QuotaWindow::PerMinute => {
             let wait = limit.retry_delay.unwrap_or(Duration::from_secs(60));
-            (now_ms + wait.as_millis() as u64, CooldownReason::PerMinuteQuota)
+            (
+                now_ms + wait.as_millis() as u64,
+                CooldownReason::PerMinuteQuota,
+            )
         }
         QuotaWindow::Unknown => {
             let wait = match limit.retry_delay {
                 Some(d) => d,
                 // 5 s, 10 s, 20 s ... up to 5 minutes.
-                None => Duration::from_secs(5u64 << previous_backoffs.min(6)).min(Duration::from_secs(300)),
+                None => Duration::from_secs(5u64 << previous_backoffs.min(6))
+                    .min(Duration::from_secs(300)),
             };
-            (now_ms + wait.as_millis() as u64, CooldownReason::RateLimited)
+            (
+                now_ms + wait.as_millis() as u64,
+                CooldownReason::RateLimited,
+            )
         }
     };
     Cooldown {

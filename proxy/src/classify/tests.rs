@@ -16,11 +16,26 @@ fn success_is_delivered() {
 
 #[test]
 fn dead_keys_are_recognised() {
-    assert_eq!(c(400, &wire::api_key_invalid()), Verdict::KeyInvalid(InvalidReason::ApiKeyInvalid));
-    assert_eq!(c(403, &wire::service_blocked()), Verdict::KeyInvalid(InvalidReason::ServiceBlocked));
-    assert_eq!(c(403, &wire::service_disabled()), Verdict::KeyInvalid(InvalidReason::ServiceDisabled));
-    assert_eq!(c(403, &wire::leaked()), Verdict::KeyInvalid(InvalidReason::Leaked));
-    assert_eq!(c(403, &wire::suspended()), Verdict::KeyInvalid(InvalidReason::Suspended));
+    assert_eq!(
+        c(400, &wire::api_key_invalid()),
+        Verdict::KeyInvalid(InvalidReason::ApiKeyInvalid)
+    );
+    assert_eq!(
+        c(403, &wire::service_blocked()),
+        Verdict::KeyInvalid(InvalidReason::ServiceBlocked)
+    );
+    assert_eq!(
+        c(403, &wire::service_disabled()),
+        Verdict::KeyInvalid(InvalidReason::ServiceDisabled)
+    );
+    assert_eq!(
+        c(403, &wire::leaked()),
+        Verdict::KeyInvalid(InvalidReason::Leaked)
+    );
+    assert_eq!(
+        c(403, &wire::suspended()),
+        Verdict::KeyInvalid(InvalidReason::Suspended)
+    );
     // The OpenAI layer wraps the same envelope in an array.
     assert_eq!(
         c(400, &wire::openai_wrap(&wire::api_key_invalid())),
@@ -32,7 +47,10 @@ fn dead_keys_are_recognised() {
 fn client_faults_pass_through() {
     assert_eq!(c(400, &wire::token_limit_exceeded()), Verdict::PassThrough);
     assert_eq!(c(404, &wire::model_not_found("x")), Verdict::PassThrough);
-    assert_eq!(c(403, &wire::file_permission("files/abc")), Verdict::PassThrough);
+    assert_eq!(
+        c(403, &wire::file_permission("files/abc")),
+        Verdict::PassThrough
+    );
     assert_eq!(c(400, "not json at all"), Verdict::PassThrough);
     assert_eq!(c(413, ""), Verdict::PassThrough);
 }
@@ -47,7 +65,12 @@ fn server_side_errors() {
 
 #[test]
 fn per_minute_429_with_retry_info() {
-    let body = wire::quota_exceeded(Quota::RequestsPerMinute, "gemini-2.5-flash", 10, Some("45.837906927s"));
+    let body = wire::quota_exceeded(
+        Quota::RequestsPerMinute,
+        "gemini-2.5-flash",
+        10,
+        Some("45.837906927s"),
+    );
     let Verdict::RateLimited(rl) = c(429, &body) else {
         panic!("not a rate limit")
     };
@@ -97,7 +120,10 @@ fn bare_429_backs_off_and_grows() {
     assert_eq!(cooldown_for(&rl, 0, 30).until_ms, 300_000);
     assert_eq!(cooldown_for(&rl, 0, 0).reason, CooldownReason::RateLimited);
     // Not even JSON: still a rate limit.
-    assert!(matches!(c(429, "Too Many Requests"), Verdict::RateLimited(_)));
+    assert!(matches!(
+        c(429, "Too Many Requests"),
+        Verdict::RateLimited(_)
+    ));
 }
 
 #[test]
@@ -107,4 +133,3 @@ fn durations() {
     assert_eq!(parse_duration("22"), None);
     assert_eq!(parse_duration("-1s"), None);
 }
-

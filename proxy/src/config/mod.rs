@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use keystore::snapshot::DEFAULT_UPSTREAM;
 use keystore::{
-    AccessMode, AccessSpec, ClientEntry, GroupSnapshot, KeyEntry, RetrySpec, Secret, TokenDigest, UpstreamSpec,
+    AccessMode, AccessSpec, ClientEntry, GroupSnapshot, KeyEntry, RetrySpec, Secret, TokenDigest,
+    UpstreamSpec,
 };
 
 use file::{FileConfig, GroupConfig, KeyConfig, SecretRef, SecretSource};
@@ -304,11 +305,7 @@ impl Resolver<'_> {
         Ok(entry)
     }
 
-    fn secret(
-        &self,
-        path: &str,
-        r: &SecretRef,
-    ) -> Result<(Option<String>, Secret), ConfigError> {
+    fn secret(&self, path: &str, r: &SecretRef) -> Result<(Option<String>, Secret), ConfigError> {
         match r {
             SecretRef::Inline(v) => Ok((None, self.nonempty(path, v, "the value")?)),
             SecretRef::Source(s) => Ok((s.name.clone(), self.source(path, s)?)),

@@ -37,7 +37,11 @@ defaultGroup: open
 
 #[test]
 fn full_file_resolves() {
-    let s = parse(FULL, &[("GEMINI_KEY_2", "fake-from-env\n"), ("BOB_TOKEN", "sk-bob")]).unwrap();
+    let s = parse(
+        FULL,
+        &[("GEMINI_KEY_2", "fake-from-env\n"), ("BOB_TOKEN", "sk-bob")],
+    )
+    .unwrap();
     assert_eq!(s.listen.to_string(), "127.0.0.1:9090");
     assert_eq!(s.groups.len(), 2);
     let g = &s.groups[0];
@@ -86,40 +90,56 @@ fn unknown_field_is_named() {
 #[test]
 fn group_without_keys() {
     let e = err("groups: [{name: g, access: {mode: Open}}]");
-    assert_eq!(e, "proxy.yaml: groups[0].keys: a group needs at least one key");
+    assert_eq!(
+        e,
+        "proxy.yaml: groups[0].keys: a group needs at least one key"
+    );
 }
 
 #[test]
 fn bad_upstream_url() {
-    let e = err("groups: [{name: g, upstream: {url: 'ftp://x'}, access: {mode: Open}, keys: [{value: a}]}]");
+    let e = err(
+        "groups: [{name: g, upstream: {url: 'ftp://x'}, access: {mode: Open}, keys: [{value: a}]}]",
+    );
     assert!(e.starts_with("proxy.yaml: groups[0].upstream.url: "), "{e}");
     assert!(e.contains("http or https"), "{e}");
-    let e = err("groups: [{name: g, upstream: {url: 'not a url'}, access: {mode: Open}, keys: [{value: a}]}]");
+    let e = err(
+        "groups: [{name: g, upstream: {url: 'not a url'}, access: {mode: Open}, keys: [{value: a}]}]",
+    );
     assert!(e.contains("is not a URL"), "{e}");
 }
 
 #[test]
 fn bad_egress_proxy_does_not_echo_credentials() {
-    let e = err("groups: [{name: g, upstream: {egressProxy: 'ftp://user:hunter2@h'}, access: {mode: Open}, keys: [{value: a}]}]");
+    let e = err(
+        "groups: [{name: g, upstream: {egressProxy: 'ftp://user:hunter2@h'}, access: {mode: Open}, keys: [{value: a}]}]",
+    );
     assert!(e.contains("groups[0].upstream.egressProxy"), "{e}");
     assert!(!e.contains("hunter2"), "{e}");
 }
 
 #[test]
 fn missing_env_var_and_file() {
-    let e = err("groups: [{name: g, access: {mode: Open}, keys: [{value: a}, {env: NOPE_NOT_SET}]}]");
+    let e =
+        err("groups: [{name: g, access: {mode: Open}, keys: [{value: a}, {env: NOPE_NOT_SET}]}]");
     assert_eq!(
         e,
         "proxy.yaml: groups[0].keys[1].env: environment variable NOPE_NOT_SET is not set"
     );
     let e = err("groups: [{name: g, access: {mode: Open}, keys: [{file: /nonexistent/key}]}]");
-    assert!(e.starts_with("proxy.yaml: groups[0].keys[0].file: cannot read /nonexistent/key"), "{e}");
+    assert!(
+        e.starts_with("proxy.yaml: groups[0].keys[0].file: cannot read /nonexistent/key"),
+        "{e}"
+    );
 }
 
 #[test]
 fn key_needs_exactly_one_source() {
     let e = err("groups: [{name: g, access: {mode: Open}, keys: [{value: a, env: B}]}]");
-    assert_eq!(e, "proxy.yaml: groups[0].keys[0]: give exactly one of value, env, file");
+    assert_eq!(
+        e,
+        "proxy.yaml: groups[0].keys[0]: give exactly one of value, env, file"
+    );
     let e = err("groups: [{name: g, access: {mode: Open}, keys: [{project: p}]}]");
     assert!(e.contains("exactly one"), "{e}");
 }
@@ -135,24 +155,43 @@ fn one_token_in_two_groups() {
 #[test]
 fn access_rules() {
     let e = err("groups: [{name: g, keys: [{value: a}]}]");
-    assert!(e.contains("groups[0].access.clientTokens: Token mode"), "{e}");
+    assert!(
+        e.contains("groups[0].access.clientTokens: Token mode"),
+        "{e}"
+    );
     let e = err("groups: [{name: g, keys: [{value: a}], access: {mode: Open, clientTokens: [t]}}]");
     assert!(e.contains("Open mode takes no client tokens"), "{e}");
     let e = err("groups: [{name: g, keys: [{value: a}], access: {mode: Sometimes}}]");
     assert!(e.contains("Sometimes"), "{e}");
-    let e = err("defaultGroup: g\ngroups: [{name: g, keys: [{value: a}], access: {clientTokens: [t]}}]");
-    assert!(e.contains("defaultGroup: group \"g\" must have access.mode Open"), "{e}");
+    let e = err(
+        "defaultGroup: g\ngroups: [{name: g, keys: [{value: a}], access: {clientTokens: [t]}}]",
+    );
+    assert!(
+        e.contains("defaultGroup: group \"g\" must have access.mode Open"),
+        "{e}"
+    );
 }
 
 #[test]
 fn duplicates_and_bounds() {
     let e = err("groups: [{name: g, access: {mode: Open}, keys: [{value: a}, {value: a}]}]");
-    assert!(e.starts_with("proxy.yaml: groups[0].keys[1]: the same key as groups[0].keys[0] (k-"), "{e}");
+    assert!(
+        e.starts_with("proxy.yaml: groups[0].keys[1]: the same key as groups[0].keys[0] (k-"),
+        "{e}"
+    );
     assert!(!e.contains(": a "), "{e}");
     let e = err("groups: [{name: g, access: {mode: Open}, keys: [{value: a, weight: 0}]}]");
-    assert_eq!(e, "proxy.yaml: groups[0].keys[0].weight: must be at least 1");
-    let e = err("groups: [{name: g, access: {mode: Open}, keys: [{value: a}]}, {name: g, access: {mode: Open}, keys: [{value: b}]}]");
-    assert!(e.contains("groups[1].name: group \"g\" is also groups[0]"), "{e}");
+    assert_eq!(
+        e,
+        "proxy.yaml: groups[0].keys[0].weight: must be at least 1"
+    );
+    let e = err(
+        "groups: [{name: g, access: {mode: Open}, keys: [{value: a}]}, {name: g, access: {mode: Open}, keys: [{value: b}]}]",
+    );
+    assert!(
+        e.contains("groups[1].name: group \"g\" is also groups[0]"),
+        "{e}"
+    );
     let e = err("listen: nowhere\ngroups: []");
     assert!(e.starts_with("proxy.yaml: listen: "), "{e}");
 }

@@ -141,7 +141,11 @@ impl Pool {
         }
         let mut earliest: Option<u64> = None;
         let mut tried_but_usable = false;
-        for m in self.members.iter().filter(|m| !m.disabled && !m.slot.is_retired()) {
+        for m in self
+            .members
+            .iter()
+            .filter(|m| !m.disabled && !m.slot.is_retired())
+        {
             match m.slot.cooling_until(model.get(), now_ms) {
                 Some(until) => earliest = Some(earliest.map_or(until, |e| e.min(until))),
                 None => tried_but_usable = true,

@@ -186,7 +186,11 @@ impl KeySlot {
             score: self.health(),
             requests: self.requests.load(Relaxed),
             failures: self.failures.load(Relaxed),
-            last_error: self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 

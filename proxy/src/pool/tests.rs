@@ -12,7 +12,11 @@ fn pool(keys: &[&str], rotation: RotationStrategy) -> Pool {
 }
 
 fn any_model() -> ModelOf<'static> {
-    ModelOf::new(Api::Native, "/v1beta/models/gemini-2.5-flash:generateContent", b"")
+    ModelOf::new(
+        Api::Native,
+        "/v1beta/models/gemini-2.5-flash:generateContent",
+        b"",
+    )
 }
 
 fn picks(p: &Pool, n: usize) -> Vec<usize> {
@@ -55,7 +59,10 @@ fn weighted_follows_weights_smoothly() {
     let seq = picks(&p, 7);
     assert_eq!(seq.iter().filter(|&&i| i == 0).count(), 5);
     // Smooth: the heavy key never runs more than three times in a row.
-    assert!(!seq.windows(4).any(|w| w.iter().all(|&i| i == 0)), "{seq:?}");
+    assert!(
+        !seq.windows(4).any(|w| w.iter().all(|&i| i == 0)),
+        "{seq:?}"
+    );
     assert_eq!(smooth_weighted_order(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
 }
 
@@ -96,9 +103,21 @@ fn cooling_retired_disabled_and_tried_keys_are_skipped() {
 fn model_cooldowns_only_hold_back_that_model() {
     let p = pool(&["a"], RotationStrategy::RoundRobin);
     cool(&p, 0, 9_000, Some("gemini-2.5-pro"));
-    let pro = ModelOf::new(Api::Native, "/v1beta/models/gemini-2.5-pro:generateContent", b"");
-    let flash = ModelOf::new(Api::Native, "/v1/models/gemini-2.5-flash:streamGenerateContent", b"");
-    let openai_pro = ModelOf::new(Api::OpenAi, "/v1beta/openai/chat/completions", br#"{"model":"gemini-2.5-pro"}"#);
+    let pro = ModelOf::new(
+        Api::Native,
+        "/v1beta/models/gemini-2.5-pro:generateContent",
+        b"",
+    );
+    let flash = ModelOf::new(
+        Api::Native,
+        "/v1/models/gemini-2.5-flash:streamGenerateContent",
+        b"",
+    );
+    let openai_pro = ModelOf::new(
+        Api::OpenAi,
+        "/v1beta/openai/chat/completions",
+        br#"{"model":"gemini-2.5-pro"}"#,
+    );
     assert_eq!(p.pick(&pro, &[], 1_000), Pick::Cooling(9_000));
     assert_eq!(p.pick(&openai_pro, &[], 1_000), Pick::Cooling(9_000));
     assert_eq!(p.pick(&flash, &[], 1_000), Pick::Key(0));

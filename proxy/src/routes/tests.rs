@@ -7,8 +7,14 @@ fn r(method: Method, path: &str, bearer: bool) -> Option<(Api, String, &'static 
 #[test]
 fn native_paths_pass_through_unchanged() {
     for (path, op) in [
-        ("/v1beta/models/gemini-2.5-flash:generateContent", "generateContent"),
-        ("/v1/models/gemini-2.5-flash:streamGenerateContent", "streamGenerateContent"),
+        (
+            "/v1beta/models/gemini-2.5-flash:generateContent",
+            "generateContent",
+        ),
+        (
+            "/v1/models/gemini-2.5-flash:streamGenerateContent",
+            "streamGenerateContent",
+        ),
         ("/v1beta/models", "models"),
         ("/v1beta/files/abc", "files"),
         ("/v1beta/cachedContents", "cachedContents"),
@@ -28,7 +34,11 @@ fn native_paths_pass_through_unchanged() {
 fn openai_layer_and_aliases() {
     assert_eq!(
         r(Method::POST, "/v1beta/openai/chat/completions", true),
-        Some((Api::OpenAi, "/v1beta/openai/chat/completions".into(), "chat/completions"))
+        Some((
+            Api::OpenAi,
+            "/v1beta/openai/chat/completions".into(),
+            "chat/completions"
+        ))
     );
     for rest in ["chat/completions", "embeddings", "images/generations"] {
         // The alias holds whatever the credential (a curl user may send x-goog-api-key).
@@ -59,15 +69,30 @@ fn v1_models_collision_is_decided_by_the_credential() {
     );
     // A native method call stays native even with Bearer.
     assert_eq!(
-        r(Method::POST, "/v1/models/gemini-2.5-flash:generateContent", true).map(|x| x.0),
+        r(
+            Method::POST,
+            "/v1/models/gemini-2.5-flash:generateContent",
+            true
+        )
+        .map(|x| x.0),
         Some(Api::Native)
     );
-    assert_eq!(r(Method::POST, "/v1/models", true).map(|x| x.0), Some(Api::Native));
+    assert_eq!(
+        r(Method::POST, "/v1/models", true).map(|x| x.0),
+        Some(Api::Native)
+    );
 }
 
 #[test]
 fn unknown_paths_have_no_route() {
-    for p in ["/", "/v2/models", "/v1", "/v1beta", "/openai/v1/chat/completions", "/admin"] {
+    for p in [
+        "/",
+        "/v2/models",
+        "/v1",
+        "/v1beta",
+        "/openai/v1/chat/completions",
+        "/admin",
+    ] {
         assert_eq!(r(Method::GET, p, false), None, "{p}");
     }
 }
@@ -78,7 +103,10 @@ fn models_are_found_in_path_and_body() {
         model_in_path("/v1beta/models/gemini-2.5-flash:generateContent"),
         Some("gemini-2.5-flash")
     );
-    assert_eq!(model_in_path("/v1beta/models/gemini-2.5-pro"), Some("gemini-2.5-pro"));
+    assert_eq!(
+        model_in_path("/v1beta/models/gemini-2.5-pro"),
+        Some("gemini-2.5-pro")
+    );
     assert_eq!(model_in_path("/v1beta/files/x"), None);
     assert_eq!(
         model_in_body(br#"{"messages":[],"model":"models/gemini-2.5-flash"}"#).as_deref(),

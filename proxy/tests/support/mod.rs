@@ -39,7 +39,9 @@ pub async fn start(yaml: &str, mock: &MockGemini) -> Running {
     let proxy = Proxy::start(&settings, Arc::new(MemoryStore::new()))
         .await
         .expect("start proxy");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let (stop, stopped) = oneshot::channel::<()>();
     let router = proxy.router();
@@ -85,7 +87,12 @@ pub fn open_group(keys: &[&str], extra: &str) -> String {
 impl Running {
     pub async fn post(&self, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
         self.client
-            .call(Method::POST, &format!("{}{path}", self.url), headers, body.to_owned())
+            .call(
+                Method::POST,
+                &format!("{}{path}", self.url),
+                headers,
+                body.to_owned(),
+            )
             .await
     }
 
@@ -96,8 +103,12 @@ impl Running {
     }
 
     pub async fn generate(&self) -> Reply {
-        self.post(MODEL_PATH, &[], r#"{"contents":[{"parts":[{"text":"hi"}]}]}"#)
-            .await
+        self.post(
+            MODEL_PATH,
+            &[],
+            r#"{"contents":[{"parts":[{"text":"hi"}]}]}"#,
+        )
+        .await
     }
 
     /// The state of the key `value` in group `g`.
