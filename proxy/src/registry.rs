@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 use keystore::{AccessMode, GroupSnapshot, KeyId, KeyStatus, TokenDigest};
 
 use crate::pool::Pool;
-use crate::upstream::Clients;
+use crate::upstream::Upstream;
 
 /// One consistent view of all groups.
 #[derive(Default)]
@@ -44,7 +44,6 @@ pub struct Registry {
     default_group: Option<String>,
     /// The groups to serve when the config names some; `None` serves every group in the store.
     only: Option<HashSet<String>>,
-    clients: Clients,
 }
 
 impl Registry {
@@ -53,7 +52,6 @@ impl Registry {
             current: ArcSwap::from_pointee(Groups::default()),
             default_group,
             only,
-            clients: Clients::new(),
         }
     }
 
@@ -100,7 +98,7 @@ impl Registry {
             {
                 continue;
             }
-            let upstream = match self.clients.upstream(&snap.upstream) {
+            let upstream = match Upstream::new(&snap.upstream) {
                 Ok(u) => u,
                 Err(e) => {
                     tracing::error!(group = %snap.name, error = %e, "group skipped: bad upstream");

@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,6 +56,11 @@ impl Proxy {
     pub fn router(&self) -> Router {
         crate::app::router(self.app.clone())
     }
+
+    /// Background tasks stop when this proxy is dropped or stopped.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
 }
 
 impl Drop for Proxy {
@@ -86,7 +92,6 @@ pub async fn serve(
     let server = axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             shutdown.await;
-            tracing::info!("shutting down: no new connections; finishing requests in flight");
             let _ = fired.send(true);
         })
         .into_future();
@@ -100,6 +105,92 @@ pub async fn serve(
             Ok(())
         }
     }
+}
+
+/// Server threads, each with its own single-threaded runtime and its own listening socket on the
+/// same address (`SO_REUSEPORT`: the kernel spreads connections over them), like nginx's
+/// workers. A request, its upstream connection (per-thread pools, see `upstream`) and their
+/// wake-ups stay on one thread: no work stealing, no cross-thread hand-offs on the hot path.
+pub struct Workers {
+    pub addr: SocketAddr,
+    threads: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Workers {
+    /// Starts `count` server threads on `addr` (port 0: the first picks, the others follow).
+    /// They stop accepting when `stop` turns true and finish within `grace`.
+    pub fn spawn(
+        addr: SocketAddr,
+        count: usize,
+        router: Router,
+        stop: watch::Receiver<bool>,
+        grace: Duration,
+    ) -> std::io::Result<Self> {
+        let mut addr = addr;
+        let mut threads = Vec::with_capacity(count);
+        for i in 0..count.max(1) {
+            let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+            let router = router.clone();
+            let mut stop = stop.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("gemini-proxy-{i}"))
+                .spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    rt.block_on(async move {
+                        let listener = match bind_shared(addr) {
+                            Ok(l) => l,
+                            Err(e) => {
+                                let _ = bound_tx.send(Err(e));
+                                return Ok(());
+                            }
+                        };
+                        let _ = bound_tx.send(listener.local_addr());
+                        let shutdown = async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                        };
+                        serve(listener, router, shutdown, grace).await
+                    })
+                })?;
+            match bound_rx.recv() {
+                Ok(Ok(bound)) => addr = bound,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(handle
+                        .join()
+                        .ok()
+                        .and_then(Result::err)
+                        .unwrap_or_else(|| std::io::Error::other("server thread failed")));
+                }
+            }
+            threads.push(handle);
+        }
+        Ok(Self { addr, threads })
+    }
+
+    /// Waits for every server thread to end.
+    pub fn join(self) -> std::io::Result<()> {
+        for t in self.threads {
+            t.join()
+                .map_err(|_| std::io::Error::other("a server thread panicked"))??;
+        }
+        Ok(())
+    }
+}
+
+fn bind_shared(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv6() {
+        tokio::net::TcpSocket::new_v6()?
+    } else {
+        tokio::net::TcpSocket::new_v4()?
+    };
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    socket.set_reuseport(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

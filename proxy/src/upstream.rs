@@ -4,8 +4,9 @@
 //! hyper's pooled client costs about half of what reqwest costs per request on loopback (see
 //! DESIGN.md), so it carries the hot path; reqwest earns its place where its proxy support does.
 
+use std::cell::{OnceCell, RefCell};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -45,86 +46,58 @@ impl UpstreamError {
     }
 }
 
-/// Shared HTTP clients: one pooled direct client, one reqwest client per egress proxy.
-pub struct Clients {
-    direct: Arc<Direct>,
-    egress: Mutex<HashMap<String, reqwest::Client>>,
+// HTTP clients live one per thread: each server thread runs its own runtime, and a
+// connection's task lives on the runtime that made it, so a per-thread pool keeps a request,
+// its upstream connection and their wake-ups on one thread.
+thread_local! {
+    static DIRECT: OnceCell<Direct> = const { OnceCell::new() };
+    static EGRESS: RefCell<HashMap<String, reqwest::Client>> = RefCell::new(HashMap::new());
 }
 
-impl Clients {
-    pub fn new() -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        let tls = rustls_config();
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(http);
-        let direct = HyperClient::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .pool_max_idle_per_host(1024)
-            .build(https);
-        Self {
-            direct: Arc::new(direct),
-            egress: Mutex::new(HashMap::new()),
-        }
-    }
+fn build_direct() -> Direct {
+    static TLS: OnceLock<rustls::ClientConfig> = OnceLock::new();
+    let tls = TLS.get_or_init(rustls_config).clone();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(http);
+    HyperClient::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE)
+        .pool_max_idle_per_host(1024)
+        .build(https)
+}
 
-    /// The upstream of a group.
-    pub fn upstream(&self, spec: &UpstreamSpec) -> Result<Upstream, String> {
-        let base = spec.url.trim_end_matches('/');
-        let parsed: Uri = base.parse().map_err(|e| format!("upstream url: {e}"))?;
-        let path_prefix = match parsed.path() {
-            "/" => String::new(),
-            p => p.trim_end_matches('/').to_owned(),
-        };
-        let origin = format!(
-            "{}://{}",
-            parsed.scheme_str().unwrap_or("https"),
-            parsed.authority().map(|a| a.as_str()).unwrap_or_default()
-        );
-        let client = match &spec.egress_proxy {
-            None => Client::Direct(Arc::clone(&self.direct)),
-            Some(proxy) => Client::Egress(self.egress_client(proxy)?),
-        };
-        Ok(Upstream {
-            client,
-            origin,
-            path_prefix,
-            timeout: Duration::from_secs(spec.timeout_secs.max(1)),
-        })
-    }
+fn build_egress(proxy: &str) -> Result<reqwest::Client, String> {
+    // The proxy URL may hold a password: errors must not show it.
+    let p = reqwest::Proxy::all(proxy)
+        .map_err(|_| "egress proxy: not a usable proxy URL".to_owned())?;
+    reqwest::Client::builder()
+        .proxy(p)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .pool_idle_timeout(POOL_IDLE)
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| format!("egress client: {e}"))
+}
 
-    fn egress_client(&self, proxy: &Secret) -> Result<reqwest::Client, String> {
-        let mut cache = self.egress.lock().unwrap_or_else(|e| e.into_inner());
+fn egress_client(proxy: &Secret) -> Result<reqwest::Client, String> {
+    EGRESS.with(|cache| {
+        let mut cache = cache.borrow_mut();
         if let Some(c) = cache.get(proxy.expose()) {
             return Ok(c.clone());
         }
-        // The proxy URL may hold a password: errors must not show it.
-        let p = reqwest::Proxy::all(proxy.expose())
-            .map_err(|_| "egress proxy: not a usable proxy URL".to_owned())?;
-        let client = reqwest::Client::builder()
-            .proxy(p)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .pool_idle_timeout(POOL_IDLE)
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| format!("egress client: {e}"))?;
-        cache.insert(proxy.expose().to_owned(), client.clone());
-        Ok(client)
-    }
-}
-
-impl Default for Clients {
-    fn default() -> Self {
-        Self::new()
-    }
+        let c = build_egress(proxy.expose())?;
+        cache.insert(proxy.expose().to_owned(), c.clone());
+        Ok(c)
+    })
 }
 
 fn rustls_config() -> rustls::ClientConfig {
@@ -141,21 +114,50 @@ fn rustls_config() -> rustls::ClientConfig {
 }
 
 #[derive(Clone)]
-enum Client {
-    Direct(Arc<Direct>),
-    Egress(reqwest::Client),
+enum Route {
+    Direct,
+    Egress(Secret),
 }
 
 /// Where one group's requests go and how.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client,
+    route: Route,
     origin: String,
     path_prefix: String,
     pub timeout: Duration,
 }
 
 impl Upstream {
+    /// The upstream of a group; checks the URL and the egress proxy.
+    pub fn new(spec: &UpstreamSpec) -> Result<Self, String> {
+        let base = spec.url.trim_end_matches('/');
+        let parsed: Uri = base.parse().map_err(|e| format!("upstream url: {e}"))?;
+        let path_prefix = match parsed.path() {
+            "/" => String::new(),
+            p => p.trim_end_matches('/').to_owned(),
+        };
+        let origin = format!(
+            "{}://{}",
+            parsed.scheme_str().unwrap_or("https"),
+            parsed.authority().map(|a| a.as_str()).unwrap_or_default()
+        );
+        let route = match &spec.egress_proxy {
+            None => Route::Direct,
+            Some(proxy) => {
+                reqwest::Proxy::all(proxy.expose())
+                    .map_err(|_| "egress proxy: not a usable proxy URL".to_owned())?;
+                Route::Egress(proxy.clone())
+            }
+        };
+        Ok(Self {
+            route,
+            origin,
+            path_prefix,
+            timeout: Duration::from_secs(spec.timeout_secs.max(1)),
+        })
+    }
+
     /// The upstream URI for a client path and (already filtered) query.
     pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
         let mut s = String::with_capacity(
@@ -177,20 +179,22 @@ impl Upstream {
     /// Sends one attempt; waits at most `timeout` for the response headers.
     pub async fn send(&self, req: Request<Bytes>) -> Result<Response<Body>, UpstreamError> {
         let timeout = self.timeout;
-        match &self.client {
-            Client::Direct(c) => {
-                let req = req.map(Full::new);
-                match tokio::time::timeout(timeout, c.request(req)).await {
+        match &self.route {
+            Route::Direct => {
+                let pending =
+                    DIRECT.with(|c| c.get_or_init(build_direct).request(req.map(Full::new)));
+                match tokio::time::timeout(timeout, pending).await {
                     Err(_) => Err(UpstreamError::Timeout(timeout)),
                     Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
                     Ok(Err(e)) => Err(UpstreamError::Other(error_chain(&e))),
                     Ok(Ok(res)) => Ok(res.map(Body::new)),
                 }
             }
-            Client::Egress(c) => {
+            Route::Egress(proxy) => {
+                let client = egress_client(proxy).map_err(UpstreamError::Other)?;
                 let req = reqwest::Request::try_from(req.map(reqwest::Body::from))
                     .map_err(|e| UpstreamError::Other(error_chain(&e)))?;
-                match tokio::time::timeout(timeout, c.execute(req)).await {
+                match tokio::time::timeout(timeout, client.execute(req)).await {
                     Err(_) => Err(UpstreamError::Timeout(timeout)),
                     Ok(Err(e)) if e.is_connect() => {
                         Err(UpstreamError::Connect(error_chain(&e.without_url())))

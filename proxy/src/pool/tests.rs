@@ -2,12 +2,12 @@ use super::*;
 use keystore::{Cooldown, CooldownReason, GroupSnapshot, InvalidReason, Transition};
 
 use crate::routes::Api;
-use crate::upstream::Clients;
+use crate::upstream::Upstream;
 
 fn pool(keys: &[&str], rotation: RotationStrategy) -> Pool {
     let mut snap = GroupSnapshot::for_test("g", keys);
     snap.rotation = rotation;
-    let upstream = Clients::new().upstream(&snap.upstream).unwrap();
+    let upstream = Upstream::new(&snap.upstream).unwrap();
     Pool::build(snap, None, &HashMap::new(), upstream)
 }
 
@@ -54,7 +54,7 @@ fn weighted_follows_weights_smoothly() {
     let mut snap = GroupSnapshot::for_test("g", &["a", "b", "c"]);
     snap.rotation = RotationStrategy::Weighted;
     snap.keys[0].weight = 5;
-    let upstream = Clients::new().upstream(&snap.upstream).unwrap();
+    let upstream = Upstream::new(&snap.upstream).unwrap();
     let p = Pool::build(snap, None, &HashMap::new(), upstream);
     let seq = picks(&p, 7);
     assert_eq!(seq.iter().filter(|&&i| i == 0).count(), 5);
@@ -141,7 +141,7 @@ fn same_quota_groups_keys_by_project() {
     let mut snap = GroupSnapshot::for_test("g", &["a", "b", "c"]);
     snap.keys[0].project = Some("p1".into());
     snap.keys[2].project = Some("p1".into());
-    let upstream = Clients::new().upstream(&snap.upstream).unwrap();
+    let upstream = Upstream::new(&snap.upstream).unwrap();
     let p = Pool::build(snap, None, &HashMap::new(), upstream);
     assert_eq!(p.same_quota(0), vec![0, 2]);
     assert_eq!(p.same_quota(1), vec![1]);
@@ -153,7 +153,7 @@ fn slots_carry_over_a_rebuild_by_key_id() {
     cool(&p, 1, 50_000, None);
     let mut snap = GroupSnapshot::for_test("g", &["b", "c"]);
     snap.rotation = RotationStrategy::RoundRobin;
-    let upstream = Clients::new().upstream(&snap.upstream).unwrap();
+    let upstream = Upstream::new(&snap.upstream).unwrap();
     let q = Pool::build(snap, Some(&p), &HashMap::new(), upstream);
     assert!(Arc::ptr_eq(&p.members[1].slot, &q.members[0].slot));
     assert_eq!(q.pick(&any_model(), &[], 1_000), Pick::Key(1));

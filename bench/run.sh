@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): wrk through gemini-proxy and through nginx proxy_pass, both in front of
+# the same fast upstream (nginx returning a canned generateContent answer), in one run.
+# Prints requests/s, p50 and p99 for each.
+#
+#   bash bench/run.sh                 # 64 connections, 3 rounds of 10 s per target
+#   CONNS=128 DURATION=20 bash bench/run.sh
+#   STORE=redis bash bench/run.sh     # gemini-proxy with the Redis store (needs redis-server)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CONNS=${CONNS:-64}
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
+THREADS=${THREADS:-2}
+STORE=${STORE:-memory}
+GP_ARGS=${GP_ARGS:-}
+OUT=${OUT:-$(mktemp -d)}
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need wrk || ! need nginx; then
+  apt-get update -qq && apt-get install -y -qq wrk nginx >/dev/null
+fi
+cargo build --release --quiet --bin gemini-proxy
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP=$(free_port); NGX=$(free_port); GP=$(free_port)
+
+# The canned answer: the mock's generateContent body (tests/src/wire.rs), on one line.
+BODY='{"candidates": [{"content": {"parts": [{"text": "Hello from the bench"}],"role": "model"},"finishReason": "STOP","index": 0}],"usageMetadata": {"promptTokenCount": 5,"candidatesTokenCount": 7,"totalTokenCount": 12},"modelVersion": "gemini-2.5-flash","responseId": "bench"}'
+
+mkdir -p "$OUT/up" "$OUT/ngx"
+cat > "$OUT/up/nginx.conf" <<CONF
+worker_processes 1;
+pid $OUT/up/nginx.pid;
+error_log $OUT/up/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$UP;
+    location / {
+      default_type "application/json; charset=UTF-8";
+      return 200 '$BODY';
+    }
+  }
+}
+CONF
+cat > "$OUT/ngx/nginx.conf" <<CONF
+worker_processes auto;
+pid $OUT/ngx/nginx.pid;
+error_log $OUT/ngx/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream gemini { server 127.0.0.1:$UP; keepalive 256; }
+  server {
+    listen 127.0.0.1:$NGX;
+    location / {
+      proxy_pass http://gemini;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header x-goog-api-key "bench-key";
+    }
+  }
+}
+CONF
+
+cat > "$OUT/proxy.yaml" <<CONF
+listen: "127.0.0.1:$GP"
+groups:
+  - name: bench
+    upstream: {url: "http://127.0.0.1:$UP"}
+    access: {mode: Open}
+    rotation: {strategy: RoundRobin}
+    keys: [{value: bench-key-1}, {value: bench-key-2}, {value: bench-key-3}, {value: bench-key-4},
+           {value: bench-key-5}, {value: bench-key-6}, {value: bench-key-7}, {value: bench-key-8}]
+CONF
+if [ "$STORE" = redis ]; then
+  RPORT=$(free_port)
+  redis-server --bind 127.0.0.1 --port "$RPORT" --save '' --appendonly no --daemonize yes \
+    --pidfile "$OUT/redis.pid" --logfile "$OUT/redis.log"
+  cat >> "$OUT/proxy.yaml" <<CONF
+store:
+  redis: {url: "redis://127.0.0.1:$RPORT", keyPrefix: "bench:"}
+  encryptionKey: {value: "$(head -c 32 /dev/urandom | base64)"}
+CONF
+fi
+
+cleanup() {
+  [ -n "${GP_PID:-}" ] && kill "$GP_PID" 2>/dev/null || true
+  nginx -c "$OUT/ngx/nginx.conf" -s stop 2>/dev/null || true
+  nginx -c "$OUT/up/nginx.conf" -s stop 2>/dev/null || true
+  [ -f "$OUT/redis.pid" ] && kill "$(cat "$OUT/redis.pid")" 2>/dev/null || true
+}
+trap cleanup EXIT
+
+nginx -c "$OUT/up/nginx.conf"
+nginx -c "$OUT/ngx/nginx.conf"
+./target/release/gemini-proxy --config "$OUT/proxy.yaml" $GP_ARGS > "$OUT/gemini-proxy.log" 2>&1 &
+GP_PID=$!
+for _ in $(seq 50); do
+  curl -sf "http://127.0.0.1:$GP/readyz" >/dev/null && break
+  sleep 0.1
+done
+
+cat > "$OUT/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = '{"contents":[{"parts":[{"text":"hello"}]}]}'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+
+PATH_="/v1beta/models/gemini-2.5-flash:generateContent"
+run() { # name port round
+  wrk -t1 -c"$CONNS" -d1s -s "$OUT/post.lua" "http://127.0.0.1:$2$PATH_" >/dev/null   # warm the pools
+  wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency -s "$OUT/post.lua" \
+    "http://127.0.0.1:$2$PATH_" > "$OUT/$1.$3.txt"
+}
+# Rounds alternate between the two targets, so that a slow spell of the machine hits both.
+for r in $(seq "$ROUNDS"); do
+  run nginx "$NGX" "$r"
+  run gemini-proxy "$GP" "$r"
+done
+
+to_ms() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v/=1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v*=1000 } printf "%.2f\n", v }'; }
+median() { sort -g | awk '{a[NR]=$1} END { if (NR%2) print a[(NR+1)/2]; else printf "%.2f\n", (a[NR/2]+a[NR/2+1])/2 }'; }
+stat() { # target what
+  for r in $(seq "$ROUNDS"); do
+    f="$OUT/$1.$r.txt"
+    case "$2" in
+      rps) awk '/Requests\/sec/ {print $2}' "$f" ;;
+      p50) awk '$1=="50%" {print $2}' "$f" | to_ms ;;
+      p99) awk '$1=="99%" {print $2}' "$f" | to_ms ;;
+    esac
+  done | median
+}
+
+printf '\nwrk -t%s -c%s -d%ss x %s rounds (medians), POST generateContent, %s cores, store=%s\n' \
+  "$THREADS" "$CONNS" "$DURATION" "$ROUNDS" "$(nproc)" "$STORE"
+printf '%-14s %12s %10s %10s   %s\n' target req/s p50_ms p99_ms "req/s per round"
+for t in nginx gemini-proxy; do
+  rounds=$(for r in $(seq "$ROUNDS"); do awk '/Requests\/sec/ {printf "%d ", $2}' "$OUT/$t.$r.txt"; done)
+  printf '%-14s %12s %10s %10s   %s\n' "$t" "$(stat "$t" rps)" "$(stat "$t" p50)" "$(stat "$t" p99)" "$rounds"
+  cat "$OUT"/$t.*.txt | awk '/Non-2xx|Socket errors/ {print "  " $0}'
+done
+ratio=$(awk -v a="$(stat gemini-proxy rps)" -v b="$(stat nginx rps)" 'BEGIN {printf "%.2f", a/b}')
+printf 'gemini-proxy / nginx throughput: %sx\n' "$ratio"
+curl -s "http://127.0.0.1:$GP/metrics" | awk '/^gemini_proxy_added_latency_seconds_(sum|count)/ {print}' > "$OUT/added.txt"
+awk '/_sum/ {s=$2} /_count/ {c=$2} END { if (c > 0) printf "gemini-proxy mean added latency: %.1f us over %d requests\n", s/c*1e6, c }' "$OUT/added.txt"
+echo "raw output: $OUT"
