@@ -6,7 +6,8 @@
 //! - [`state::KeyStatus`] and [`state::Transition`]: a key's cooldowns (per model or key-wide)
 //!   and retirement, changed atomically;
 //! - [`health::HealthReport`]: each proxy's view of its keys, with a time to live;
-//! - [`store::KeyStore`]: the interface, implemented by [`memory::MemoryStore`] (one process).
+//! - [`store::KeyStore`]: the interface, implemented by [`memory::MemoryStore`] (one process)
+//!   and [`redis_store::RedisStore`] (many pods; its module documents the layout).
 //!
 //! A key is known everywhere by its [`secret::KeyId`]; its value is a [`secret::Secret`] that never
 //! prints itself.
@@ -15,13 +16,16 @@ pub mod clock;
 pub mod health;
 pub mod memory;
 pub mod pacific;
+pub mod redis_store;
 pub mod secret;
 pub mod snapshot;
 pub mod state;
 pub mod store;
+pub mod usage;
 
 pub use health::{HealthReport, KeyHealth};
 pub use memory::MemoryStore;
+pub use redis_store::{EncryptionKey, RedisConfig, RedisStore, RedisTarget};
 pub use secret::{KeyId, Secret, TokenDigest};
 pub use snapshot::{
     AccessMode, AccessSpec, ClientEntry, GroupSnapshot, KeyEntry, RetrySpec, RotationStrategy,
@@ -29,3 +33,4 @@ pub use snapshot::{
 };
 pub use state::{Cooldown, CooldownReason, InvalidReason, KeyState, KeyStatus, Transition};
 pub use store::{BoxFuture, KeyStore, StoreError, StoreEvent};
+pub use usage::{Counter, UsageCounts, UsageDelta, UsageWindow};

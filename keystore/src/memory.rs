@@ -12,12 +12,15 @@ use crate::secret::KeyId;
 use crate::snapshot::GroupSnapshot;
 use crate::state::{KeyStatus, Transition};
 use crate::store::{BoxFuture, KeyStore, StoreError, StoreEvent};
+use crate::usage::{UsageCounts, UsageDelta, UsageWindow};
 
 #[derive(Default)]
 struct Inner {
     groups: BTreeMap<String, (GroupSnapshot, String)>,
     statuses: HashMap<String, HashMap<KeyId, KeyStatus>>,
     health: HashMap<(String, String), (HealthReport, u64)>,
+    usage: HashMap<(String, UsageWindow), UsageCounts>,
+    proxies: HashMap<String, u64>,
 }
 
 pub struct MemoryStore {
@@ -173,6 +176,71 @@ impl KeyStore for MemoryStore {
                 .filter(|((g, _), _)| g == group)
                 .map(|(_, (r, _))| r.clone())
                 .collect())
+        })
+    }
+
+    fn record_usage(&self, batch: Vec<UsageDelta>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let now = now_ms();
+            let mut inner = self.lock();
+            // Keep the last two hours of minutes and three days.
+            let oldest_minute = now / 60_000 - 120;
+            inner.usage.retain(|(_, w), _| match w {
+                UsageWindow::Minute(m) => *m >= oldest_minute,
+                UsageWindow::Day(_) => true,
+            });
+            if inner.usage.len() > 10_000 {
+                inner
+                    .usage
+                    .retain(|(_, w), _| matches!(w, UsageWindow::Minute(_)));
+            }
+            for d in &batch {
+                for w in [
+                    UsageWindow::minute_of(d.at_ms),
+                    UsageWindow::day_of(d.at_ms),
+                ] {
+                    inner.usage.entry((d.group.clone(), w)).or_default().add(d);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn usage<'a>(
+        &'a self,
+        group: &'a str,
+        window: &'a UsageWindow,
+    ) -> BoxFuture<'a, Result<UsageCounts, StoreError>> {
+        Box::pin(async move {
+            Ok(self
+                .lock()
+                .usage
+                .get(&(group.to_owned(), window.clone()))
+                .cloned()
+                .unwrap_or_default())
+        })
+    }
+
+    fn heartbeat<'a>(
+        &'a self,
+        proxy_id: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let expires = now_ms() + ttl.as_millis() as u64;
+            self.lock().proxies.insert(proxy_id.to_owned(), expires);
+            Ok(())
+        })
+    }
+
+    fn live_proxies(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        Box::pin(async move {
+            let now = now_ms();
+            let mut inner = self.lock();
+            inner.proxies.retain(|_, e| *e > now);
+            let mut v: Vec<String> = inner.proxies.keys().cloned().collect();
+            v.sort();
+            Ok(v)
         })
     }
 

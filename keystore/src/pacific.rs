@@ -24,12 +24,29 @@ pub fn next_pacific_midnight_ms(now_ms: u64) -> u64 {
     }
 }
 
+/// The date in America/Los_Angeles at `now_ms`, as `YYYY-MM-DD`.
+pub fn pacific_date(now_ms: u64) -> String {
+    let Ok(now) = Timestamp::from_millisecond(now_ms as i64) else {
+        return String::new();
+    };
+    match TimeZone::get("America/Los_Angeles") {
+        Ok(tz) => now.to_zoned(tz).date().to_string(),
+        Err(_) => now.to_zoned(TimeZone::UTC).date().to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn ms(s: &str) -> u64 {
         s.parse::<Timestamp>().unwrap().as_millisecond() as u64
+    }
+
+    #[test]
+    fn pacific_dates() {
+        assert_eq!(pacific_date(ms("2026-11-22T07:59:59Z")), "2026-11-21");
+        assert_eq!(pacific_date(ms("2026-11-22T08:00:00Z")), "2026-11-22");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::health::HealthReport;
 use crate::secret::KeyId;
 use crate::snapshot::GroupSnapshot;
 use crate::state::{KeyStatus, Transition};
+use crate::usage::{UsageCounts, UsageDelta, UsageWindow};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -85,6 +86,26 @@ pub trait KeyStore: Send + Sync + 'static {
         &'a self,
         group: &'a str,
     ) -> BoxFuture<'a, Result<Vec<HealthReport>, StoreError>>;
+
+    /// Adds usage to the per-minute and per-day counters (batched by the caller).
+    fn record_usage(&self, batch: Vec<UsageDelta>) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// The counters of a group in a window.
+    fn usage<'a>(
+        &'a self,
+        group: &'a str,
+        window: &'a UsageWindow,
+    ) -> BoxFuture<'a, Result<UsageCounts, StoreError>>;
+
+    /// Marks a proxy alive for `ttl`.
+    fn heartbeat<'a>(
+        &'a self,
+        proxy_id: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// The proxies whose heartbeat has not run out.
+    fn live_proxies(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
 
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent>;
 }

@@ -40,6 +40,18 @@ async fn quick_start_from_gemini_api_keys() {
     assert_eq!(logs.matches("\"message\":\"request\"").count(), 4, "{logs}");
 }
 
+/// The proxy's logs once `done` holds for them (or after 5 s).
+async fn wait_for_logs(p: &ProxyProcess, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let logs = p.logs();
+        if done(&logs) || Instant::now() > deadline {
+            return logs;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn no_configuration_explains_how_to_start() {
     let (status, out) = run_to_exit(BIN, &[], &[]).await;

@@ -7,6 +7,7 @@ pub mod client;
 pub mod egress;
 pub mod mock;
 pub mod process;
+pub mod redis;
 pub mod wire;
 
 pub use client::{Client, Reply};

@@ -1,0 +1,547 @@
+//! The Redis store: many proxies and the operator share one key state.
+//!
+//! # Layout
+//! `P` is the key prefix (default `gemini-proxy:`, no braces). Everything of one group shares the
+//! Cluster hash tag `{g:NAME}`, so the scripts that touch several of its keys run on one slot;
+//! the same code works on standalone Redis, Sentinel and Cluster.
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `P{g:NAME}:group` | hash | `version` (grows by one per change), `fingerprint` (of the snapshot minus version), `data` (snapshot JSON; key values and egress URLs sealed) |
+//! | `P{g:NAME}:keys` | hash | key id → [`KeyStatus`] JSON (`invalid`, `cooldowns[{untilMs, reason, model}]`, `updatedMs`) |
+//! | `P{g:NAME}:health` | hash | proxy id → [`HealthReport`] JSON with `expiresMs`; expired fields are dropped on read |
+//! | `P{g:NAME}:usage:m:MINUTE` | hash | `k:ID:req`, `k:ID:tok`, `s:SCOPE:req`, `s:SCOPE:tok` for minute `MINUTE` since the epoch; expires after 2 h |
+//! | `P{g:NAME}:usage:d:DATE` | hash | the same for the Pacific date `DATE` (`YYYY-MM-DD`); expires after 3 days |
+//! | `P{index}:groups` | set | group names |
+//! | `P{index}:proxies` | hash | proxy id → heartbeat expiry (Unix ms) |
+//! | `Pevents` | pub/sub channel | JSON: `{type: group, name, version}`, `{type: removed, name}`, `{type: keys, group, origin, changes: [[id, status-json]]}` |
+//!
+//! Key values never appear in a key name or in clear in a value: names use key ids, and values
+//! are sealed with AES-256-GCM (random nonce per value, group and key id as associated data)
+//! unless plaintext was explicitly allowed.
+//!
+//! # Guarantees
+//! - A snapshot is written by one script (version, fingerprint and data together) and announced
+//!   on the channel; publishing an unchanged snapshot changes nothing.
+//! - Key transitions run in one script per group: two proxies cooling one key end with the later
+//!   cooldown, whoever runs last; changes are announced with the writer's id.
+//! - Subscribers get [`StoreEvent::Resync`] whenever the pub/sub link was re-established, since
+//!   messages sent meanwhile are lost.
+
+mod codec;
+mod conn;
+mod crypto;
+mod scripts;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::{AsyncCommands, RedisError, Script};
+use serde::Deserialize;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
+pub use conn::RedisTarget;
+pub use crypto::EncryptionKey;
+
+use crate::clock::now_ms;
+use crate::health::HealthReport;
+use crate::secret::KeyId;
+use crate::snapshot::GroupSnapshot;
+use crate::state::{KeyStatus, Transition};
+use crate::store::{BoxFuture, KeyStore, StoreError, StoreEvent};
+use crate::usage::{Counter, UsageCounts, UsageDelta, UsageWindow};
+use conn::Connector;
+use crypto::Sealer;
+
+pub const DEFAULT_PREFIX: &str = "gemini-proxy:";
+
+/// How to reach Redis and how to store secrets there.
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    pub target: RedisTarget,
+    pub key_prefix: String,
+    /// `None` stores key material in clear: only when the user explicitly allowed it.
+    pub encryption_key: Option<EncryptionKey>,
+}
+
+impl RedisConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.key_prefix.contains(['{', '}']) {
+            return Err(
+                "keyPrefix must not contain braces (they are Redis Cluster hash tags)".into(),
+            );
+        }
+        self.target.validate()
+    }
+}
+
+pub struct RedisStore {
+    conn: Arc<Connector>,
+    prefix: String,
+    sealer: Sealer,
+    events: broadcast::Sender<StoreEvent>,
+    publish_script: Script,
+    transition_script: Script,
+    listener: JoinHandle<()>,
+    subscribed: Arc<AtomicBool>,
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+fn unavailable(e: RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+fn check_name(name: &str) -> Result<(), StoreError> {
+    if name.contains(['{', '}']) || name.is_empty() {
+        return Err(StoreError::Corrupt(format!(
+            "group name {name:?}: must be non-empty and without braces"
+        )));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+enum Wire {
+    Group {
+        name: String,
+        version: u64,
+    },
+    Removed {
+        name: String,
+    },
+    Keys {
+        group: String,
+        origin: String,
+        changes: Vec<(String, String)>,
+    },
+}
+
+#[derive(serde::Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredHealth {
+    expires_ms: u64,
+    report: HealthReport,
+}
+
+impl RedisStore {
+    /// Makes the store. It connects lazily (a proxy must start while Redis is down) and keeps a
+    /// pub/sub link open in the background, re-established after any loss.
+    pub fn new(config: RedisConfig) -> Result<Arc<Self>, StoreError> {
+        config.validate().map_err(StoreError::Unavailable)?;
+        let conn = Arc::new(Connector::new(config.target));
+        let (events, _) = broadcast::channel(4096);
+        let channel = format!("{}events", config.key_prefix);
+        let subscribed = Arc::new(AtomicBool::new(false));
+        let listener = tokio::spawn(listen(
+            conn.clone(),
+            channel,
+            events.clone(),
+            subscribed.clone(),
+        ));
+        Ok(Arc::new(Self {
+            conn,
+            prefix: config.key_prefix,
+            sealer: Sealer::new(config.encryption_key.as_ref()),
+            events,
+            publish_script: Script::new(scripts::PUBLISH_GROUP),
+            transition_script: Script::new(scripts::TRANSITION),
+            listener,
+            subscribed,
+        }))
+    }
+
+    /// Whether key material is encrypted.
+    pub fn encrypts(&self) -> bool {
+        self.sealer.encrypts()
+    }
+
+    /// Whether the pub/sub link is up now.
+    pub fn subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::Relaxed)
+    }
+
+    fn group_key(&self, group: &str, what: &str) -> String {
+        format!("{}{{g:{group}}}:{what}", self.prefix)
+    }
+
+    fn index_key(&self, what: &str) -> String {
+        format!("{}{{index}}:{what}", self.prefix)
+    }
+
+    fn channel(&self) -> String {
+        format!("{}events", self.prefix)
+    }
+
+    /// Runs `op` on the connection; resets it when the error suggests it is gone.
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(conn::Conn) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RedisError>>,
+    {
+        let c = self.conn.get().await.map_err(unavailable)?;
+        match op(c).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_timeout()
+                    || e.is_connection_refusal()
+                    || e.code() == Some("READONLY")
+                {
+                    self.conn.reset().await;
+                }
+                Err(unavailable(e))
+            }
+        }
+    }
+
+    async fn load_group(&self, name: &str) -> Result<Option<GroupSnapshot>, StoreError> {
+        let key = self.group_key(name, "group");
+        let fields: HashMap<String, String> = self
+            .run(|mut c| async move { c.hgetall(&key).await })
+            .await?;
+        let (Some(version), Some(data)) = (fields.get("version"), fields.get("data")) else {
+            return Ok(None);
+        };
+        let version = version.parse().map_err(corrupt)?;
+        codec::decode(data, version, &self.sealer).map(Some)
+    }
+}
+
+/// The pub/sub listener: forwards events; after every (re)connection, a `Resync`.
+async fn listen(
+    conn: Arc<Connector>,
+    channel: String,
+    events: broadcast::Sender<StoreEvent>,
+    subscribed: Arc<AtomicBool>,
+) {
+    let mut first = true;
+    loop {
+        let link = async {
+            let client = conn.pubsub_client().await?;
+            let mut ps = tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub())
+                .await
+                .map_err(|_| {
+                    RedisError::from((redis::ErrorKind::Io, "pub/sub connect timed out"))
+                })??;
+            ps.subscribe(&channel).await?;
+            Ok::<_, RedisError>(ps)
+        }
+        .await;
+        match link {
+            Ok(mut ps) => {
+                subscribed.store(true, Ordering::Relaxed);
+                if !first {
+                    let _ = events.send(StoreEvent::Resync);
+                }
+                first = false;
+                let mut stream = ps.on_message();
+                while let Some(msg) = stream.next().await {
+                    let Ok(payload) = msg.get_payload::<String>() else {
+                        continue;
+                    };
+                    if let Some(ev) = parse_event(&payload) {
+                        let _ = events.send(ev);
+                    }
+                }
+                subscribed.store(false, Ordering::Relaxed);
+            }
+            Err(_) => {
+                first = false;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+fn parse_event(payload: &str) -> Option<StoreEvent> {
+    Some(match serde_json::from_str::<Wire>(payload).ok()? {
+        Wire::Group { name, version } => StoreEvent::GroupChanged { name, version },
+        Wire::Removed { name } => StoreEvent::GroupRemoved { name },
+        Wire::Keys {
+            group,
+            origin,
+            changes,
+        } => StoreEvent::KeysChanged {
+            group,
+            origin,
+            changes: parse_changes(&changes),
+        },
+    })
+}
+
+fn parse_changes(raw: &[(String, String)]) -> Vec<(KeyId, KeyStatus)> {
+    raw.iter()
+        .filter_map(|(id, st)| Some((KeyId::from_raw(id.clone()), serde_json::from_str(st).ok()?)))
+        .collect()
+}
+
+impl KeyStore for RedisStore {
+    fn publish_group(&self, snapshot: GroupSnapshot) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            check_name(&snapshot.name)?;
+            let data = codec::encode(&snapshot, &self.sealer)?;
+            let mut inv = self.publish_script.prepare_invoke();
+            inv.key(self.group_key(&snapshot.name, "group"))
+                .key(self.group_key(&snapshot.name, "keys"))
+                .arg(snapshot.fingerprint())
+                .arg(data)
+                .arg(self.channel())
+                .arg(&snapshot.name);
+            for k in &snapshot.keys {
+                inv.arg(k.id.as_str());
+            }
+            let version: u64 = self
+                .run(|mut c| async move { inv.invoke_async(&mut c).await })
+                .await?;
+            let index = self.index_key("groups");
+            let name = snapshot.name.clone();
+            self.run(|mut c| async move { c.sadd::<_, _, ()>(&index, &name).await })
+                .await?;
+            Ok(version)
+        })
+    }
+
+    fn remove_group<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            check_name(name)?;
+            let keys = vec![
+                self.group_key(name, "group"),
+                self.group_key(name, "keys"),
+                self.group_key(name, "health"),
+            ];
+            let index = self.index_key("groups");
+            let channel = self.channel();
+            let event = serde_json::json!({"type": "removed", "name": name}).to_string();
+            self.run(|mut c| async move {
+                c.del::<_, ()>(&keys).await?;
+                c.srem::<_, _, ()>(&index, name).await?;
+                c.publish::<_, _, ()>(&channel, event).await
+            })
+            .await
+        })
+    }
+
+    fn groups(&self) -> BoxFuture<'_, Result<Vec<GroupSnapshot>, StoreError>> {
+        Box::pin(async move {
+            let index = self.index_key("groups");
+            let mut names: Vec<String> = self
+                .run(|mut c| async move { c.smembers(&index).await })
+                .await?;
+            names.sort();
+            let mut out = Vec::with_capacity(names.len());
+            for n in names {
+                if let Some(g) = self.load_group(&n).await? {
+                    out.push(g);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn key_statuses<'a>(
+        &'a self,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<HashMap<KeyId, KeyStatus>, StoreError>> {
+        Box::pin(async move {
+            let key = self.group_key(group, "keys");
+            let raw: HashMap<String, String> = self
+                .run(|mut c| async move { c.hgetall(&key).await })
+                .await?;
+            raw.into_iter()
+                .map(|(id, st)| {
+                    Ok((
+                        KeyId::from_raw(id),
+                        serde_json::from_str(&st).map_err(corrupt)?,
+                    ))
+                })
+                .collect()
+        })
+    }
+
+    fn transition<'a>(
+        &'a self,
+        group: &'a str,
+        keys: &'a [KeyId],
+        transition: &'a Transition,
+        origin: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(KeyId, KeyStatus)>, StoreError>> {
+        Box::pin(async move {
+            check_name(group)?;
+            let mut inv = self.transition_script.prepare_invoke();
+            inv.key(self.group_key(group, "keys"))
+                .arg(now_ms())
+                .arg(serde_json::to_string(transition).map_err(corrupt)?)
+                .arg(origin)
+                .arg(self.channel())
+                .arg(group);
+            for k in keys {
+                inv.arg(k.as_str());
+            }
+            let raw: String = self
+                .run(|mut c| async move { inv.invoke_async(&mut c).await })
+                .await?;
+            let changes: Vec<(String, String)> = serde_json::from_str(&raw).map_err(corrupt)?;
+            Ok(parse_changes(&changes))
+        })
+    }
+
+    fn report_health(
+        &self,
+        report: HealthReport,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let key = self.group_key(&report.group, "health");
+            let field = report.proxy_id.clone();
+            let value = serde_json::to_string(&StoredHealth {
+                expires_ms: now_ms() + ttl.as_millis() as u64,
+                report,
+            })
+            .map_err(corrupt)?;
+            self.run(|mut c| async move { c.hset::<_, _, _, ()>(&key, field, value).await })
+                .await
+        })
+    }
+
+    fn health_reports<'a>(
+        &'a self,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<HealthReport>, StoreError>> {
+        Box::pin(async move {
+            let key = self.group_key(group, "health");
+            let k2 = key.clone();
+            let raw: HashMap<String, String> = self
+                .run(|mut c| async move { c.hgetall(&k2).await })
+                .await?;
+            let now = now_ms();
+            let mut live = Vec::new();
+            let mut expired = Vec::new();
+            for (proxy, v) in raw {
+                match serde_json::from_str::<StoredHealth>(&v) {
+                    Ok(h) if h.expires_ms > now => live.push(h.report),
+                    _ => expired.push(proxy),
+                }
+            }
+            if !expired.is_empty() {
+                self.run(|mut c| async move { c.hdel::<_, _, ()>(&key, expired).await })
+                    .await?;
+            }
+            live.sort_by(|a, b| a.proxy_id.cmp(&b.proxy_id));
+            Ok(live)
+        })
+    }
+
+    fn record_usage(&self, batch: Vec<UsageDelta>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let mut pipe = redis::pipe();
+            for d in &batch {
+                for (window, ttl) in [
+                    (UsageWindow::minute_of(d.at_ms), 2 * 3600),
+                    (UsageWindow::day_of(d.at_ms), 3 * 86_400),
+                ] {
+                    let key = self.group_key(&d.group, &format!("usage:{}", window.tag()));
+                    pipe.hincr(&key, format!("k:{}:req", d.key), d.requests)
+                        .ignore();
+                    pipe.hincr(&key, format!("s:{}:req", d.scope), d.requests)
+                        .ignore();
+                    if d.tokens > 0 {
+                        pipe.hincr(&key, format!("k:{}:tok", d.key), d.tokens)
+                            .ignore();
+                        pipe.hincr(&key, format!("s:{}:tok", d.scope), d.tokens)
+                            .ignore();
+                    }
+                    pipe.expire(&key, ttl).ignore();
+                }
+            }
+            self.run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+                .await
+        })
+    }
+
+    fn usage<'a>(
+        &'a self,
+        group: &'a str,
+        window: &'a UsageWindow,
+    ) -> BoxFuture<'a, Result<UsageCounts, StoreError>> {
+        Box::pin(async move {
+            let key = self.group_key(group, &format!("usage:{}", window.tag()));
+            let raw: HashMap<String, u64> = self
+                .run(|mut c| async move { c.hgetall(&key).await })
+                .await?;
+            let mut counts = UsageCounts::default();
+            for (field, n) in raw {
+                let Some((kind, rest)) = field.split_once(':') else {
+                    continue;
+                };
+                let Some((name, what)) = rest.rsplit_once(':') else {
+                    continue;
+                };
+                let counter: &mut Counter = match kind {
+                    "k" => counts.keys.entry(KeyId::from_raw(name)).or_default(),
+                    "s" => counts.scopes.entry(name.to_owned()).or_default(),
+                    _ => continue,
+                };
+                match what {
+                    "req" => counter.requests += n,
+                    "tok" => counter.tokens += n,
+                    _ => {}
+                }
+            }
+            Ok(counts)
+        })
+    }
+
+    fn heartbeat<'a>(
+        &'a self,
+        proxy_id: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let key = self.index_key("proxies");
+            let expires = now_ms() + ttl.as_millis() as u64;
+            self.run(|mut c| async move { c.hset::<_, _, _, ()>(&key, proxy_id, expires).await })
+                .await
+        })
+    }
+
+    fn live_proxies(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        Box::pin(async move {
+            let key = self.index_key("proxies");
+            let k2 = key.clone();
+            let raw: HashMap<String, u64> = self
+                .run(|mut c| async move { c.hgetall(&k2).await })
+                .await?;
+            let now = now_ms();
+            let (mut live, dead): (Vec<_>, Vec<_>) = raw.into_iter().partition(|(_, e)| *e > now);
+            if !dead.is_empty() {
+                let dead: Vec<String> = dead.into_iter().map(|(p, _)| p).collect();
+                self.run(|mut c| async move { c.hdel::<_, _, ()>(&key, dead).await })
+                    .await?;
+            }
+            live.sort();
+            Ok(live.into_iter().map(|(p, _)| p).collect())
+        })
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
+        self.events.subscribe()
+    }
+}

@@ -1,0 +1,80 @@
+//! Usage counters per key and per project (quota scope), per minute and per Pacific day.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::secret::KeyId;
+
+/// What some requests used, to be added to the counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageDelta {
+    pub group: String,
+    pub key: KeyId,
+    /// The key's quota scope: its project, or its id when it names none.
+    pub scope: String,
+    pub requests: u64,
+    pub tokens: u64,
+    /// When it happened (Unix ms): picks the minute and the day.
+    pub at_ms: u64,
+}
+
+/// A counting window.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum UsageWindow {
+    /// Minutes since the Unix epoch.
+    Minute(u64),
+    /// A date in America/Los_Angeles, `YYYY-MM-DD` (quotas reset at midnight Pacific).
+    Day(String),
+}
+
+impl UsageWindow {
+    pub fn minute_of(at_ms: u64) -> Self {
+        Self::Minute(at_ms / 60_000)
+    }
+
+    pub fn day_of(at_ms: u64) -> Self {
+        Self::Day(crate::pacific::pacific_date(at_ms))
+    }
+
+    /// The suffix of the window's storage key: `m:29396160`, `d:2026-11-22`.
+    pub fn tag(&self) -> String {
+        match self {
+            Self::Minute(m) => format!("m:{m}"),
+            Self::Day(d) => format!("d:{d}"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counter {
+    pub requests: u64,
+    pub tokens: u64,
+}
+
+impl Counter {
+    pub fn add(&mut self, requests: u64, tokens: u64) {
+        self.requests += requests;
+        self.tokens += tokens;
+    }
+}
+
+/// The counters of one group in one window.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UsageCounts {
+    pub keys: HashMap<KeyId, Counter>,
+    pub scopes: HashMap<String, Counter>,
+}
+
+impl UsageCounts {
+    pub fn add(&mut self, d: &UsageDelta) {
+        self.keys
+            .entry(d.key.clone())
+            .or_default()
+            .add(d.requests, d.tokens);
+        self.scopes
+            .entry(d.scope.clone())
+            .or_default()
+            .add(d.requests, d.tokens);
+    }
+}

@@ -1,0 +1,354 @@
+//! The store contract, checked the same way against every store: in-memory, and Redis
+//! standalone, Sentinel and Cluster (real servers, a random key prefix per test).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gemini_proxy_tests::redis::{RedisCluster, RedisSentinel, RedisServer, random_prefix};
+use keystore::clock::now_ms;
+use keystore::{
+    Cooldown, CooldownReason, EncryptionKey, GroupSnapshot, HealthReport, InvalidReason, KeyHealth,
+    KeyId, KeyStore, MemoryStore, RedisConfig, RedisStore, RedisTarget, Secret, StoreEvent,
+    Transition, UsageDelta, UsageWindow,
+};
+
+const KEYS: [&str; 3] = [
+    "fake-contract-key-aaaa1111",
+    "fake-contract-key-bbbb2222",
+    "fake-contract-key-cccc3333",
+];
+
+fn group(name: &str) -> GroupSnapshot {
+    let mut g = GroupSnapshot::for_test(name, &KEYS);
+    g.keys[0].project = Some("proj-1".into());
+    g.upstream.egress_proxy = Some(Secret::new("http://user:fake-egress-pass@127.0.0.1:1"));
+    g
+}
+
+async fn next_event(rx: &mut tokio::sync::broadcast::Receiver<StoreEvent>) -> StoreEvent {
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(3), rx.recv())
+            .await
+            .expect("an event within 3 s")
+            .expect("event channel open");
+        if ev != StoreEvent::Resync {
+            return ev;
+        }
+    }
+}
+
+/// Everything a store promises.
+async fn contract(store: Arc<dyn KeyStore>) {
+    let mut events = store.subscribe();
+    let g = group("team-a/keys");
+    let ids: Vec<KeyId> = g.keys.iter().map(|k| k.id.clone()).collect();
+
+    // Versioned, idempotent publish; the snapshot comes back whole.
+    assert_eq!(store.publish_group(g.clone()).await.unwrap(), 1);
+    assert_eq!(
+        next_event(&mut events).await,
+        StoreEvent::GroupChanged {
+            name: "team-a/keys".into(),
+            version: 1
+        }
+    );
+    assert_eq!(store.publish_group(g.clone()).await.unwrap(), 1);
+    let back = store.groups().await.unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].version, 1);
+    assert_eq!(back[0].fingerprint(), g.fingerprint());
+    assert_eq!(back[0].keys[1].secret.expose(), KEYS[1]);
+    assert_eq!(back[0].keys[0].project.as_deref(), Some("proj-1"));
+    assert_eq!(
+        back[0].upstream.egress_proxy.as_ref().map(Secret::expose),
+        Some("http://user:fake-egress-pass@127.0.0.1:1")
+    );
+
+    // Transitions: applied, merged (later cooldown wins), announced with their origin.
+    let until = now_ms() + 60_000;
+    let cool = Transition::Cool(Cooldown {
+        until_ms: until,
+        reason: CooldownReason::PerDayQuota,
+        model: Some("gemini-2.5-pro".into()),
+    });
+    let changed = store
+        .transition("team-a/keys", &ids[..2], &cool, "pod-a")
+        .await
+        .unwrap();
+    assert_eq!(changed.len(), 2);
+    match next_event(&mut events).await {
+        StoreEvent::KeysChanged {
+            group,
+            origin,
+            changes,
+        } => {
+            assert_eq!((group.as_str(), origin.as_str()), ("team-a/keys", "pod-a"));
+            assert_eq!(changes.len(), 2);
+            assert_eq!(changes[0].1.cooldowns[0].until_ms, until);
+            assert_eq!(
+                changes[0].1.cooldowns[0].model.as_deref(),
+                Some("gemini-2.5-pro")
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let earlier = Transition::Cool(Cooldown {
+        until_ms: until - 1000,
+        reason: CooldownReason::PerMinuteQuota,
+        model: Some("gemini-2.5-pro".into()),
+    });
+    assert!(
+        store
+            .transition("team-a/keys", &ids[..1], &earlier, "pod-b")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let keywide = Transition::Cool(Cooldown {
+        until_ms: until + 5,
+        reason: CooldownReason::RateLimited,
+        model: None,
+    });
+    store
+        .transition("team-a/keys", &ids[..1], &keywide, "pod-b")
+        .await
+        .unwrap();
+    let retire = Transition::Retire {
+        reason: InvalidReason::Leaked,
+    };
+    store
+        .transition("team-a/keys", &ids[2..], &retire, "pod-b")
+        .await
+        .unwrap();
+    let statuses = store.key_statuses("team-a/keys").await.unwrap();
+    assert_eq!(statuses[&ids[0]].cooldowns.len(), 2);
+    assert_eq!(statuses[&ids[1]].cooldowns.len(), 1);
+    assert_eq!(statuses[&ids[2]].invalid, Some(InvalidReason::Leaked));
+    assert!(statuses[&ids[2]].updated_ms > 0);
+    let recovered = store
+        .transition("team-a/keys", &ids[2..], &Transition::Recover, "op")
+        .await
+        .unwrap();
+    assert_eq!(recovered[0].1.invalid, None);
+
+    // A key that leaves the group takes its state along; the others keep theirs.
+    let mut smaller = g.clone();
+    smaller.keys.remove(1);
+    assert_eq!(store.publish_group(smaller).await.unwrap(), 2);
+    let statuses = store.key_statuses("team-a/keys").await.unwrap();
+    assert!(statuses.contains_key(&ids[0]));
+    assert!(!statuses.contains_key(&ids[1]));
+
+    // Health reports expire.
+    let report = |proxy: &str| HealthReport {
+        proxy_id: proxy.into(),
+        group: "team-a/keys".into(),
+        at_ms: now_ms(),
+        keys: vec![KeyHealth {
+            id: ids[0].clone(),
+            score: 0.75,
+            requests: 9,
+            failures: 2,
+            last_error: Some("timeout".into()),
+        }],
+    };
+    store
+        .report_health(report("p1"), Duration::from_secs(30))
+        .await
+        .unwrap();
+    store
+        .report_health(report("p2"), Duration::from_millis(1))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let reports = store.health_reports("team-a/keys").await.unwrap();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0], report("p1").clone_with_at(reports[0].at_ms));
+
+    // Heartbeats.
+    store
+        .heartbeat("p1", Duration::from_secs(30))
+        .await
+        .unwrap();
+    store
+        .heartbeat("p2", Duration::from_millis(1))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(store.live_proxies().await.unwrap(), vec!["p1".to_owned()]);
+
+    // Usage counters per key and scope, per minute and Pacific day.
+    let at = now_ms();
+    let delta = |key: &KeyId, scope: &str, requests, tokens| UsageDelta {
+        group: "team-a/keys".into(),
+        key: key.clone(),
+        scope: scope.into(),
+        requests,
+        tokens,
+        at_ms: at,
+    };
+    store
+        .record_usage(vec![
+            delta(&ids[0], "proj-1", 2, 100),
+            delta(&ids[2], "proj-1", 1, 50),
+        ])
+        .await
+        .unwrap();
+    store
+        .record_usage(vec![delta(&ids[0], "proj-1", 1, 0)])
+        .await
+        .unwrap();
+    for w in [UsageWindow::minute_of(at), UsageWindow::day_of(at)] {
+        let u = store.usage("team-a/keys", &w).await.unwrap();
+        assert_eq!(u.keys[&ids[0]].requests, 3, "{w:?}");
+        assert_eq!(u.keys[&ids[0]].tokens, 100, "{w:?}");
+        assert_eq!(u.scopes["proj-1"].requests, 4, "{w:?}");
+        assert_eq!(u.scopes["proj-1"].tokens, 150, "{w:?}");
+    }
+
+    // Removal.
+    store.remove_group("team-a/keys").await.unwrap();
+    assert!(store.groups().await.unwrap().is_empty());
+    assert!(store.key_statuses("team-a/keys").await.unwrap().is_empty());
+}
+
+trait WithAt {
+    fn clone_with_at(&self, at: u64) -> Self;
+}
+
+impl WithAt for HealthReport {
+    fn clone_with_at(&self, at: u64) -> Self {
+        let mut r = self.clone();
+        r.at_ms = at;
+        r
+    }
+}
+
+fn redis_config(target: RedisTarget) -> RedisConfig {
+    RedisConfig {
+        target,
+        key_prefix: random_prefix(),
+        encryption_key: Some(
+            EncryptionKey::from_base64(&EncryptionKey::generate_base64()).unwrap(),
+        ),
+    }
+}
+
+/// Waits until the store's pub/sub link is up, so the first events are not missed.
+async fn subscribed(store: &RedisStore) {
+    for _ in 0..100 {
+        if store.subscribed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("pub/sub never connected");
+}
+
+fn assert_no_clear_secrets(dump: &[(String, String)]) {
+    assert!(!dump.is_empty(), "nothing in Redis?");
+    for (k, v) in dump {
+        for secret in KEYS.iter().chain(&["fake-egress-pass"]) {
+            assert!(
+                !k.contains(secret) && !v.contains(secret),
+                "{secret} in clear at {k}: {v}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn memory_store_keeps_the_contract() {
+    contract(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test]
+async fn redis_standalone_keeps_the_contract() {
+    let server = RedisServer::start();
+    let store = RedisStore::new(redis_config(RedisTarget::Standalone {
+        url: Secret::new(server.url()),
+    }))
+    .unwrap();
+    subscribed(&store).await;
+    contract(store.clone()).await;
+    // Leave a group behind and scan everything: no key in clear anywhere.
+    store.publish_group(group("left")).await.unwrap();
+    assert_no_clear_secrets(&server.dump());
+}
+
+#[tokio::test]
+async fn redis_sentinel_keeps_the_contract() {
+    let s = RedisSentinel::start();
+    let store = RedisStore::new(redis_config(RedisTarget::Sentinel {
+        master: s.name.clone(),
+        urls: s.urls().into_iter().map(Secret::new).collect(),
+    }))
+    .unwrap();
+    subscribed(&store).await;
+    contract(store.clone()).await;
+}
+
+#[tokio::test]
+async fn redis_cluster_keeps_the_contract() {
+    let cluster = RedisCluster::start();
+    let store = RedisStore::new(redis_config(RedisTarget::Cluster {
+        urls: cluster.urls().into_iter().map(Secret::new).collect(),
+    }))
+    .unwrap();
+    subscribed(&store).await;
+    contract(store.clone()).await;
+    store.publish_group(group("left")).await.unwrap();
+    assert_no_clear_secrets(&cluster.dump());
+}
+
+#[tokio::test]
+async fn another_encryption_key_cannot_read_the_keys() {
+    let server = RedisServer::start();
+    let mut cfg = redis_config(RedisTarget::Standalone {
+        url: Secret::new(server.url()),
+    });
+    let a = RedisStore::new(cfg.clone()).unwrap();
+    a.publish_group(group("g")).await.unwrap();
+    cfg.encryption_key =
+        Some(EncryptionKey::from_base64(&EncryptionKey::generate_base64()).unwrap());
+    let b = RedisStore::new(cfg.clone()).unwrap();
+    let err = b.groups().await.unwrap_err().to_string();
+    assert!(err.contains("cannot decrypt"), "{err}");
+    assert!(!err.contains("fake-contract"), "{err}");
+    cfg.encryption_key = None;
+    let plain = RedisStore::new(cfg).unwrap();
+    assert!(plain.groups().await.is_err());
+}
+
+#[tokio::test]
+async fn redis_down_is_an_error_not_a_hang_and_recovers() {
+    let mut server = RedisServer::start();
+    let store = RedisStore::new(redis_config(RedisTarget::Standalone {
+        url: Secret::new(server.url()),
+    }))
+    .unwrap();
+    store.publish_group(group("g")).await.unwrap();
+    subscribed(&store).await;
+    let mut events = store.subscribe();
+    server.kill();
+    let started = std::time::Instant::now();
+    assert!(store.groups().await.is_err());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    server.restart();
+    // The pub/sub link comes back and says so.
+    let ev = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(StoreEvent::Resync) = events.recv().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(ev.is_ok(), "no Resync after Redis came back");
+    // Writes work again (the restarted server is empty).
+    assert_eq!(store.publish_group(group("g")).await.unwrap(), 1);
+}
