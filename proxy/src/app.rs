@@ -14,7 +14,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use crate::forward;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::sync::Outbox;
+use crate::sync::{Outbox, StoreStatus};
 
 /// Everything a request handler needs.
 pub struct App {
@@ -23,6 +23,7 @@ pub struct App {
     pub outbox: Outbox,
     pub max_body_bytes: usize,
     pub request_ids: RequestIds,
+    pub store: Arc<StoreStatus>,
 }
 
 /// The router. No port is bound here, so tests drive it with `oneshot`.
@@ -69,6 +70,14 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
         "not ready: no group has a usable key".to_owned()
     };
     let mut body = head;
+    body.push_str(&match (app.store.kind, app.store.is_up()) {
+        ("memory", _) => "\nstore: memory".to_owned(),
+        (kind, true) => format!("\nstore: {kind}, reachable"),
+        (kind, false) => format!(
+            "\nstore: {kind}, unreachable for {} s (serving the last snapshot with local state)",
+            keystore::clock::now_ms().saturating_sub(app.store.since_ms()) / 1000
+        ),
+    });
     for l in lines {
         body.push('\n');
         body.push_str(&l);
@@ -83,9 +92,11 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let text = app
-        .metrics
-        .render(&app.registry.groups(), keystore::clock::now_ms());
+    let text = app.metrics.render(
+        &app.registry.groups(),
+        app.store.is_up(),
+        keystore::clock::now_ms(),
+    );
     (
         [(
             header::CONTENT_TYPE,

@@ -26,6 +26,7 @@ use crate::pool::{InFlight, Pick, Pool};
 use crate::routes::{self, Api, ModelOf};
 use crate::sync::Pending;
 use crate::upstream::UpstreamError;
+use crate::usage::TokenScan;
 
 /// Error bodies are read whole to classify them; they are small, this is a safety cap.
 const MAX_ERROR_BODY: usize = 1 << 20;
@@ -259,6 +260,7 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
         match classify::classify(status, &bytes) {
             Verdict::Deliver | Verdict::PassThrough => {
                 slot.record_success();
+                slot.add_usage(1, 0);
                 return buffered(head, bytes);
             }
             Verdict::RateLimited(limit) => {
@@ -403,7 +405,8 @@ fn deliver(res: http::Response<Body>, in_flight: InFlight) -> Response {
         head,
         Body::new(Tracked {
             inner: body,
-            _in_flight: in_flight,
+            in_flight,
+            tokens: TokenScan::default(),
         }),
     )
 }
@@ -420,10 +423,18 @@ fn with_retry_after(mut res: Response, secs: u64) -> Response {
     res
 }
 
-/// A response body that holds the key's in-flight guard until it ends or is dropped.
+/// A response body that holds the key's in-flight guard until it ends or is dropped, and
+/// counts the request and its tokens for the key when it goes.
 struct Tracked {
     inner: Body,
-    _in_flight: InFlight,
+    in_flight: InFlight,
+    tokens: TokenScan,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.in_flight.slot().add_usage(1, self.tokens.tokens());
+    }
 }
 
 impl http_body::Body for Tracked {
@@ -434,7 +445,13 @@ impl http_body::Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.tokens.feed(data);
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -22,6 +22,7 @@ pub mod routes;
 pub mod server;
 pub mod sync;
 pub mod upstream;
+pub mod usage;
 
 pub use app::{App, router};
 pub use config::Settings;

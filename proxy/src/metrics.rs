@@ -1,8 +1,8 @@
 //! Prometheus metrics. Labels carry group names, routes, reasons and key ids, never keys.
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::registry::Groups;
@@ -27,6 +27,8 @@ pub struct Metrics {
     key_health: GaugeVec,
     /// Requests in flight on each key.
     key_in_flight: IntGaugeVec,
+    /// 1 while the state store answers.
+    store_up: IntGauge,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -94,8 +96,13 @@ impl Metrics {
             Opts::new("key_in_flight", "Requests in flight on each key"),
             &["group", "key_id"],
         ));
+        let store_up = must(IntGauge::new(
+            "store_up",
+            "1 while the key-state store answers, 0 during an outage",
+        ));
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(store_up.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(requests.clone()),
             Box::new(upstream_seconds.clone()),
             Box::new(added_seconds.clone()),
             Box::new(retries.clone()),
@@ -118,11 +125,13 @@ impl Metrics {
             key_state,
             key_health,
             key_in_flight,
+            store_up,
         }
     }
 
     /// The text exposition, with key gauges read fresh from the pools.
-    pub fn render(&self, groups: &Groups, now_ms: u64) -> String {
+    pub fn render(&self, groups: &Groups, store_up: bool, now_ms: u64) -> String {
+        self.store_up.set(i64::from(store_up));
         self.key_state.reset();
         self.key_health.reset();
         self.key_in_flight.reset();

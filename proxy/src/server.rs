@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::serve::ListenerExt;
-use keystore::{KeyStore, StoreError};
+use keystore::KeyStore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -16,7 +16,7 @@ use crate::app::{App, RequestIds};
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::sync::{self, Outbox};
+use crate::sync::{self, Outbox, StoreStatus};
 
 /// A started proxy: its app state and the handle that stops its background tasks.
 pub struct Proxy {
@@ -26,11 +26,9 @@ pub struct Proxy {
 
 impl Proxy {
     /// Publishes the configured groups to `store`, loads what this proxy serves, and starts the
-    /// background tasks.
-    pub async fn start(settings: &Settings, store: Arc<dyn KeyStore>) -> Result<Self, StoreError> {
-        for g in &settings.groups {
-            store.publish_group(g.clone()).await?;
-        }
+    /// background tasks. It starts even when the store is unreachable: with its own groups (from
+    /// its config) it serves those; with none it waits, not ready, until the store answers.
+    pub async fn start(settings: &Settings, store: Arc<dyn KeyStore>, kind: &'static str) -> Self {
         let only = (!settings.groups.is_empty()).then(|| {
             settings
                 .groups
@@ -39,18 +37,31 @@ impl Proxy {
                 .collect::<HashSet<_>>()
         });
         let registry = Arc::new(Registry::new(settings.default_group.clone(), only));
-        sync::reload(store.as_ref(), &registry).await?;
+        let status = Arc::new(StoreStatus::new(kind));
+        let loaded = sync::publish_and_reload(store.as_ref(), &registry, &settings.groups).await;
+        status.record(&loaded);
+        if loaded.is_err() && !settings.groups.is_empty() {
+            registry.rebuild(settings.groups.clone(), &Default::default());
+        }
         let (outbox, rx) = Outbox::new();
         let (stop, stopped) = watch::channel(false);
-        sync::spawn(store, registry.clone(), proxy_id(), rx, stopped);
+        let ctx = Arc::new(sync::Context {
+            store,
+            registry: registry.clone(),
+            proxy_id: proxy_id(),
+            own_groups: settings.groups.clone(),
+            status: status.clone(),
+        });
+        sync::spawn(ctx, rx, stopped);
         let app = Arc::new(App {
             registry,
             metrics: Metrics::new(),
             outbox,
             max_body_bytes: settings.max_body_bytes,
             request_ids: RequestIds::default(),
+            store: status,
         });
-        Ok(Self { app, stop })
+        Self { app, stop }
     }
 
     pub fn router(&self) -> Router {
@@ -70,7 +81,7 @@ impl Drop for Proxy {
 }
 
 /// This proxy's name in the store: the pod name in Kubernetes, else host and pid.
-fn proxy_id() -> String {
+pub fn proxy_id() -> String {
     let host = std::env::var("HOSTNAME")
         .or_else(|_| std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()))
         .unwrap_or_else(|_| "proxy".to_owned());

@@ -1,22 +1,34 @@
 //! Keeping the in-memory groups and the store in step, off the request path:
-//! - the outbox: key transitions the request path hands over without waiting;
-//! - the follower: store events (and a periodic poll) rebuild groups or adopt key states;
-//! - the reporter: this proxy's per-key health, written with a time to live.
+//! - the outbox: key transitions the request path hands over without waiting; written in order,
+//!   kept and retried while the store is unreachable, written back when it returns;
+//! - the follower: store events, a periodic poll and a resync after every outage rebuild the
+//!   groups or adopt other proxies' key states (the newer state wins);
+//! - the reporter: heartbeat and per-key health with a time to live;
+//! - the usage flusher: per-key counters, one batch about every 100 ms.
+//!
+//! While the store is down, proxies serve from their last snapshot (or their own config) with
+//! local state; the outage is logged once, shown by `gemini_proxy_store_up` and `/readyz`.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use keystore::{HealthReport, KeyId, KeyStore, StoreError, StoreEvent, Transition};
-use tokio::sync::{broadcast, mpsc};
+use keystore::clock::now_ms;
+use keystore::{
+    GroupSnapshot, HealthReport, KeyId, KeyStore, StoreError, StoreEvent, Transition, UsageDelta,
+};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
 
 use crate::registry::Registry;
 
 const OUTBOX_CAPACITY: usize = 16_384;
-const POLL_EVERY: Duration = Duration::from_secs(30);
+const RETRY_BACKLOG: usize = 10_000;
+const POLL_UP: Duration = Duration::from_secs(10);
+const POLL_DOWN: Duration = Duration::from_secs(1);
 const HEALTH_EVERY: Duration = Duration::from_secs(10);
-const HEALTH_TTL: Duration = Duration::from_secs(45);
+const HEALTH_TTL: Duration = Duration::from_secs(30);
+const USAGE_EVERY: Duration = Duration::from_millis(100);
 
 /// A key transition on its way to the store.
 #[derive(Debug)]
@@ -54,10 +66,65 @@ impl Outbox {
     }
 }
 
+/// Whether the store answers, as the background tasks see it.
+pub struct StoreStatus {
+    pub kind: &'static str,
+    up: AtomicBool,
+    /// Since when it is in its current state (Unix ms).
+    since_ms: AtomicU64,
+    pub resync: Notify,
+}
+
+impl StoreStatus {
+    pub fn new(kind: &'static str) -> Self {
+        Self {
+            kind,
+            up: AtomicBool::new(true),
+            since_ms: AtomicU64::new(now_ms()),
+            resync: Notify::new(),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn since_ms(&self) -> u64 {
+        self.since_ms.load(Ordering::Relaxed)
+    }
+
+    /// Records an outcome; logs once per change; a return after an outage asks for a resync.
+    pub fn record<T>(&self, result: &Result<T, StoreError>) {
+        match result {
+            Ok(_) => {
+                if !self.up.swap(true, Ordering::Relaxed) {
+                    let down_for = now_ms().saturating_sub(self.since_ms());
+                    self.since_ms.store(now_ms(), Ordering::Relaxed);
+                    tracing::info!(
+                        store = self.kind,
+                        down_for_ms = down_for,
+                        "store reachable again: writing back local state and resyncing"
+                    );
+                    self.resync.notify_one();
+                }
+            }
+            Err(StoreError::Unavailable(e)) => {
+                if self.up.swap(false, Ordering::Relaxed) {
+                    self.since_ms.store(now_ms(), Ordering::Relaxed);
+                    tracing::warn!(store = self.kind, error = %e, "store unreachable: serving from the last snapshot with local state");
+                }
+            }
+            Err(e) => {
+                tracing::error!(store = self.kind, error = %e, "store error");
+            }
+        }
+    }
+}
+
 /// Loads every group and its key states from the store into the registry.
 pub async fn reload(store: &dyn KeyStore, registry: &Registry) -> Result<(), StoreError> {
     let groups = store.groups().await?;
-    let mut statuses = HashMap::with_capacity(groups.len());
+    let mut statuses = std::collections::HashMap::with_capacity(groups.len());
     for g in &groups {
         statuses.insert(g.name.clone(), store.key_statuses(&g.name).await?);
     }
@@ -65,99 +132,168 @@ pub async fn reload(store: &dyn KeyStore, registry: &Registry) -> Result<(), Sto
     Ok(())
 }
 
-/// Starts the background tasks; they end when `shutdown` fires.
-pub fn spawn(
-    store: Arc<dyn KeyStore>,
-    registry: Arc<Registry>,
-    proxy_id: String,
+/// Publishes this proxy's own groups (idempotent), then reloads.
+pub async fn publish_and_reload(
+    store: &dyn KeyStore,
+    registry: &Registry,
+    own: &[GroupSnapshot],
+) -> Result<(), StoreError> {
+    for g in own {
+        store.publish_group(g.clone()).await?;
+    }
+    reload(store, registry).await
+}
+
+/// What the background tasks work with.
+pub struct Context {
+    pub store: Arc<dyn KeyStore>,
+    pub registry: Arc<Registry>,
+    pub proxy_id: String,
+    pub own_groups: Vec<GroupSnapshot>,
+    pub status: Arc<StoreStatus>,
+}
+
+/// Starts the background tasks; they end when `stop` turns true.
+pub fn spawn(ctx: Arc<Context>, outbox: mpsc::Receiver<Pending>, stop: watch::Receiver<bool>) {
+    tokio::spawn(write_transitions(ctx.clone(), outbox, stop.clone()));
+    tokio::spawn(follow(ctx.clone(), stop.clone()));
+    tokio::spawn(report(ctx.clone(), stop.clone()));
+    tokio::spawn(flush_usage(ctx, stop));
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn write_transitions(
+    ctx: Arc<Context>,
     mut outbox: mpsc::Receiver<Pending>,
-    shutdown: tokio::sync::watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
 ) {
-    // Writer: transitions to the store, in order.
-    {
-        let store = store.clone();
-        let proxy_id = proxy_id.clone();
-        let mut shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let mut failing = false;
-            loop {
-                let p = tokio::select! {
-                    p = outbox.recv() => match p { Some(p) => p, None => return },
-                    _ = shutdown.wait_for(|s| *s) => return,
-                };
-                match store
-                    .transition(&p.group, &p.keys, &p.transition, &proxy_id)
-                    .await
-                {
-                    Ok(_) => failing = false,
-                    Err(e) if !failing => {
-                        failing = true;
-                        tracing::warn!(group = %p.group, error = %e, "cannot write key state to the store");
+    let mut backlog: VecDeque<Pending> = VecDeque::new();
+    let mut retry = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stopped(&mut stop) => return,
+            p = outbox.recv() => match p {
+                Some(p) => backlog.push_back(p),
+                None => return,
+            },
+            _ = retry.tick(), if !backlog.is_empty() => {}
+        }
+        while let Some(p) = backlog.front() {
+            let r = ctx
+                .store
+                .transition(&p.group, &p.keys, &p.transition, &ctx.proxy_id)
+                .await;
+            ctx.status.record(&r);
+            match r {
+                Ok(_) | Err(StoreError::UnknownGroup(_)) | Err(StoreError::Corrupt(_)) => {
+                    backlog.pop_front();
+                }
+                Err(StoreError::Unavailable(_)) => {
+                    while backlog.len() > RETRY_BACKLOG {
+                        backlog.pop_front();
                     }
-                    Err(_) => {}
+                    break;
                 }
             }
-        });
+        }
     }
-    // Follower: events and a periodic poll.
-    {
-        let store = store.clone();
-        let registry = registry.clone();
-        let proxy_id = proxy_id.clone();
-        let mut shutdown = shutdown.clone();
-        let mut events = store.subscribe();
-        tokio::spawn(async move {
-            let mut poll = tokio::time::interval(POLL_EVERY);
-            poll.tick().await;
-            loop {
-                let reload_all = tokio::select! {
-                    _ = shutdown.wait_for(|s| *s) => return,
-                    _ = poll.tick() => true,
-                    ev = events.recv() => match ev {
-                        Ok(StoreEvent::KeysChanged { group, origin, changes }) => {
-                            if origin != proxy_id {
-                                registry.adopt(&group, &changes);
-                            }
-                            false
-                        }
-                        Ok(StoreEvent::GroupChanged { .. } | StoreEvent::GroupRemoved { .. } | StoreEvent::Resync) => true,
-                        Err(broadcast::error::RecvError::Lagged(_)) => true,
-                        Err(broadcast::error::RecvError::Closed) => return,
-                    },
-                };
-                if reload_all && let Err(e) = reload(store.as_ref(), &registry).await {
-                    tracing::warn!(error = %e, "cannot reload groups from the store; serving the last snapshot");
+}
+
+async fn follow(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
+    let mut events = ctx.store.subscribe();
+    loop {
+        let poll = if ctx.status.is_up() {
+            POLL_UP
+        } else {
+            POLL_DOWN
+        };
+        let reload_all = tokio::select! {
+            _ = stopped(&mut stop) => return,
+            _ = tokio::time::sleep(poll) => true,
+            _ = ctx.status.resync.notified() => true,
+            ev = events.recv() => match ev {
+                Ok(StoreEvent::KeysChanged { group, origin, changes }) => {
+                    if origin != ctx.proxy_id {
+                        ctx.registry.adopt(&group, &changes);
+                    }
+                    false
                 }
-            }
-        });
+                Ok(StoreEvent::GroupChanged { .. } | StoreEvent::GroupRemoved { .. } | StoreEvent::Resync) => true,
+                Err(broadcast::error::RecvError::Lagged(_)) => true,
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        };
+        if reload_all {
+            let r = publish_and_reload(ctx.store.as_ref(), &ctx.registry, &ctx.own_groups).await;
+            ctx.status.record(&r);
+        }
     }
-    // Reporter: per-key health with a TTL.
-    {
-        let mut shutdown = shutdown;
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(HEALTH_EVERY);
-            loop {
-                tokio::select! {
-                    _ = shutdown.wait_for(|s| *s) => return,
-                    _ = every.tick() => {}
-                }
-                let now = keystore::clock::now_ms();
-                for pool in registry.groups().pools() {
-                    let report = HealthReport {
-                        proxy_id: proxy_id.clone(),
+}
+
+async fn report(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(HEALTH_EVERY);
+    loop {
+        tokio::select! {
+            _ = stopped(&mut stop) => return,
+            _ = every.tick() => {}
+        }
+        let r = ctx.store.heartbeat(&ctx.proxy_id, HEALTH_TTL).await;
+        ctx.status.record(&r);
+        if r.is_err() {
+            continue;
+        }
+        let now = now_ms();
+        for pool in ctx.registry.groups().pools() {
+            let report = HealthReport {
+                proxy_id: ctx.proxy_id.clone(),
+                group: pool.name().to_owned(),
+                at_ms: now,
+                keys: pool
+                    .members
+                    .iter()
+                    .map(|m| m.slot.health_report())
+                    .collect(),
+            };
+            let r = ctx.store.report_health(report, HEALTH_TTL).await;
+            ctx.status.record(&r);
+        }
+    }
+}
+
+async fn flush_usage(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(USAGE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stopped(&mut stop) => return,
+            _ = every.tick() => {}
+        }
+        let now = now_ms();
+        let mut batch = Vec::new();
+        for pool in ctx.registry.groups().pools() {
+            for m in &pool.members {
+                let (requests, tokens) = m.slot.take_usage();
+                if requests > 0 || tokens > 0 {
+                    batch.push(UsageDelta {
                         group: pool.name().to_owned(),
+                        key: m.slot.id.clone(),
+                        scope: m.scope.to_string(),
+                        requests,
+                        tokens,
                         at_ms: now,
-                        keys: pool
-                            .members
-                            .iter()
-                            .map(|m| m.slot.health_report())
-                            .collect(),
-                    };
-                    if let Err(e) = store.report_health(report, HEALTH_TTL).await {
-                        tracing::debug!(error = %e, "cannot report health");
-                    }
+                    });
                 }
             }
-        });
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let r = ctx.store.record_usage(batch).await;
+        // Counters are best effort: a batch that cannot be written is dropped, not retried, so
+        // an outage cannot grow memory.
+        ctx.status.record(&r);
     }
 }

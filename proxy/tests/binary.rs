@@ -32,7 +32,8 @@ async fn quick_start_from_gemini_api_keys() {
     }
     assert_eq!(mock.count("qs-key-1"), 2);
     assert_eq!(mock.count("qs-key-2"), 2);
-    let logs = p.logs();
+    // Log lines leave through a background writer: give it a moment.
+    let logs = wait_for_logs(&p, |l| l.matches("\"message\":\"request\"").count() >= 4).await;
     assert!(
         logs.contains("\"message\":\"gemini-proxy listening\""),
         "{logs}"
@@ -232,8 +233,12 @@ async fn no_key_in_logs_or_metrics_even_at_debug() {
         .call(Method::GET, &format!("{}/readyz", p.url()), &[], "")
         .await
         .text();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let logs = p.logs();
+    let logs = wait_for_logs(&p, |l| {
+        l.contains("key retired")
+            && l.contains("key cooling down")
+            && l.contains("upstream attempt failed")
+    })
+    .await;
     assert!(
         logs.contains("key retired"),
         "the test did not exercise retirement:\n{logs}"

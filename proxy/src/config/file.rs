@@ -19,6 +19,45 @@ pub struct FileConfig {
     pub max_body_bytes: Option<u64>,
     /// How long in-flight requests and streams may run on after SIGTERM. Default 30.
     pub shutdown_grace_seconds: Option<u64>,
+    /// Shared state in Redis; without it, the in-memory store.
+    pub store: Option<StoreConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StoreConfig {
+    pub redis: Option<RedisFileConfig>,
+    /// Base64 of 32 random bytes: seals key material in Redis.
+    pub encryption_key: Option<SecretRef>,
+    /// Store key material in clear (refused unless set).
+    #[serde(default)]
+    pub allow_plaintext: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RedisFileConfig {
+    /// `redis://host:6379` or `rediss://` (TLS).
+    pub url: Option<SecretRef>,
+    pub sentinel: Option<SentinelConfig>,
+    pub cluster: Option<ClusterConfig>,
+    pub key_prefix: Option<String>,
+    pub username: Option<String>,
+    /// Set into every Redis URL (so URLs need not hold it).
+    pub password: Option<SecretRef>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SentinelConfig {
+    pub master: String,
+    pub urls: Vec<SecretRef>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClusterConfig {
+    pub urls: Vec<SecretRef>,
 }
 
 #[derive(Debug, Deserialize)]

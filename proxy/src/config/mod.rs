@@ -8,13 +8,14 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use keystore::redis_store::DEFAULT_PREFIX;
 use keystore::snapshot::DEFAULT_UPSTREAM;
 use keystore::{
-    AccessMode, AccessSpec, ClientEntry, GroupSnapshot, KeyEntry, RetrySpec, Secret, TokenDigest,
-    UpstreamSpec,
+    AccessMode, AccessSpec, ClientEntry, EncryptionKey, GroupSnapshot, KeyEntry, RedisConfig,
+    RedisTarget, RetrySpec, Secret, TokenDigest, UpstreamSpec,
 };
 
-use file::{FileConfig, GroupConfig, KeyConfig, SecretRef, SecretSource};
+use file::{FileConfig, GroupConfig, KeyConfig, SecretRef, SecretSource, StoreConfig};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
@@ -28,6 +29,8 @@ pub struct Settings {
     pub default_group: Option<String>,
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
+    /// Shared state in Redis; `None`: the in-memory store.
+    pub store: Option<RedisConfig>,
 }
 
 /// A configuration error: where (file and field path) and what.
@@ -99,7 +102,21 @@ impl Settings {
             default_group: Some("default".into()),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            store: None,
         })
+    }
+
+    /// No groups of its own: serves what the store holds (a proxy pod in Kubernetes).
+    pub fn store_only() -> Self {
+        Self {
+            listen: parse_listen(DEFAULT_LISTEN)
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            groups: Vec::new(),
+            default_group: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            store: None,
+        }
     }
 }
 
@@ -183,6 +200,20 @@ impl Resolver<'_> {
                 Some(_) => {}
             }
         }
+        let store = match &file.store {
+            None => None,
+            Some(sc) => Some(self.store(sc)?),
+        };
+        if store.is_some() {
+            for (gi, g) in groups.iter().enumerate() {
+                if g.name.contains(['{', '}']) {
+                    return Err(self.err(
+                        format!("groups[{gi}].name"),
+                        "with a Redis store, group names cannot contain braces",
+                    ));
+                }
+            }
+        }
         let max_body_bytes = match file.max_body_bytes {
             Some(0) => return Err(self.err("maxBodyBytes", "must be at least 1")),
             Some(n) => usize::try_from(n).map_err(|_| self.err("maxBodyBytes", "too large"))?,
@@ -197,7 +228,76 @@ impl Resolver<'_> {
                 .shutdown_grace_seconds
                 .map(Duration::from_secs)
                 .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+            store,
         })
+    }
+
+    fn store(&self, sc: &StoreConfig) -> Result<RedisConfig, ConfigError> {
+        let Some(r) = &sc.redis else {
+            return Err(self.err(
+                "store.redis",
+                "give the Redis to use (url, sentinel or cluster)",
+            ));
+        };
+        let password = match &r.password {
+            Some(p) => Some(self.secret("store.redis.password", p)?.1),
+            None => None,
+        };
+        let creds = |path: &str, u: Secret| -> Result<Secret, ConfigError> {
+            with_credentials(u, r.username.as_deref(), password.as_ref())
+                .map_err(|m| self.err(path, m))
+        };
+        let target = match (&r.url, &r.sentinel, &r.cluster) {
+            (Some(u), None, None) => RedisTarget::Standalone {
+                url: creds("store.redis.url", self.secret("store.redis.url", u)?.1)?,
+            },
+            (None, Some(s), None) => {
+                let mut urls = Vec::new();
+                for (i, u) in s.urls.iter().enumerate() {
+                    let p = format!("store.redis.sentinel.urls[{i}]");
+                    urls.push(creds(&p, self.secret(&p, u)?.1)?);
+                }
+                RedisTarget::Sentinel {
+                    master: s.master.clone(),
+                    urls,
+                }
+            }
+            (None, None, Some(c)) => {
+                let mut urls = Vec::new();
+                for (i, u) in c.urls.iter().enumerate() {
+                    let p = format!("store.redis.cluster.urls[{i}]");
+                    urls.push(creds(&p, self.secret(&p, u)?.1)?);
+                }
+                RedisTarget::Cluster { urls }
+            }
+            _ => return Err(self.err("store.redis", "give exactly one of url, sentinel, cluster")),
+        };
+        let encryption_key = match (&sc.encryption_key, sc.allow_plaintext) {
+            (Some(k), _) => {
+                let (_, secret) = self.secret("store.encryptionKey", k)?;
+                Some(
+                    EncryptionKey::from_base64(secret.expose())
+                        .map_err(|m| self.err("store.encryptionKey", m))?,
+                )
+            }
+            (None, true) => None,
+            (None, false) => {
+                return Err(self.err(
+                    "store.encryptionKey",
+                    "key material in Redis must be encrypted: set encryptionKey (base64 of 32 random bytes, e.g. from `head -c 32 /dev/urandom | base64`), or allowPlaintext: true",
+                ));
+            }
+        };
+        let config = RedisConfig {
+            target,
+            key_prefix: r
+                .key_prefix
+                .clone()
+                .unwrap_or_else(|| DEFAULT_PREFIX.to_owned()),
+            encryption_key,
+        };
+        config.validate().map_err(|m| self.err("store.redis", m))?;
+        Ok(config)
     }
 
     fn group(&self, path: &str, g: GroupConfig) -> Result<GroupSnapshot, ConfigError> {
@@ -353,7 +453,28 @@ impl Resolver<'_> {
     }
 }
 
-fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+/// Puts a username and password into a Redis URL.
+pub fn with_credentials(
+    url: Secret,
+    username: Option<&str>,
+    password: Option<&Secret>,
+) -> Result<Secret, String> {
+    if username.is_none() && password.is_none() {
+        return Ok(url);
+    }
+    let mut u = url::Url::parse(url.expose()).map_err(|_| "not a redis:// URL".to_owned())?;
+    if let Some(name) = username {
+        u.set_username(name)
+            .map_err(|_| "cannot set the username".to_owned())?;
+    }
+    if let Some(p) = password {
+        u.set_password(Some(p.expose()))
+            .map_err(|_| "cannot set the password".to_owned())?;
+    }
+    Ok(Secret::new(u.as_str()))
+}
+
+pub(crate) fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     s.parse()
         .map_err(|_| format!("{s:?} is not an address like 127.0.0.1:8080 or [::]:8080"))
 }

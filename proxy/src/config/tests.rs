@@ -216,3 +216,67 @@ fn errors_never_hold_key_values() {
     let e = err("groups: [{name: g, access: {mode: Open}, keys: [{value: 'fake secret'}]}]");
     assert!(!e.contains("fake secret"), "{e}");
 }
+
+const STATE_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
+#[test]
+fn redis_store_with_encryption_key_from_env() {
+    let yaml = "store:\n  redis: {url: 'redis://127.0.0.1:6379', keyPrefix: 'gp:', password: {env: RPASS}}\n  encryptionKey: {env: STATE}\n";
+    let s = parse(yaml, &[("RPASS", "fake-redis-pass"), ("STATE", STATE_KEY)]).unwrap();
+    let store = s.store.expect("a store");
+    assert_eq!(store.key_prefix, "gp:");
+    assert!(store.encryption_key.is_some());
+    match store.target {
+        keystore::RedisTarget::Standalone { url } => {
+            assert_eq!(url.expose(), "redis://:fake-redis-pass@127.0.0.1:6379")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(s.groups.is_empty());
+}
+
+#[test]
+fn sentinel_and_cluster_targets() {
+    let yaml = "store:\n  redis: {sentinel: {master: mymaster, urls: ['redis://127.0.0.1:26379', {env: S2}]}}\n  allowPlaintext: true\n";
+    let s = parse(yaml, &[("S2", "redis://127.0.0.1:26380")]).unwrap();
+    let store = s.store.unwrap();
+    assert!(store.encryption_key.is_none());
+    assert!(
+        matches!(store.target, keystore::RedisTarget::Sentinel { ref master, ref urls } if master == "mymaster" && urls.len() == 2)
+    );
+    let yaml = format!(
+        "store:\n  redis: {{cluster: {{urls: ['redis://127.0.0.1:7000']}}}}\n  encryptionKey: {STATE_KEY}\n"
+    );
+    let s = parse(&yaml, &[]).unwrap();
+    assert!(matches!(
+        s.store.unwrap().target,
+        keystore::RedisTarget::Cluster { .. }
+    ));
+}
+
+#[test]
+fn store_errors_name_the_field() {
+    let e = err("store:\n  redis: {url: 'redis://x:1'}\n");
+    assert!(
+        e.starts_with("proxy.yaml: store.encryptionKey: key material in Redis must be encrypted"),
+        "{e}"
+    );
+    let e =
+        err("store:\n  redis: {url: 'redis://x:1', cluster: {urls: []}}\n  allowPlaintext: true\n");
+    assert_eq!(
+        e,
+        "proxy.yaml: store.redis: give exactly one of url, sentinel, cluster"
+    );
+    let e = err("store:\n  redis: {url: 'redis://x:1'}\n  encryptionKey: c2hvcnQ=\n");
+    assert!(
+        e.contains("store.encryptionKey: the state encryption key must be 32 bytes"),
+        "{e}"
+    );
+    let e = err("store:\n  redis: {url: 'http://x:1'}\n  allowPlaintext: true\n");
+    assert!(e.starts_with("proxy.yaml: store.redis: "), "{e}");
+    let e =
+        err("store:\n  redis: {url: 'redis://x:1', keyPrefix: 'a{b}'}\n  allowPlaintext: true\n");
+    assert!(e.contains("braces"), "{e}");
+    let e = err("store:\n  redis: {url: 'redis://x:1', pasword: x}\n  allowPlaintext: true\n");
+    assert!(e.contains("pasword"), "{e}");
+}

@@ -33,6 +33,9 @@ pub struct KeySlot {
     /// Unexplained 429s in a row: the backoff grows with them.
     bare_rate_limits: AtomicU32,
     last_error: Mutex<Option<String>>,
+    /// Usage not yet flushed to the store's counters.
+    pending_requests: AtomicU64,
+    pending_tokens: AtomicU64,
 }
 
 impl KeySlot {
@@ -57,6 +60,8 @@ impl KeySlot {
             failures: AtomicU64::new(0),
             bare_rate_limits: AtomicU32::new(0),
             last_error: Mutex::new(None),
+            pending_requests: AtomicU64::new(0),
+            pending_tokens: AtomicU64::new(0),
         })
     }
 
@@ -194,6 +199,22 @@ impl KeySlot {
         }
     }
 
+    /// Counts a request that Google served and the tokens it reported.
+    pub fn add_usage(&self, requests: u64, tokens: u64) {
+        self.pending_requests.fetch_add(requests, Relaxed);
+        if tokens > 0 {
+            self.pending_tokens.fetch_add(tokens, Relaxed);
+        }
+    }
+
+    /// Takes the usage counted since the last call.
+    pub fn take_usage(&self) -> (u64, u64) {
+        (
+            self.pending_requests.swap(0, Relaxed),
+            self.pending_tokens.swap(0, Relaxed),
+        )
+    }
+
     /// Counts a request in flight on this key until the guard is dropped.
     pub fn start(self: &std::sync::Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Relaxed);
@@ -202,6 +223,12 @@ impl KeySlot {
 }
 
 pub struct InFlight(std::sync::Arc<KeySlot>);
+
+impl InFlight {
+    pub fn slot(&self) -> &KeySlot {
+        &self.0
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {

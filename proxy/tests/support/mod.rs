@@ -36,9 +36,7 @@ pub async fn start(yaml: &str, mock: &MockGemini) -> Running {
     let yaml = yaml.replace("{mock}", &mock.url());
     let settings = Settings::from_yaml(&yaml, "test.yaml", &Env::process())
         .unwrap_or_else(|e| panic!("test config: {e}"));
-    let proxy = Proxy::start(&settings, Arc::new(MemoryStore::new()))
-        .await
-        .expect("start proxy");
+    let proxy = Proxy::start(&settings, Arc::new(MemoryStore::new()), "memory").await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
