@@ -6,6 +6,15 @@ cd "$(dirname "$0")/.."
 
 log() { printf '\n== %s\n' "$*"; }
 
+# Real servers the tests start themselves: redis-server (standalone, Sentinel, Cluster) and
+# redis-cli. Tests that need them fail, never skip, when they are missing.
+log "redis-server, redis-cli"
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null
+fi
+redis-server --version
+
 # Python venv with the official SDKs, for proxy/tests/sdk.rs.
 log "python SDKs (openai, google-genai) in .venv"
 if [ ! -x .venv/bin/python ]; then

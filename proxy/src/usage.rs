@@ -44,10 +44,10 @@ impl TokenScan {
         while let Some(off) = buf[i..].iter().position(|&b| b == b'"') {
             let at = i + off;
             for needle in NEEDLES {
-                if buf[at..].starts_with(needle) {
-                    if let Some(n) = number_after(&buf[at + needle.len()..]) {
-                        self.best = self.best.max(n);
-                    }
+                if buf[at..].starts_with(needle)
+                    && let Some(n) = number_after(&buf[at + needle.len()..])
+                {
+                    self.best = self.best.max(n);
                 }
             }
             i = at + 1;

@@ -1,0 +1,472 @@
+//! Many proxies, one Redis: they behave as one. Real `redis-server` processes, the real binary,
+//! a random key prefix per test.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gemini_proxy_tests::redis::{RedisCluster, RedisServer, random_prefix};
+use gemini_proxy_tests::{Behaviour, Client, MockGemini, ProxyProcess, Quota};
+use http::Method;
+use keystore::{
+    EncryptionKey, GroupSnapshot, KeyId, KeyStore, RedisConfig, RedisStore, RedisTarget, Secret,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_gemini-proxy");
+const MODEL_PATH: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
+
+struct Shared {
+    redis_url: String,
+    prefix: String,
+    state_key: String,
+}
+
+impl Shared {
+    fn new(redis: &RedisServer) -> Self {
+        Self {
+            redis_url: redis.url(),
+            prefix: random_prefix(),
+            state_key: EncryptionKey::generate_base64(),
+        }
+    }
+
+    fn config(&self, mock: &MockGemini, keys: &[&str]) -> String {
+        let keys: Vec<String> = keys.iter().map(|k| format!("{{value: {k}}}")).collect();
+        format!(
+            "store:\n  redis: {{url: \"{}\", keyPrefix: \"{}\"}}\n  encryptionKey: {{env: TEST_STATE_KEY}}\ngroups:\n  - {{name: shared, upstream: {{url: \"{}\"}}, access: {{mode: Open}}, retry: {{maxAttempts: 4}}, keys: [{}]}}\n",
+            self.redis_url,
+            self.prefix,
+            mock.url(),
+            keys.join(", ")
+        )
+    }
+
+    async fn proxy(&self, mock: &MockGemini, keys: &[&str]) -> ProxyProcess {
+        ProxyProcess::with_config(
+            BIN,
+            &self.config(mock, keys),
+            &[("TEST_STATE_KEY", &self.state_key)],
+        )
+        .await
+    }
+
+    /// A store client, as the operator would be.
+    fn store(&self) -> Arc<RedisStore> {
+        RedisStore::new(RedisConfig {
+            target: RedisTarget::Standalone {
+                url: Secret::new(self.redis_url.clone()),
+            },
+            key_prefix: self.prefix.clone(),
+            encryption_key: Some(EncryptionKey::from_base64(&self.state_key).unwrap()),
+        })
+        .unwrap()
+    }
+}
+
+async fn metrics(p: &ProxyProcess) -> String {
+    Client::new()
+        .call(Method::GET, &format!("{}/metrics", p.url()), &[], "")
+        .await
+        .text()
+}
+
+fn state_line(group: &str, key: &str, state: &str) -> String {
+    format!(
+        "gemini_proxy_key_state{{group=\"{group}\",key_id=\"{}\",state=\"{state}\"}} 1",
+        KeyId::of(key)
+    )
+}
+
+/// Polls `p`'s metrics until `line` shows, up to `limit`; returns how long it took.
+async fn until_metric(p: &ProxyProcess, line: &str, limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        if metrics(p).await.contains(line) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{line} not seen within {limit:?}:\n{}",
+            metrics(p).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn generate(p: &ProxyProcess) -> u16 {
+    Client::new()
+        .call(Method::POST, &format!("{}{MODEL_PATH}", p.url()), &[], "{}")
+        .await
+        .status
+        .as_u16()
+}
+
+#[tokio::test]
+async fn a_429_seen_by_one_proxy_makes_the_other_skip_the_key_within_a_second() {
+    let redis = RedisServer::start();
+    let shared = Shared::new(&redis);
+    let mock = MockGemini::start().await;
+    mock.key(
+        "rl-key",
+        Behaviour::Quota {
+            quota: Quota::RequestsPerMinute,
+            retry_delay: Some("30s"),
+        },
+    )
+    .key("ok-key", Behaviour::Ok);
+    let keys = ["rl-key", "ok-key"];
+    let (p1, p2) = tokio::join!(shared.proxy(&mock, &keys), shared.proxy(&mock, &keys));
+    // Drive p1 until it has met the 429.
+    while mock.count("rl-key") == 0 {
+        assert_eq!(generate(&p1).await, 200);
+    }
+    let took = until_metric(
+        &p2,
+        &state_line("shared", "rl-key", "CoolingDown"),
+        Duration::from_secs(1),
+    )
+    .await;
+    println!("p2 learned of the cooldown after {took:?}");
+    for _ in 0..6 {
+        assert_eq!(generate(&p2).await, 200);
+    }
+    assert_eq!(
+        mock.count("rl-key"),
+        1,
+        "p2 used a key p1 had seen rate limited"
+    );
+}
+
+#[tokio::test]
+async fn a_retired_key_stays_retired_across_a_restart_of_both_proxies() {
+    let redis = RedisServer::start();
+    let shared = Shared::new(&redis);
+    let mock = MockGemini::start().await;
+    mock.key("dead-key", Behaviour::Invalid)
+        .key("ok-key", Behaviour::Ok);
+    let keys = ["dead-key", "ok-key"];
+    let (mut p1, mut p2) = tokio::join!(shared.proxy(&mock, &keys), shared.proxy(&mock, &keys));
+    while mock.count("dead-key") == 0 {
+        assert_eq!(generate(&p1).await, 200);
+    }
+    until_metric(
+        &p2,
+        &state_line("shared", "dead-key", "Invalid"),
+        Duration::from_secs(1),
+    )
+    .await;
+    for p in [&mut p1, &mut p2] {
+        p.terminate();
+        assert!(
+            p.wait_exit(Duration::from_secs(10))
+                .await
+                .expect("exit")
+                .success()
+        );
+    }
+    let (p1, p2) = tokio::join!(shared.proxy(&mock, &keys), shared.proxy(&mock, &keys));
+    for p in [&p1, &p2] {
+        assert!(
+            metrics(p)
+                .await
+                .contains(&state_line("shared", "dead-key", "Invalid"))
+        );
+        for _ in 0..4 {
+            assert_eq!(generate(p).await, 200);
+        }
+    }
+    assert_eq!(mock.count("dead-key"), 1);
+}
+
+#[tokio::test]
+async fn redis_outage_fails_no_request_and_state_reconverges_after() {
+    let mut redis = RedisServer::start();
+    let shared = Shared::new(&redis);
+    let mock = MockGemini::start().await;
+    mock.key("k1", Behaviour::Ok).key("k2", Behaviour::Ok);
+    let p = shared.proxy(&mock, &["k1", "k2"]).await;
+    let url = format!("{}{MODEL_PATH}", p.url());
+    // Load from four clients while Redis dies and comes back.
+    let load = |n: usize| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let c = Client::new();
+            let mut codes = Vec::new();
+            for _ in 0..n {
+                codes.push(c.call(Method::POST, &url, &[], "{}").await.status.as_u16());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            codes
+        })
+    };
+    let workers: Vec<_> = (0..4).map(|_| load(150)).collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    redis.kill();
+    // While Redis is down, a key gets rate limited: handled locally.
+    mock.key(
+        "k1",
+        Behaviour::Quota {
+            quota: Quota::RequestsPerMinute,
+            retry_delay: Some("60s"),
+        },
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let ready = Client::new()
+        .call(Method::GET, &format!("{}/readyz", p.url()), &[], "")
+        .await;
+    assert_eq!(ready.status, 200, "a proxy holding a snapshot stays ready");
+    assert!(ready.text().contains("unreachable"), "{}", ready.text());
+    assert!(metrics(&p).await.contains("gemini_proxy_store_up 0"));
+    redis.restart();
+    let mut codes = Vec::new();
+    for w in workers {
+        codes.extend(w.await.unwrap());
+    }
+    assert!(
+        codes.iter().all(|&c| c == 200),
+        "failed requests: {:?}",
+        codes.iter().filter(|&&c| c != 200).collect::<Vec<_>>()
+    );
+    // Redis came back empty: the proxy republishes its group and writes back its key states.
+    let store = shared.store();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let groups = store.groups().await.unwrap_or_default();
+        let statuses = store.key_statuses("shared").await.unwrap_or_default();
+        if groups.len() == 1
+            && statuses
+                .get(&KeyId::of("k1"))
+                .is_some_and(|s| !s.cooldowns.is_empty())
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "state did not reconverge: {groups:?} {statuses:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    until_metric(&p, "gemini_proxy_store_up 1", Duration::from_secs(5)).await;
+    let logs = p.logs();
+    assert_eq!(
+        logs.matches("store unreachable").count(),
+        1,
+        "the outage must be logged once:\n{logs}"
+    );
+}
+
+#[tokio::test]
+async fn a_proxy_without_groups_serves_what_the_store_holds_and_follows_changes() {
+    let redis = RedisServer::start();
+    let shared = Shared::new(&redis);
+    let mock = MockGemini::start().await;
+    mock.accept_any_key(Behaviour::Ok);
+    // The operator's part: publish a group.
+    let store = shared.store();
+    let mut group = GroupSnapshot::for_test("team-a/gemini", &["old-key"]);
+    group.upstream.url = mock.url();
+    store.publish_group(group.clone()).await.unwrap();
+    let p = ProxyProcess::spawn(
+        BIN,
+        &[
+            "--redis-url",
+            &shared.redis_url,
+            "--redis-key-prefix",
+            &shared.prefix,
+            "--default-group",
+            "team-a/gemini",
+        ],
+        &[("GEMINI_PROXY_STATE_KEY", &shared.state_key)],
+    )
+    .await;
+    assert_eq!(generate(&p).await, 200);
+    assert_eq!(mock.count("old-key"), 1);
+    // A changed Secret: the operator publishes the new key; the proxy uses it within a second.
+    group.keys = GroupSnapshot::for_test("x", &["new-key"]).keys;
+    store.publish_group(group).await.unwrap();
+    until_metric(
+        &p,
+        &state_line("team-a/gemini", "new-key", "Active"),
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(generate(&p).await, 200);
+    assert_eq!(mock.count("new-key"), 1);
+    assert_eq!(mock.count("old-key"), 1);
+    // Removal: nothing left to serve, not ready.
+    store.remove_group("team-a/gemini").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let r = Client::new()
+            .call(Method::GET, &format!("{}/readyz", p.url()), &[], "")
+            .await;
+        if r.status == 503 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still ready after the group was removed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn without_a_snapshot_and_without_redis_a_proxy_is_not_ready() {
+    let port = gemini_proxy_tests::process::free_port();
+    let p = ProxyProcess::spawn(
+        BIN,
+        &["--redis-url", &format!("redis://127.0.0.1:{port}")],
+        &[("GEMINI_PROXY_STATE_KEY", &EncryptionKey::generate_base64())],
+    )
+    .await;
+    let r = Client::new()
+        .call(Method::GET, &format!("{}/readyz", p.url()), &[], "")
+        .await;
+    assert_eq!(r.status, 503);
+    assert!(r.text().contains("no group snapshot"), "{}", r.text());
+}
+
+#[tokio::test]
+async fn redis_without_an_encryption_key_is_refused_unless_plaintext_is_allowed() {
+    let (status, out) =
+        gemini_proxy_tests::process::run_to_exit(BIN, &["--redis-url", "redis://127.0.0.1:1"], &[])
+            .await;
+    assert_eq!(status.code(), Some(2));
+    assert!(out.contains("must be encrypted"), "{out}");
+    let redis = RedisServer::start();
+    let p = ProxyProcess::spawn(
+        BIN,
+        &["--redis-url", &redis.url(), "--allow-plaintext-state"],
+        &[],
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !p.logs().contains("in clear") {
+        assert!(Instant::now() < deadline, "no warning:\n{}", p.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn no_api_key_in_clear_anywhere_in_redis() {
+    let redis = RedisServer::start();
+    let shared = Shared::new(&redis);
+    let mock = MockGemini::start().await;
+    let keys = [
+        "fake-scan-key-one-9f8e7d",
+        "fake-scan-key-two-6c5b4a",
+        "fake-scan-key-dead-3a2b1c",
+    ];
+    mock.key(keys[0], Behaviour::Ok)
+        .key(
+            keys[1],
+            Behaviour::Quota {
+                quota: Quota::RequestsPerDay,
+                retry_delay: None,
+            },
+        )
+        .key(keys[2], Behaviour::Invalid);
+    let p = shared.proxy(&mock, &keys).await;
+    for _ in 0..10 {
+        assert_eq!(generate(&p).await, 200);
+    }
+    // Let usage (10 served requests, counted per key) and health reach Redis.
+    let store = shared.store();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let day = keystore::UsageWindow::day_of(keystore::clock::now_ms());
+        let usage = store.usage("shared", &day).await.unwrap();
+        let served = usage
+            .keys
+            .get(&KeyId::of(keys[0]))
+            .map_or(0, |c| c.requests);
+        let tokens = usage.keys.get(&KeyId::of(keys[0])).map_or(0, |c| c.tokens);
+        if served == 10 && !store.health_reports("shared").await.unwrap().is_empty() {
+            assert_eq!(tokens, 120, "12 tokens per mock answer");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "usage or health did not reach Redis: {usage:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dump = redis.dump();
+    let names: Vec<&str> = dump.iter().map(|(k, _)| k.as_str()).collect();
+    for part in [
+        ":group",
+        ":keys",
+        ":health",
+        ":usage:m:",
+        ":usage:d:",
+        "{index}:groups",
+        "{index}:proxies",
+    ] {
+        assert!(
+            names.iter().any(|n| n.contains(part)),
+            "no {part} key in {names:?}"
+        );
+    }
+    for (k, v) in &dump {
+        for key in keys {
+            assert!(
+                !k.contains(key) && !v.contains(key),
+                "{key} in clear at {k}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn proxies_share_state_on_a_redis_cluster_too() {
+    let cluster = RedisCluster::start();
+    let mock = MockGemini::start().await;
+    mock.key(
+        "c-rl",
+        Behaviour::Quota {
+            quota: Quota::RequestsPerMinute,
+            retry_delay: Some("30s"),
+        },
+    )
+    .key("c-ok", Behaviour::Ok);
+    let prefix = random_prefix();
+    let state_key = EncryptionKey::generate_base64();
+    let urls = cluster.urls().join(",");
+    let store = RedisStore::new(RedisConfig {
+        target: RedisTarget::Cluster {
+            urls: cluster.urls().into_iter().map(Secret::new).collect(),
+        },
+        key_prefix: prefix.clone(),
+        encryption_key: Some(EncryptionKey::from_base64(&state_key).unwrap()),
+    })
+    .unwrap();
+    let mut group = GroupSnapshot::for_test("cl/group", &["c-rl", "c-ok"]);
+    group.upstream.url = mock.url();
+    store.publish_group(group).await.unwrap();
+    let args = [
+        "--redis-cluster-urls",
+        &urls,
+        "--redis-key-prefix",
+        &prefix,
+        "--default-group",
+        "cl/group",
+    ];
+    let env = [("GEMINI_PROXY_STATE_KEY", state_key.as_str())];
+    let (p1, p2) = tokio::join!(
+        ProxyProcess::spawn(BIN, &args, &env),
+        ProxyProcess::spawn(BIN, &args, &env)
+    );
+    while mock.count("c-rl") == 0 {
+        assert_eq!(generate(&p1).await, 200);
+    }
+    until_metric(
+        &p2,
+        &state_line("cl/group", "c-rl", "CoolingDown"),
+        Duration::from_secs(1),
+    )
+    .await;
+    for _ in 0..4 {
+        assert_eq!(generate(&p2).await, 200);
+    }
+    assert_eq!(mock.count("c-rl"), 1);
+}
