@@ -24,6 +24,8 @@ pub struct App {
     pub max_body_bytes: usize,
     pub request_ids: RequestIds,
     pub store: Arc<StoreStatus>,
+    /// Where access lines go; unset, they go through tracing.
+    pub access_log: std::sync::OnceLock<crate::access_log::AccessLog>,
 }
 
 /// The router. No port is bound here, so tests drive it with `oneshot`.

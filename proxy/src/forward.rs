@@ -18,6 +18,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use keystore::clock::now_ms;
 use keystore::{KeyId, Transition};
 
+use crate::access_log;
 use crate::app::App;
 use crate::auth;
 use crate::classify::{self, QuotaWindow, Verdict};
@@ -48,8 +49,13 @@ struct Trace {
 pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     let started = Instant::now();
     let request_id = app.request_ids.take(req.headers());
+    let log = access_log::enabled();
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    let path = if log {
+        req.uri().path().to_owned()
+    } else {
+        String::new()
+    };
     let mut trace = Trace {
         api: Api::Native,
         route: "unknown",
@@ -72,21 +78,25 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
             .added_seconds
             .observe(elapsed.saturating_sub(trace.waited).as_secs_f64());
     }
-    tracing::info!(
-        target: "gemini_proxy::access",
-        request_id = request_id.to_str().unwrap_or(""),
-        method = %method,
-        path = %path,
-        api = trace.api.as_str(),
-        route = trace.route,
-        group,
-        client = trace.client.as_deref().unwrap_or(""),
-        status,
-        key_id = trace.key.as_ref().map(KeyId::as_str).unwrap_or(""),
-        attempts = trace.attempts,
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
-        "request"
-    );
+    if log {
+        let entry = access_log::Entry {
+            request_id: request_id.to_str().unwrap_or(""),
+            method: method.as_str(),
+            path: &path,
+            api: trace.api.as_str(),
+            route: trace.route,
+            group,
+            client: trace.client.as_deref().unwrap_or(""),
+            status,
+            key_id: trace.key.as_ref().map(KeyId::as_str).unwrap_or(""),
+            attempts: trace.attempts,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+        };
+        match app.access_log.get() {
+            Some(writer) => writer.write(&entry),
+            None => access_log::via_tracing(&entry),
+        }
+    }
     res.headers_mut().insert("x-request-id", request_id);
     res
 }
@@ -159,7 +169,8 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
             None,
         );
     };
-    let headers = auth::upstream_headers(&parts.headers);
+    // Moved into the first attempt; retries (rare) filter the client's headers again.
+    let mut headers = Some(auth::upstream_headers(&parts.headers));
     let model = ModelOf::new(api, &route.upstream_path, &body);
     let group = pool.name();
     let max_attempts = pool.snapshot.retry.max_attempts.max(1);
@@ -205,7 +216,9 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
         let mut up = http::Request::new(body.clone());
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri.clone();
-        *up.headers_mut() = headers.clone();
+        *up.headers_mut() = headers
+            .take()
+            .unwrap_or_else(|| auth::upstream_headers(&parts.headers));
         match api {
             Api::Native => up
                 .headers_mut()

@@ -9,6 +9,7 @@
 //! - [`upstream`]: pooled HTTP/1.1 + HTTP/2 client, egress proxies;
 //! - [`sync`]: the store, off the request path.
 
+pub mod access_log;
 pub mod app;
 pub mod auth;
 pub mod classify;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
+use gemini_proxy::access_log::AccessLog;
 use gemini_proxy::config::{Settings, with_credentials};
 use gemini_proxy::server::{Proxy, Workers, shutdown_signal};
 use keystore::{
@@ -106,7 +107,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let _log_guard = init_logging(cli.log_format);
+    let (_log_guard, access_log) = init_logging(cli.log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();
     // The control runtime: start-up, signals, and the store's background tasks. Requests are
     // served on the worker threads (`Workers`).
@@ -123,7 +124,7 @@ fn main() -> ExitCode {
     let workers = cli.worker_threads.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
-    match rt.block_on(run(settings, workers)) {
+    match rt.block_on(run(settings, workers, access_log)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "gemini-proxy stopped");
@@ -226,7 +227,11 @@ fn store_from_flags(cli: &Cli) -> Result<RedisConfig, String> {
     Ok(config)
 }
 
-async fn run(settings: Settings, worker_threads: usize) -> Result<(), String> {
+async fn run(
+    settings: Settings,
+    worker_threads: usize,
+    access_log: Option<AccessLog>,
+) -> Result<(), String> {
     let (store, kind): (Arc<dyn KeyStore>, &'static str) = match &settings.store {
         None => (Arc::new(MemoryStore::new()), "memory"),
         Some(config) => {
@@ -240,6 +245,9 @@ async fn run(settings: Settings, worker_threads: usize) -> Result<(), String> {
         }
     };
     let proxy = Proxy::start(&settings, store, kind).await;
+    if let Some(log) = access_log {
+        let _ = proxy.app.access_log.set(log);
+    }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let workers = Workers::spawn(
         settings.listen,
@@ -269,13 +277,20 @@ async fn run(settings: Settings, worker_threads: usize) -> Result<(), String> {
     Ok(())
 }
 
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// Logs to stdout through a writer thread; access lines take a short cut to it in JSON format.
+fn init_logging(
+    format: LogFormat,
+) -> (
+    tracing_appender::non_blocking::WorkerGuard,
+    Option<AccessLog>,
+) {
     use tracing_subscriber::EnvFilter;
     let (writer, guard) = tracing_appender::non_blocking(std::io::BufWriter::with_capacity(
         64 * 1024,
         std::io::stdout(),
     ));
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let access = matches!(format, LogFormat::Json).then(|| AccessLog::new(writer.clone()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
@@ -287,5 +302,5 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
             .init(),
         LogFormat::Text => builder.with_ansi(false).init(),
     }
-    guard
+    (guard, access)
 }

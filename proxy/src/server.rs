@@ -60,6 +60,7 @@ impl Proxy {
             max_body_bytes: settings.max_body_bytes,
             request_ids: RequestIds::default(),
             store: status,
+            access_log: Default::default(),
         });
         Self { app, stop }
     }
