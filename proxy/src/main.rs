@@ -7,11 +7,10 @@ use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
 use gemini_proxy::access_log::AccessLog;
-use gemini_proxy::config::{Settings, with_credentials};
+use gemini_proxy::config::Settings;
 use gemini_proxy::server::{Proxy, Workers, shutdown_signal};
-use keystore::{
-    EncryptionKey, KeyStore, MemoryStore, RedisConfig, RedisStore, RedisTarget, Secret,
-};
+use keystore::redis_store::cli::RedisArgs;
+use keystore::{KeyStore, MemoryStore, RedisStore};
 
 /// mimalloc: the request path allocates small, short-lived buffers on several threads, where
 /// glibc's allocator spent a tenth of the CPU in the benchmark.
@@ -47,46 +46,8 @@ struct Cli {
     /// Seconds that in-flight requests may run on after SIGTERM.
     #[arg(long, env = "GEMINI_PROXY_SHUTDOWN_GRACE_SECONDS")]
     shutdown_grace_seconds: Option<u64>,
-    /// Redis for shared state: `redis://host:6379` or `rediss://`.
-    #[arg(long, env = "GEMINI_PROXY_REDIS_URL", hide_env_values = true)]
-    redis_url: Option<String>,
-    /// Redis Sentinel master name (with --redis-sentinel-urls).
-    #[arg(long, env = "GEMINI_PROXY_REDIS_SENTINEL_MASTER")]
-    redis_sentinel_master: Option<String>,
-    /// Redis Sentinel URLs, comma-separated.
-    #[arg(
-        long,
-        env = "GEMINI_PROXY_REDIS_SENTINEL_URLS",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
-    redis_sentinel_urls: Vec<String>,
-    /// Redis Cluster node URLs, comma-separated.
-    #[arg(
-        long,
-        env = "GEMINI_PROXY_REDIS_CLUSTER_URLS",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
-    redis_cluster_urls: Vec<String>,
-    /// Redis username (set into the URLs).
-    #[arg(long, env = "GEMINI_PROXY_REDIS_USERNAME")]
-    redis_username: Option<String>,
-    /// Redis password (set into the URLs).
-    #[arg(long, env = "GEMINI_PROXY_REDIS_PASSWORD", hide_env_values = true)]
-    redis_password: Option<String>,
-    /// Prefix of every Redis key (default `gemini-proxy:`).
-    #[arg(long, env = "GEMINI_PROXY_REDIS_KEY_PREFIX")]
-    redis_key_prefix: Option<String>,
-    /// State encryption key: base64 of 32 random bytes.
-    #[arg(long, env = "GEMINI_PROXY_STATE_KEY", hide_env_values = true)]
-    state_key: Option<String>,
-    /// File holding the state encryption key.
-    #[arg(long, env = "GEMINI_PROXY_STATE_KEY_FILE")]
-    state_key_file: Option<PathBuf>,
-    /// Allow key material in Redis in clear (not recommended).
-    #[arg(long, env = "GEMINI_PROXY_ALLOW_PLAINTEXT_STATE")]
-    allow_plaintext_state: bool,
+    #[command(flatten)]
+    redis: RedisArgs,
     /// Server threads, each with its own runtime and listening socket (default: one per CPU).
     #[arg(long, env = "GEMINI_PROXY_WORKER_THREADS")]
     worker_threads: Option<usize>,
@@ -135,9 +96,7 @@ fn main() -> ExitCode {
 }
 
 fn load(cli: &Cli) -> Result<Settings, String> {
-    let store_flags = cli.redis_url.is_some()
-        || !cli.redis_sentinel_urls.is_empty()
-        || !cli.redis_cluster_urls.is_empty();
+    let store_flags = cli.redis.given();
     let mut settings = match (&cli.config, std::env::var("GEMINI_API_KEYS")) {
         (Some(path), _) => Settings::from_file(path).map_err(|e| e.to_string())?,
         (None, Ok(keys)) => {
@@ -161,70 +120,9 @@ fn load(cli: &Cli) -> Result<Settings, String> {
         settings.shutdown_grace = std::time::Duration::from_secs(s);
     }
     if store_flags {
-        settings.store = Some(store_from_flags(cli)?);
+        settings.store = Some(cli.redis.config()?);
     }
     Ok(settings)
-}
-
-/// The store as flags and environment variables give it (they replace the file's).
-fn store_from_flags(cli: &Cli) -> Result<RedisConfig, String> {
-    let password = cli.redis_password.as_deref().map(Secret::new);
-    let url = |u: &str| {
-        with_credentials(
-            Secret::new(u),
-            cli.redis_username.as_deref(),
-            password.as_ref(),
-        )
-        .map_err(|e| format!("Redis URL: {e}"))
-    };
-    let target = match (&cli.redis_url, &cli.redis_sentinel_master) {
-        (Some(u), None) if cli.redis_cluster_urls.is_empty() => {
-            RedisTarget::Standalone { url: url(u)? }
-        }
-        (None, Some(master)) if !cli.redis_sentinel_urls.is_empty() => RedisTarget::Sentinel {
-            master: master.clone(),
-            urls: cli
-                .redis_sentinel_urls
-                .iter()
-                .map(|u| url(u))
-                .collect::<Result<_, _>>()?,
-        },
-        (None, None) if !cli.redis_cluster_urls.is_empty() => RedisTarget::Cluster {
-            urls: cli
-                .redis_cluster_urls
-                .iter()
-                .map(|u| url(u))
-                .collect::<Result<_, _>>()?,
-        },
-        _ => {
-            return Err("give one of --redis-url, --redis-sentinel-master with --redis-sentinel-urls, --redis-cluster-urls".into());
-        }
-    };
-    let key_text = match (&cli.state_key, &cli.state_key_file) {
-        (Some(k), _) => Some(k.clone()),
-        (None, Some(f)) => Some(
-            std::fs::read_to_string(f)
-                .map_err(|e| format!("--state-key-file {}: {e}", f.display()))?,
-        ),
-        (None, None) => None,
-    };
-    let encryption_key = match key_text {
-        Some(k) => Some(EncryptionKey::from_base64(&k)?),
-        None if cli.allow_plaintext_state => None,
-        None => {
-            return Err("key material in Redis must be encrypted: set GEMINI_PROXY_STATE_KEY (base64 of 32 random bytes) or --state-key-file, or --allow-plaintext-state".into());
-        }
-    };
-    let config = RedisConfig {
-        target,
-        key_prefix: cli
-            .redis_key_prefix
-            .clone()
-            .unwrap_or_else(|| keystore::redis_store::DEFAULT_PREFIX.to_owned()),
-        encryption_key,
-    };
-    config.validate()?;
-    Ok(config)
 }
 
 async fn run(

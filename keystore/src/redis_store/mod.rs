@@ -28,6 +28,8 @@
 //! - Subscribers get [`StoreEvent::Resync`] whenever the pub/sub link was re-established, since
 //!   messages sent meanwhile are lost.
 
+#[cfg(feature = "cli")]
+pub mod cli;
 mod codec;
 mod conn;
 mod crypto;

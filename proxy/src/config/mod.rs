@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use keystore::redis_store::DEFAULT_PREFIX;
+use keystore::redis_store::cli::with_credentials;
 use keystore::snapshot::DEFAULT_UPSTREAM;
 use keystore::{
     AccessMode, AccessSpec, ClientEntry, EncryptionKey, GroupSnapshot, KeyEntry, RedisConfig,
@@ -451,27 +452,6 @@ impl Resolver<'_> {
         }
         Ok(Secret::new(v))
     }
-}
-
-/// Puts a username and password into a Redis URL.
-pub fn with_credentials(
-    url: Secret,
-    username: Option<&str>,
-    password: Option<&Secret>,
-) -> Result<Secret, String> {
-    if username.is_none() && password.is_none() {
-        return Ok(url);
-    }
-    let mut u = url::Url::parse(url.expose()).map_err(|_| "not a redis:// URL".to_owned())?;
-    if let Some(name) = username {
-        u.set_username(name)
-            .map_err(|_| "cannot set the username".to_owned())?;
-    }
-    if let Some(p) = password {
-        u.set_password(Some(p.expose()))
-            .map_err(|_| "cannot set the password".to_owned())?;
-    }
-    Ok(Secret::new(u.as_str()))
 }
 
 pub(crate) fn parse_listen(s: &str) -> Result<SocketAddr, String> {

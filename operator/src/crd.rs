@@ -1,0 +1,286 @@
+//! The `GeminiKeyGroup` custom resource: the Rust types are the source of truth; the YAML in
+//! `crds/` is printed from them (`gemini-proxy-operator crd`) and a test fails when it drifts.
+
+// clippy reads the repeated `printcolumn(type_ = ...)` of the kube derive as duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const GOOGLE: &str = "https://generativelanguage.googleapis.com";
+
+/// A group of Gemini API keys that gemini-proxy spreads traffic over.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "gemini-proxy.io",
+    version = "v1alpha1",
+    kind = "GeminiKeyGroup",
+    namespaced,
+    shortname = "gkg",
+    category = "gemini",
+    status = "GeminiKeyGroupStatus",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Keys", type_ = "integer", json_path = ".status.keys.total"),
+    printcolumn(name = "Active", type_ = "integer", json_path = ".status.keys.active"),
+    printcolumn(
+        name = "Cooling",
+        type_ = "integer",
+        json_path = ".status.keys.coolingDown"
+    ),
+    printcolumn(
+        name = "Invalid",
+        type_ = "integer",
+        json_path = ".status.keys.invalid"
+    ),
+    printcolumn(name = "Proxies", type_ = "integer", json_path = ".status.proxies"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("(has(self.keys) && size(self.keys) > 0) || has(self.keySelector)").message("give at least one key: spec.keys or spec.keySelector"))]
+#[serde(rename_all = "camelCase")]
+pub struct GeminiKeyGroupSpec {
+    /// Where requests go: Google's API by default, optionally through an egress proxy.
+    #[serde(default)]
+    pub upstream: Upstream,
+    /// Keys named one by one, each an entry of a Secret.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, a.secretRef.name == b.secretRef.name && a.secretRef.key == b.secretRef.key))").message("each secretRef (name and key) may appear only once in spec.keys"))]
+    pub keys: Vec<KeyRef>,
+    /// Every entry of every Secret in this namespace matching this selector is a key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_selector: Option<LabelSelector>,
+    /// How a key is chosen for each request.
+    #[serde(default)]
+    pub rotation: Rotation,
+    /// Quotas of one Google Cloud project (keys of a project share them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+    /// Retries on other keys before an answer reaches the client.
+    #[serde(default)]
+    pub retry: Retry,
+    /// Who may use the group.
+    #[serde(default)]
+    pub access: Access,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Upstream {
+    /// Base URL of the Gemini API (http or https).
+    #[serde(default = "google")]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("upstream.url must start with https:// or http://"))]
+    pub url: String,
+    /// An http://, https:// or socks5:// proxy for this group's upstream traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://') || self.startsWith('socks5://') || self.startsWith('socks5h://')").message("upstream.egressProxy must be an http://, https:// or socks5:// URL"))]
+    pub egress_proxy: Option<String>,
+    /// The egress proxy URL from a Secret (when it holds credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_proxy_secret_ref: Option<SecretKeyRef>,
+    /// Seconds to wait for the upstream's response headers (a stream may run longer).
+    #[serde(default = "default_timeout")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub timeout_seconds: u32,
+}
+
+fn google() -> String {
+    GOOGLE.to_owned()
+}
+
+fn default_timeout() -> u32 {
+    600
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Self {
+            url: google(),
+            egress_proxy: None,
+            egress_proxy_secret_ref: None,
+            timeout_seconds: default_timeout(),
+        }
+    }
+}
+
+/// One entry of one Secret.
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
+pub struct SecretKeyRef {
+    /// The Secret's name, in the group's namespace.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// The entry of the Secret's data.
+    #[schemars(length(min = 1))]
+    pub key: String,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRef {
+    /// The Secret entry holding the key.
+    pub secret_ref: SecretKeyRef,
+    /// The Google Cloud project of the key: keys of one project share its quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// Share of traffic with Weighted rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub weight: Option<u32>,
+    /// Keep the key but send it no traffic.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Rotation {
+    /// RoundRobin (even turns), Weighted (by key weight) or LeastLoaded (fewest requests in
+    /// flight, healthiest first).
+    #[serde(default)]
+    pub strategy: Strategy,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Strategy {
+    #[default]
+    RoundRobin,
+    Weighted,
+    LeastLoaded,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    /// Requests per minute of one project.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub requests_per_minute: Option<u64>,
+    /// Input tokens per minute of one project.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub tokens_per_minute: Option<u64>,
+    /// Requests per day (Pacific) of one project.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub requests_per_day: Option<u64>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Retry {
+    /// Upstream attempts per request, the first included.
+    #[serde(default = "default_attempts")]
+    #[schemars(range(min = 1, max = 10))]
+    pub max_attempts: u32,
+}
+
+fn default_attempts() -> u32 {
+    3
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_attempts(),
+        }
+    }
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.mode != 'Open' || !has(self.clientSecretRefs) || size(self.clientSecretRefs) == 0").message("access.mode Open takes no clientSecretRefs (use mode Token)"))]
+#[x_kube(validation = Rule::new("self.mode == 'Open' || (has(self.clientSecretRefs) && size(self.clientSecretRefs) > 0)").message("access.mode Token (the default) needs clientSecretRefs; use mode Open to let any pod that reaches the proxy in"))]
+pub struct Access {
+    /// Token: clients present a token from clientSecretRefs. Open: anyone who reaches the proxy.
+    #[serde(default)]
+    pub mode: AccessMode,
+    /// Secrets whose entries are client tokens; each entry's name is the client's name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_secret_refs: Vec<SecretRef>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AccessMode {
+    #[default]
+    Token,
+    Open,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SecretRef {
+    /// A Secret in the group's namespace.
+    #[schemars(length(min = 1))]
+    pub name: String,
+}
+
+/// What the operator and the proxies report.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GeminiKeyGroupStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, KeysResolved, Degraded.
+    #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// Keys by state.
+    #[serde(default)]
+    pub keys: KeyCounts,
+    /// Each key by its id (never the key).
+    #[serde(default)]
+    pub key_statuses: Vec<KeyStatusEntry>,
+    /// Proxies that reported on this group recently.
+    #[serde(default)]
+    pub proxies: u32,
+    /// When the store last got a new version of the group (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<String>,
+    /// The group's version in the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_version: Option<u64>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyCounts {
+    pub total: u32,
+    pub active: u32,
+    pub cooling_down: u32,
+    pub invalid: u32,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyStatusEntry {
+    /// The key's id: `k-` and 12 hex digits of its SHA-256.
+    pub id: String,
+    /// Where it comes from: `secret/entry`.
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// Active, CoolingDown, Invalid or Disabled.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// End of the cooldown (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    /// 0 (failing) to 1 (healthy), the proxies' average.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_score: Option<f64>,
+    /// Requests served in the last hour, all proxies together.
+    #[serde(default)]
+    pub requests_last_hour: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}

@@ -1,0 +1,225 @@
+//! `gemini-proxy-operator`: `crd` prints the CRD; `run` (the default) reconciles.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use clap::{Parser, Subcommand};
+use gemini_proxy_operator::controller::{self, Context, MANAGER};
+use gemini_proxy_operator::crd_yaml;
+use gemini_proxy_operator::metrics::Metrics;
+use keystore::redis_store::cli::RedisArgs;
+use keystore::{KeyStore, RedisStore};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "gemini-proxy-operator",
+    version,
+    about = "Reconciles GeminiKeyGroups into gemini-proxy's key-state store"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the GeminiKeyGroup CRD as YAML.
+    Crd,
+    /// Run the controller (the default).
+    Run,
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Watch one namespace (default: all).
+    #[arg(long, env = "GEMINI_PROXY_OPERATOR_NAMESPACE")]
+    namespace: Option<String>,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(
+        long,
+        env = "GEMINI_PROXY_OPERATOR_LISTEN",
+        default_value = "0.0.0.0:8081"
+    )]
+    listen: SocketAddr,
+    /// Run only while holding a Lease, so that several replicas can run.
+    #[arg(long, env = "GEMINI_PROXY_OPERATOR_LEADER_ELECTION")]
+    leader_election: bool,
+    /// Name of the Lease.
+    #[arg(
+        long,
+        env = "GEMINI_PROXY_OPERATOR_LEASE_NAME",
+        default_value = "gemini-proxy-operator"
+    )]
+    lease_name: String,
+    /// Namespace of the Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    #[command(flatten)]
+    redis: RedisArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Crd) = cli.command {
+        print!("{}", crd_yaml());
+        return ExitCode::SUCCESS;
+    }
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gemini-proxy-operator: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli.run)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gemini-proxy-operator: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+struct Probe {
+    metrics: Arc<Metrics>,
+    store: Arc<dyn KeyStore>,
+    store_ok: AtomicBool,
+}
+
+async fn run(args: RunArgs) -> Result<(), String> {
+    let store: Arc<dyn KeyStore> =
+        RedisStore::new(args.redis.config()?).map_err(|e| e.to_string())?;
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("kubernetes client: {e}"))?;
+    let metrics = Arc::new(Metrics::new());
+    let probe = Arc::new(Probe {
+        metrics: metrics.clone(),
+        store: store.clone(),
+        store_ok: AtomicBool::new(false),
+    });
+    spawn_probes(args.listen, probe.clone()).await?;
+    let ctx = Arc::new(Context::new(client.clone(), store, metrics));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    if !args.leader_election {
+        controller::run(ctx, args.namespace, stopped(stop_rx)).await;
+        return Ok(());
+    }
+    let identity =
+        std::env::var("POD_NAME").unwrap_or_else(|_| format!("{MANAGER}-{}", std::process::id()));
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client, &args.lease_name)
+        .with_namespace(&args.lease_namespace)
+        .with_identity(&identity)
+        .build()
+        .await
+        .map_err(|e| format!("lease: {e}"))?;
+    let (mut leader, _task) = manager.watch().await;
+    loop {
+        if *stop_rx.borrow() {
+            return Ok(());
+        }
+        if *leader.borrow_and_update() {
+            tracing::info!(lease = %args.lease_name, %identity, "leading: reconciling");
+            let mut lost = leader.clone();
+            let stop = stop_rx.clone();
+            let until = async move {
+                tokio::select! {
+                    _ = lost.wait_for(|l| !*l) => tracing::warn!("lost the lease: standing by"),
+                    _ = stopped(stop) => {}
+                }
+            };
+            controller::run(ctx.clone(), args.namespace.clone(), until).await;
+        } else {
+            tracing::info!(lease = %args.lease_name, "standing by for the lease");
+            let mut stop = stop_rx.clone();
+            tokio::select! {
+                r = leader.changed() => if r.is_err() { return Err("lease manager stopped".into()) },
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+            }
+        }
+    }
+}
+
+async fn spawn_probes(addr: SocketAddr, probe: Arc<Probe>) -> Result<(), String> {
+    let checker = probe.clone();
+    tokio::spawn(async move {
+        loop {
+            let ok = checker.store.live_proxies().await.is_ok();
+            checker.store_ok.store(ok, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(|State(p): State<Arc<Probe>>| async move {
+                if p.store_ok.load(Ordering::Relaxed) {
+                    (StatusCode::OK, "ready\n")
+                } else {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready: the store does not answer\n",
+                    )
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|State(p): State<Arc<Probe>>| async move { p.metrics.render() }),
+        )
+        .with_state(probe);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,477 @@
+//! Reconcile planning as pure functions: spec + Secrets → the group snapshot for the store;
+//! snapshot + store state + proxies' reports → the status; old status + new → the events.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use keystore::{
+    AccessMode as StoreAccess, AccessSpec, ClientEntry, GroupSnapshot, HealthReport, KeyEntry,
+    KeyId, KeyState, KeyStatus, RetrySpec, RotationStrategy, Secret as SecretValue, TokenDigest,
+    UpstreamSpec,
+};
+
+use crate::crd::{
+    AccessMode, GeminiKeyGroup, GeminiKeyGroupStatus, KeyCounts, KeyStatusEntry, Strategy,
+};
+
+/// The store's name of a group: `namespace/name`.
+pub fn store_name(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// What the spec and the Secrets give.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub snapshot: GroupSnapshot,
+    /// What could not be resolved, for people: `Secret "x" not found`, `Secret "x" has no entry "k"`.
+    pub missing: Vec<String>,
+}
+
+fn secret_value(secret: &Secret, entry: &str) -> Option<String> {
+    let data = secret.data.as_ref()?.get(entry)?;
+    let text = std::str::from_utf8(&data.0).ok()?.trim();
+    (!text.is_empty() && !text.chars().any(char::is_whitespace)).then(|| text.to_owned())
+}
+
+fn find<'a>(secrets: &'a [Secret], name: &str) -> Option<&'a Secret> {
+    secrets
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some(name))
+}
+
+/// Whether `labels` match `selector` (matchLabels and matchExpressions).
+pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let labels_ok = selector
+        .match_labels
+        .as_ref()
+        .is_none_or(|m| m.iter().all(|(k, v)| labels.get(k) == Some(v)));
+    let exprs_ok = selector.match_expressions.as_ref().is_none_or(|exprs| {
+        exprs.iter().all(|e| {
+            let values = e.values.clone().unwrap_or_default();
+            let have = labels.get(&e.key);
+            match e.operator.as_str() {
+                "In" => have.is_some_and(|v| values.contains(v)),
+                "NotIn" => have.is_none_or(|v| !values.contains(v)),
+                "Exists" => have.is_some(),
+                "DoesNotExist" => have.is_none(),
+                _ => false,
+            }
+        })
+    });
+    labels_ok && exprs_ok
+}
+
+/// The names of the Secrets a group reads by name.
+pub fn referenced_secrets(g: &GeminiKeyGroup) -> HashSet<String> {
+    let mut names: HashSet<String> = g
+        .spec
+        .keys
+        .iter()
+        .map(|k| k.secret_ref.name.clone())
+        .collect();
+    names.extend(
+        g.spec
+            .access
+            .client_secret_refs
+            .iter()
+            .map(|r| r.name.clone()),
+    );
+    if let Some(r) = &g.spec.upstream.egress_proxy_secret_ref {
+        names.insert(r.name.clone());
+    }
+    names
+}
+
+/// Whether a Secret event concerns a group (named by it, or selected by its keySelector).
+pub fn concerns(g: &GeminiKeyGroup, secret: &Secret) -> bool {
+    if g.metadata.namespace != secret.metadata.namespace {
+        return false;
+    }
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    if referenced_secrets(g).contains(&name) {
+        return true;
+    }
+    let empty = BTreeMap::new();
+    g.spec
+        .key_selector
+        .as_ref()
+        .is_some_and(|sel| selects(sel, secret.metadata.labels.as_ref().unwrap_or(&empty)))
+}
+
+/// Builds the snapshot. `secrets` holds the Secrets of the group's namespace that were found
+/// (by name, or by the selector).
+pub fn plan(g: &GeminiKeyGroup, namespace: &str, secrets: &[Secret]) -> Plan {
+    let name = store_name(namespace, g.metadata.name.as_deref().unwrap_or_default());
+    let mut missing = Vec::new();
+    let mut keys: Vec<KeyEntry> = Vec::new();
+    let push = |keys: &mut Vec<KeyEntry>,
+                value: String,
+                source: String,
+                project: Option<String>,
+                weight: u32,
+                disabled: bool| {
+        let mut k = KeyEntry::new(SecretValue::new(value), source);
+        if keys.iter().any(|x| x.id == k.id) {
+            return;
+        }
+        k.project = project;
+        k.weight = weight.max(1);
+        k.disabled = disabled;
+        keys.push(k);
+    };
+    for k in &g.spec.keys {
+        let r = &k.secret_ref;
+        match find(secrets, &r.name) {
+            None => missing.push(format!("Secret {:?} not found", r.name)),
+            Some(s) => match secret_value(s, &r.key) {
+                None => missing.push(format!(
+                    "Secret {:?} has no usable entry {:?}",
+                    r.name, r.key
+                )),
+                Some(v) => push(
+                    &mut keys,
+                    v,
+                    format!("{}/{}", r.name, r.key),
+                    k.project.clone(),
+                    k.weight.unwrap_or(1),
+                    k.disabled,
+                ),
+            },
+        }
+    }
+    if let Some(sel) = &g.spec.key_selector {
+        let empty = BTreeMap::new();
+        let mut selected: Vec<&Secret> = secrets
+            .iter()
+            .filter(|s| selects(sel, s.metadata.labels.as_ref().unwrap_or(&empty)))
+            .collect();
+        selected.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        if selected.is_empty() {
+            missing.push("no Secret matches spec.keySelector".to_owned());
+        }
+        for s in selected {
+            let sname = s.metadata.name.clone().unwrap_or_default();
+            let project = s
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("gemini-proxy.io/project").cloned());
+            for entry in s
+                .data
+                .as_ref()
+                .map(|d| d.keys().cloned().collect::<Vec<_>>())
+                .unwrap_or_default()
+            {
+                if let Some(v) = secret_value(s, &entry) {
+                    push(
+                        &mut keys,
+                        v,
+                        format!("{sname}/{entry}"),
+                        project.clone(),
+                        1,
+                        false,
+                    );
+                }
+            }
+        }
+    }
+    let egress_proxy = match (
+        &g.spec.upstream.egress_proxy,
+        &g.spec.upstream.egress_proxy_secret_ref,
+    ) {
+        (Some(url), _) => Some(SecretValue::new(url.as_str())),
+        (None, Some(r)) => match find(secrets, &r.name).and_then(|s| secret_value(s, &r.key)) {
+            Some(v) => Some(SecretValue::new(v)),
+            None => {
+                missing.push(format!(
+                    "egress proxy: Secret {:?} entry {:?} not found",
+                    r.name, r.key
+                ));
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    let mut clients = Vec::new();
+    if g.spec.access.mode == AccessMode::Token {
+        for r in &g.spec.access.client_secret_refs {
+            match find(secrets, &r.name) {
+                None => missing.push(format!("client Secret {:?} not found", r.name)),
+                Some(s) => {
+                    for entry in s
+                        .data
+                        .as_ref()
+                        .map(|d| d.keys().cloned().collect::<Vec<_>>())
+                        .unwrap_or_default()
+                    {
+                        if let Some(v) = secret_value(s, &entry) {
+                            clients.push(ClientEntry {
+                                name: entry,
+                                digest: TokenDigest::of(&v),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let snapshot = GroupSnapshot {
+        name,
+        version: 0,
+        upstream: UpstreamSpec {
+            url: g.spec.upstream.url.trim_end_matches('/').to_owned(),
+            egress_proxy,
+            timeout_secs: u64::from(g.spec.upstream.timeout_seconds.max(1)),
+        },
+        keys,
+        rotation: match g.spec.rotation.strategy {
+            Strategy::RoundRobin => RotationStrategy::RoundRobin,
+            Strategy::Weighted => RotationStrategy::Weighted,
+            Strategy::LeastLoaded => RotationStrategy::LeastLoaded,
+        },
+        access: AccessSpec {
+            mode: match g.spec.access.mode {
+                AccessMode::Token => StoreAccess::Token,
+                AccessMode::Open => StoreAccess::Open,
+            },
+            clients,
+        },
+        retry: RetrySpec {
+            max_attempts: g.spec.retry.max_attempts.clamp(1, 10),
+        },
+    };
+    Plan { snapshot, missing }
+}
+
+/// What the store and the proxies say about a group's keys.
+#[derive(Debug, Default, Clone)]
+pub struct Observed {
+    pub statuses: HashMap<KeyId, KeyStatus>,
+    pub reports: Vec<HealthReport>,
+    pub requests_last_hour: HashMap<KeyId, u64>,
+}
+
+fn rfc3339(ms: u64) -> String {
+    jiff::Timestamp::from_millisecond(ms as i64)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    previous: Option<&GeminiKeyGroupStatus>,
+    now: &Time,
+) -> Condition {
+    let status = if ok { "True" } else { "False" }.to_owned();
+    // The transition time moves only when the status does.
+    let since = previous
+        .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
+        .filter(|c| c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    Condition {
+        type_: type_.to_owned(),
+        status,
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time: since,
+    }
+}
+
+/// The status for a plan and what the store holds. `previous` keeps condition times stable, so
+/// that an unchanged group gives an equal status (and no patch).
+pub fn status(
+    g: &GeminiKeyGroup,
+    plan: &Plan,
+    observed: &Observed,
+    previous: Option<&GeminiKeyGroupStatus>,
+    synced_at: Option<String>,
+    now_ms: u64,
+) -> GeminiKeyGroupStatus {
+    let now = Time(jiff::Timestamp::from_millisecond(now_ms as i64).unwrap_or_default());
+    let mut counts = KeyCounts::default();
+    let mut entries = Vec::with_capacity(plan.snapshot.keys.len());
+    for k in &plan.snapshot.keys {
+        let st = observed.statuses.get(&k.id).cloned().unwrap_or_default();
+        let state = st.state(k.disabled, now_ms);
+        counts.total += 1;
+        let (reason, until) = match &state {
+            KeyState::Active => {
+                counts.active += 1;
+                (None, None)
+            }
+            KeyState::CoolingDown {
+                until_ms,
+                reason,
+                model,
+            } => {
+                counts.cooling_down += 1;
+                let r = match model {
+                    Some(m) => format!("{} ({m})", reason.as_str()),
+                    None => reason.as_str().to_owned(),
+                };
+                (Some(r), Some(rfc3339(*until_ms)))
+            }
+            KeyState::Invalid { reason } => {
+                counts.invalid += 1;
+                (Some(reason.as_str().to_owned()), None)
+            }
+            KeyState::Disabled => (Some("disabled in spec".to_owned()), None),
+        };
+        let healths: Vec<&keystore::KeyHealth> = observed
+            .reports
+            .iter()
+            .flat_map(|r| r.keys.iter().filter(|h| h.id == k.id))
+            .collect();
+        let health_score = (!healths.is_empty()).then(|| {
+            let avg = healths.iter().map(|h| h.score).sum::<f64>() / healths.len() as f64;
+            (avg * 1000.0).round() / 1000.0
+        });
+        let last_error = healths.iter().find_map(|h| h.last_error.clone());
+        entries.push(KeyStatusEntry {
+            id: k.id.to_string(),
+            source: k.source.clone(),
+            project: k.project.clone(),
+            state: state.name().to_owned(),
+            reason,
+            until,
+            health_score,
+            requests_last_hour: observed.requests_last_hour.get(&k.id).copied().unwrap_or(0),
+            last_error,
+        });
+    }
+    let generation = g.metadata.generation;
+    let usable = counts.active + counts.cooling_down;
+    let resolved = plan.missing.is_empty();
+    let conditions = vec![
+        condition(
+            "Ready",
+            usable > 0,
+            if usable > 0 {
+                "KeysAvailable"
+            } else {
+                "NoUsableKey"
+            },
+            format!("{usable} of {} keys can serve", counts.total),
+            generation,
+            previous,
+            &now,
+        ),
+        condition(
+            "KeysResolved",
+            resolved,
+            if resolved {
+                "AllResolved"
+            } else {
+                "SecretMissing"
+            },
+            if resolved {
+                "every key reference resolved".to_owned()
+            } else {
+                plan.missing.join("; ")
+            },
+            generation,
+            previous,
+            &now,
+        ),
+        condition(
+            "Degraded",
+            !(resolved && counts.invalid == 0 && (counts.active > 0 || counts.total == 0)),
+            if !resolved {
+                "SecretMissing"
+            } else if counts.invalid > 0 {
+                "KeysInvalid"
+            } else if counts.active == 0 {
+                "AllKeysCooling"
+            } else {
+                "Healthy"
+            },
+            format!(
+                "{} invalid, {} cooling down",
+                counts.invalid, counts.cooling_down
+            ),
+            generation,
+            previous,
+            &now,
+        ),
+    ];
+    let proxies: HashSet<&str> = observed
+        .reports
+        .iter()
+        .map(|r| r.proxy_id.as_str())
+        .collect();
+    GeminiKeyGroupStatus {
+        observed_generation: generation,
+        conditions,
+        keys: counts,
+        key_statuses: entries,
+        proxies: proxies.len() as u32,
+        last_sync_time: synced_at.or_else(|| previous.and_then(|p| p.last_sync_time.clone())),
+        store_version: previous.and_then(|p| p.store_version),
+    }
+}
+
+/// A key's change worth an Event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyEvent {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+/// Events for key transitions between two statuses: retired, cooling per day, recovered.
+pub fn key_events(
+    previous: Option<&GeminiKeyGroupStatus>,
+    next: &GeminiKeyGroupStatus,
+) -> Vec<KeyEvent> {
+    let before: HashMap<&str, &KeyStatusEntry> = previous
+        .map(|p| p.key_statuses.iter().map(|k| (k.id.as_str(), k)).collect())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for k in &next.key_statuses {
+        let old = before.get(k.id.as_str());
+        let old_state = old.map(|o| o.state.as_str()).unwrap_or("Active");
+        let reason = k.reason.clone().unwrap_or_default();
+        if k.state == "Invalid" && old_state != "Invalid" {
+            out.push(KeyEvent {
+                warning: true,
+                reason: "KeyRetired",
+                note: format!("key {} ({}) retired: {reason}", k.id, k.source),
+            });
+        } else if k.state == "CoolingDown"
+            && reason.starts_with("PerDayQuota")
+            && !old.is_some_and(|o| o.state == "CoolingDown" && o.reason == k.reason)
+        {
+            out.push(KeyEvent {
+                warning: false,
+                reason: "KeyCoolingPerDay",
+                note: format!(
+                    "key {} ({}) spent its daily quota; cooling until {}",
+                    k.id,
+                    k.source,
+                    k.until.clone().unwrap_or_default()
+                ),
+            });
+        } else if k.state == "Active"
+            && old.is_some()
+            && old_state != "Active"
+            && old_state != "Disabled"
+        {
+            out.push(KeyEvent {
+                warning: false,
+                reason: "KeyRecovered",
+                note: format!("key {} ({}) is active again", k.id, k.source),
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

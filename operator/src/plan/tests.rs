@@ -1,0 +1,227 @@
+use super::*;
+use crate::fixtures::{GroupFixture, labelled, secret};
+use keystore::clock::now_ms;
+use keystore::{Cooldown, CooldownReason, InvalidReason, Transition};
+
+const NS: &str = "team-a";
+
+#[test]
+fn keys_come_from_named_secret_entries() {
+    let g = GroupFixture::new(NS, "gemini")
+        .key("keys", "k1")
+        .project("p1")
+        .key("keys", "k2")
+        .build();
+    let secrets = [secret(
+        NS,
+        "keys",
+        &[("k1", "fake-key-one\n"), ("k2", "fake-key-two")],
+    )];
+    let p = plan(&g, NS, &secrets);
+    assert!(p.missing.is_empty(), "{:?}", p.missing);
+    assert_eq!(p.snapshot.name, "team-a/gemini");
+    assert_eq!(p.snapshot.keys.len(), 2);
+    assert_eq!(p.snapshot.keys[0].secret.expose(), "fake-key-one");
+    assert_eq!(p.snapshot.keys[0].project.as_deref(), Some("p1"));
+    assert_eq!(p.snapshot.keys[0].source, "keys/k1");
+    assert_eq!(p.snapshot.access.mode, StoreAccess::Open);
+}
+
+#[test]
+fn a_missing_secret_or_entry_is_named_and_the_rest_still_serves() {
+    let g = GroupFixture::new(NS, "gemini")
+        .key("keys", "k1")
+        .key("keys", "nope")
+        .key("gone", "k")
+        .build();
+    let p = plan(&g, NS, &[secret(NS, "keys", &[("k1", "fake-key-one")])]);
+    assert_eq!(p.snapshot.keys.len(), 1);
+    assert_eq!(
+        p.missing,
+        vec![
+            "Secret \"keys\" has no usable entry \"nope\"".to_owned(),
+            "Secret \"gone\" not found".to_owned(),
+        ]
+    );
+    let st = status(&g, &p, &Observed::default(), None, None, now_ms());
+    let resolved = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "KeysResolved")
+        .unwrap();
+    assert_eq!(
+        (resolved.status.as_str(), resolved.reason.as_str()),
+        ("False", "SecretMissing")
+    );
+    assert!(resolved.message.contains("\"gone\" not found"));
+    let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(ready.status, "True");
+}
+
+#[test]
+fn a_selector_takes_every_entry_of_matching_secrets() {
+    let g = GroupFixture::new(NS, "gemini")
+        .selector("gemini-proxy.io/pool", "a")
+        .build();
+    let secrets = [
+        labelled(
+            secret(NS, "pool-1", &[("x", "fake-a1"), ("y", "fake-a2")]),
+            "gemini-proxy.io/pool",
+            "a",
+        ),
+        labelled(
+            labelled(
+                secret(NS, "pool-2", &[("z", "fake-a3")]),
+                "gemini-proxy.io/pool",
+                "a",
+            ),
+            "gemini-proxy.io/project",
+            "proj",
+        ),
+        labelled(
+            secret(NS, "other", &[("w", "fake-b1")]),
+            "gemini-proxy.io/pool",
+            "b",
+        ),
+    ];
+    let p = plan(&g, NS, &secrets);
+    let sources: Vec<&str> = p.snapshot.keys.iter().map(|k| k.source.as_str()).collect();
+    assert_eq!(sources, ["pool-1/x", "pool-1/y", "pool-2/z"]);
+    assert_eq!(p.snapshot.keys[2].project.as_deref(), Some("proj"));
+    assert!(concerns(&g, &secrets[0]));
+    assert!(!concerns(&g, &secrets[2]));
+}
+
+#[test]
+fn client_tokens_are_stored_as_digests_with_their_names() {
+    let g = GroupFixture::new(NS, "gemini")
+        .key("keys", "k")
+        .tokens("apps")
+        .build();
+    let secrets = [
+        secret(NS, "keys", &[("k", "fake-key")]),
+        secret(
+            NS,
+            "apps",
+            &[("billing", "sk-billing"), ("search", "sk-search")],
+        ),
+    ];
+    let p = plan(&g, NS, &secrets);
+    assert_eq!(p.snapshot.access.mode, StoreAccess::Token);
+    let names: Vec<&str> = p
+        .snapshot
+        .access
+        .clients
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(names, ["billing", "search"]);
+    assert_eq!(
+        p.snapshot.access.clients[0].digest,
+        TokenDigest::of("sk-billing")
+    );
+    assert!(!format!("{:?}", p.snapshot).contains("sk-billing"));
+}
+
+#[test]
+fn status_counts_states_and_never_holds_a_key() {
+    let g = GroupFixture::new(NS, "gemini")
+        .key("keys", "a")
+        .key("keys", "b")
+        .key("keys", "c")
+        .build();
+    let p = plan(
+        &g,
+        NS,
+        &[secret(
+            NS,
+            "keys",
+            &[("a", "fake-a"), ("b", "fake-b"), ("c", "fake-c")],
+        )],
+    );
+    let now = now_ms();
+    let mut observed = Observed::default();
+    let mut cooling = KeyStatus::default();
+    cooling.apply(
+        &Transition::Cool(Cooldown {
+            until_ms: now + 60_000,
+            reason: CooldownReason::PerDayQuota,
+            model: Some("gemini-2.5-pro".into()),
+        }),
+        now,
+    );
+    let mut dead = KeyStatus::default();
+    dead.apply(
+        &Transition::Retire {
+            reason: InvalidReason::ApiKeyInvalid,
+        },
+        now,
+    );
+    observed.statuses.insert(KeyId::of("fake-b"), cooling);
+    observed.statuses.insert(KeyId::of("fake-c"), dead);
+    observed.requests_last_hour.insert(KeyId::of("fake-a"), 42);
+    observed.reports.push(HealthReport {
+        proxy_id: "pod-1".into(),
+        group: "team-a/gemini".into(),
+        at_ms: now,
+        keys: vec![keystore::KeyHealth {
+            id: KeyId::of("fake-a"),
+            score: 0.5,
+            requests: 3,
+            failures: 1,
+            last_error: Some("timeout".into()),
+        }],
+    });
+    let st = status(
+        &g,
+        &p,
+        &observed,
+        None,
+        Some("2026-11-22T00:00:00Z".into()),
+        now,
+    );
+    assert_eq!(
+        st.keys,
+        KeyCounts {
+            total: 3,
+            active: 1,
+            cooling_down: 1,
+            invalid: 1
+        }
+    );
+    assert_eq!(st.proxies, 1);
+    assert_eq!(st.key_statuses[0].requests_last_hour, 42);
+    assert_eq!(st.key_statuses[0].health_score, Some(0.5));
+    assert_eq!(
+        st.key_statuses[1].reason.as_deref(),
+        Some("PerDayQuota (gemini-2.5-pro)")
+    );
+    assert!(st.key_statuses[1].until.is_some());
+    let degraded = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap();
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "KeysInvalid")
+    );
+    let text = serde_json::to_string(&st).unwrap();
+    for k in ["fake-a", "fake-b", "fake-c"] {
+        assert!(!text.contains(&format!("\"{k}\"")), "{k} in status");
+    }
+    // Same inputs a moment later: the same status (no patch), condition times kept.
+    let again = status(&g, &p, &observed, Some(&st), None, now + 5_000);
+    assert_eq!(again, st);
+    // Events: retired and per-day cooling, once.
+    let events = key_events(None, &st);
+    let reasons: Vec<&str> = events.iter().map(|e| e.reason).collect();
+    assert_eq!(reasons, ["KeyCoolingPerDay", "KeyRetired"]);
+    assert!(key_events(Some(&st), &again).is_empty());
+    let recovered = status(&g, &p, &Observed::default(), Some(&st), None, now);
+    let reasons: Vec<&str> = key_events(Some(&st), &recovered)
+        .iter()
+        .map(|e| e.reason)
+        .collect();
+    assert_eq!(reasons, ["KeyRecovered", "KeyRecovered"]);
+}

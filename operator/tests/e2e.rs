@@ -1,0 +1,151 @@
+//! End to end without a cluster: the operator's reconcile (API server mocked) writes a group to
+//! a real Redis; a real gemini-proxy (in process, real HTTP on loopback) serves with those keys
+//! against the mock Gemini; a changed Secret value rotates the key in the running proxy.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gemini_proxy::config::Settings;
+use gemini_proxy::server::{Proxy, serve};
+use gemini_proxy_operator::controller::{Context, reconcile};
+use gemini_proxy_operator::fixtures::{GroupFixture, secret};
+use gemini_proxy_operator::metrics::Metrics;
+use gemini_proxy_tests::redis::{RedisServer, random_prefix};
+use gemini_proxy_tests::{Behaviour, Client, MockGemini};
+use http::{Method, Request, Response, StatusCode};
+use keystore::{EncryptionKey, KeyStore, RedisConfig, RedisStore, RedisTarget, Secret};
+use kube::client::Body;
+use tower_test::mock;
+
+const MODEL_PATH: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
+
+/// Answers every request like an API server that holds `secrets` and `group`.
+fn api_server(
+    secrets: Vec<k8s_openapi::api::core::v1::Secret>,
+    group: serde_json::Value,
+) -> kube::Client {
+    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    tokio::spawn(async move {
+        while let Some((req, send)) = handle.next_request().await {
+            let path = req.uri().path().to_owned();
+            let body = match path.rsplit_once("/secrets/") {
+                Some((_, name)) => secrets
+                    .iter()
+                    .find(|s| s.metadata.name.as_deref() == Some(name))
+                    .map(|s| (StatusCode::OK, serde_json::to_vec(s).unwrap())),
+                None if path.contains("/geminikeygroups/") => {
+                    Some((StatusCode::OK, serde_json::to_vec(&group).unwrap()))
+                }
+                None => Some((StatusCode::OK, b"{}".to_vec())),
+            };
+            let (status, bytes) = body.unwrap_or((
+                StatusCode::NOT_FOUND,
+                br#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#.to_vec(),
+            ));
+            send.send_response(
+                Response::builder()
+                    .status(status)
+                    .body(Body::from(bytes))
+                    .unwrap(),
+            );
+        }
+    });
+    kube::Client::new(service, "default")
+}
+
+#[tokio::test]
+async fn operator_writes_the_group_and_a_real_proxy_serves_and_follows_a_secret_rotation() {
+    let redis = RedisServer::start();
+    let mock_gemini = MockGemini::start().await;
+    mock_gemini.accept_any_key(Behaviour::Ok);
+    let config = RedisConfig {
+        target: RedisTarget::Standalone {
+            url: Secret::new(redis.url()),
+        },
+        key_prefix: random_prefix(),
+        encryption_key: Some(
+            EncryptionKey::from_base64(&EncryptionKey::generate_base64()).unwrap(),
+        ),
+    };
+    let operator_store: Arc<dyn KeyStore> = RedisStore::new(config.clone()).unwrap();
+    let group = Arc::new(
+        GroupFixture::new("team-a", "gemini")
+            .key("gemini-keys", "key-1")
+            .upstream(&mock_gemini.url())
+            .finalized()
+            .build(),
+    );
+
+    // The operator reconciles the group with the Secret's first value.
+    let echo = serde_json::to_value(&*group).unwrap();
+    let client = api_server(
+        vec![secret(
+            "team-a",
+            "gemini-keys",
+            &[("key-1", "fake-first-value")],
+        )],
+        echo.clone(),
+    );
+    let ctx = Arc::new(Context::new(
+        client,
+        operator_store.clone(),
+        Arc::new(Metrics::new()),
+    ));
+    reconcile(group.clone(), ctx).await.unwrap();
+
+    // A proxy pod: no groups of its own, state from Redis, the group as its default.
+    let mut settings = Settings::store_only();
+    settings.default_group = Some("team-a/gemini".into());
+    let proxy_store: Arc<dyn KeyStore> = RedisStore::new(config).unwrap();
+    let proxy = Proxy::start(&settings, proxy_store, "redis").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}{MODEL_PATH}", listener.local_addr().unwrap());
+    tokio::spawn(serve(
+        listener,
+        proxy.router(),
+        std::future::pending(),
+        Duration::from_secs(1),
+    ));
+    let http = Client::new();
+    let r = http.call(Method::POST, &url, &[], "{}").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(mock_gemini.count("fake-first-value"), 1);
+
+    // The Secret changes; the next reconcile publishes it; the running proxy follows.
+    let client = api_server(
+        vec![secret(
+            "team-a",
+            "gemini-keys",
+            &[("key-1", "fake-second-value")],
+        )],
+        echo,
+    );
+    let ctx = Arc::new(Context::new(
+        client,
+        operator_store,
+        Arc::new(Metrics::new()),
+    ));
+    reconcile(group, ctx).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let r = http.call(Method::POST, &url, &[], "{}").await;
+        assert_eq!(r.status, 200);
+        if mock_gemini.count("fake-second-value") > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the proxy still uses the old key"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = mock_gemini.count("fake-first-value");
+    for _ in 0..3 {
+        assert_eq!(http.call(Method::POST, &url, &[], "{}").await.status, 200);
+    }
+    assert_eq!(
+        mock_gemini.count("fake-first-value"),
+        before,
+        "the old key is still in use"
+    );
+}
