@@ -55,6 +55,8 @@ pub struct Context {
     pub store: Arc<dyn KeyStore>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// The watch of GeminiKeyGroups has listed everything once (readiness).
+    pub synced: std::sync::atomic::AtomicBool,
 }
 
 impl Context {
@@ -68,6 +70,7 @@ impl Context {
             client,
             store,
             metrics,
+            synced: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -253,6 +256,16 @@ pub async fn run(
     });
     let controller = Controller::new(groups, watcher::Config::default());
     let store = controller.store();
+    {
+        let store = store.clone();
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            if store.wait_until_ready().await.is_ok() {
+                ctx.synced.store(true, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!("GeminiKeyGroup cache synced");
+            }
+        });
+    }
     controller
         .watches(
             secrets,

@@ -105,6 +105,9 @@ struct Probe {
     metrics: Arc<Metrics>,
     store: Arc<dyn KeyStore>,
     store_ok: AtomicBool,
+    ctx: Arc<Context>,
+    /// Standing by for the Lease: no cache to sync.
+    standby: AtomicBool,
 }
 
 async fn run(args: RunArgs) -> Result<(), String> {
@@ -114,13 +117,15 @@ async fn run(args: RunArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("kubernetes client: {e}"))?;
     let metrics = Arc::new(Metrics::new());
+    let ctx = Arc::new(Context::new(client.clone(), store.clone(), metrics.clone()));
     let probe = Arc::new(Probe {
-        metrics: metrics.clone(),
-        store: store.clone(),
+        metrics,
+        store,
         store_ok: AtomicBool::new(false),
+        ctx: ctx.clone(),
+        standby: AtomicBool::new(args.leader_election),
     });
     spawn_probes(args.listen, probe.clone()).await?;
-    let ctx = Arc::new(Context::new(client.clone(), store, metrics));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -146,7 +151,9 @@ async fn run(args: RunArgs) -> Result<(), String> {
         if *stop_rx.borrow() {
             return Ok(());
         }
-        if *leader.borrow_and_update() {
+        let leading = *leader.borrow_and_update();
+        probe.standby.store(!leading, Ordering::Relaxed);
+        if leading {
             tracing::info!(lease = %args.lease_name, %identity, "leading: reconciling");
             let mut lost = leader.clone();
             let stop = stop_rx.clone();
@@ -182,13 +189,18 @@ async fn spawn_probes(addr: SocketAddr, probe: Arc<Probe>) -> Result<(), String>
         .route(
             "/readyz",
             get(|State(p): State<Arc<Probe>>| async move {
-                if p.store_ok.load(Ordering::Relaxed) {
-                    (StatusCode::OK, "ready\n")
-                } else {
-                    (
+                let synced =
+                    p.standby.load(Ordering::Relaxed) || p.ctx.synced.load(Ordering::Relaxed);
+                match (p.store_ok.load(Ordering::Relaxed), synced) {
+                    (true, true) => (StatusCode::OK, "ready\n"),
+                    (false, _) => (
                         StatusCode::SERVICE_UNAVAILABLE,
                         "not ready: the store does not answer\n",
-                    )
+                    ),
+                    (true, false) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready: the GeminiKeyGroup cache is not synced yet\n",
+                    ),
                 }
             }),
         )
