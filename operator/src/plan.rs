@@ -34,6 +34,15 @@ fn secret_value(secret: &Secret, entry: &str) -> Option<String> {
     (!text.is_empty() && !text.chars().any(char::is_whitespace)).then(|| text.to_owned())
 }
 
+/// The entry names of a Secret, in order.
+fn entries(secret: &Secret) -> Vec<String> {
+    secret
+        .data
+        .as_ref()
+        .map(|d| d.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
 fn find<'a>(secrets: &'a [Secret], name: &str) -> Option<&'a Secret> {
     secrets
         .iter()
@@ -157,12 +166,7 @@ pub fn plan(g: &GeminiKeyGroup, namespace: &str, secrets: &[Secret]) -> Plan {
                 .labels
                 .as_ref()
                 .and_then(|l| l.get("gemini-proxy.io/project").cloned());
-            for entry in s
-                .data
-                .as_ref()
-                .map(|d| d.keys().cloned().collect::<Vec<_>>())
-                .unwrap_or_default()
-            {
+            for entry in entries(s) {
                 if let Some(v) = secret_value(s, &entry) {
                     push(
                         &mut keys,
@@ -199,12 +203,7 @@ pub fn plan(g: &GeminiKeyGroup, namespace: &str, secrets: &[Secret]) -> Plan {
             match find(secrets, &r.name) {
                 None => missing.push(format!("client Secret {:?} not found", r.name)),
                 Some(s) => {
-                    for entry in s
-                        .data
-                        .as_ref()
-                        .map(|d| d.keys().cloned().collect::<Vec<_>>())
-                        .unwrap_or_default()
-                    {
+                    for entry in entries(s) {
                         if let Some(v) = secret_value(s, &entry) {
                             clients.push(ClientEntry {
                                 name: entry,

@@ -88,16 +88,21 @@ async fn bad_config_stops_start_up_naming_file_and_field() {
     assert!(out.contains("Random") && out.contains("line 3"), "{out}");
 }
 
-#[tokio::test]
-async fn sigterm_lets_an_open_stream_finish_then_exits_zero() {
+/// A proxy process with `shutdownGraceSeconds: grace` before a mock streaming `chunks` chunks.
+async fn streaming_proxy(grace: u64, chunks: usize, delay: Duration) -> (MockGemini, ProxyProcess) {
     let mock = MockGemini::start().await;
-    mock.accept_any_key(Behaviour::Ok)
-        .set_stream(8, Duration::from_millis(150));
+    mock.accept_any_key(Behaviour::Ok).set_stream(chunks, delay);
     let config = format!(
-        "shutdownGraceSeconds: 10\ngroups:\n  - {{name: g, upstream: {{url: \"{}\"}}, access: {{mode: Open}}, keys: [{{value: k}}]}}\n",
+        "shutdownGraceSeconds: {grace}\ngroups:\n  - {{name: g, upstream: {{url: \"{}\"}}, access: {{mode: Open}}, keys: [{{value: k}}]}}\n",
         mock.url()
     );
-    let mut p = ProxyProcess::with_config(BIN, &config, &[]).await;
+    let p = ProxyProcess::with_config(BIN, &config, &[]).await;
+    (mock, p)
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_open_stream_finish_then_exits_zero() {
+    let (_mock, mut p) = streaming_proxy(10, 8, Duration::from_millis(150)).await;
     let c = Client::new();
     let res = c
         .open(
@@ -137,14 +142,7 @@ async fn sigterm_lets_an_open_stream_finish_then_exits_zero() {
 
 #[tokio::test]
 async fn shutdown_grace_is_bounded() {
-    let mock = MockGemini::start().await;
-    mock.accept_any_key(Behaviour::Ok)
-        .set_stream(100, Duration::from_millis(200));
-    let config = format!(
-        "shutdownGraceSeconds: 1\ngroups:\n  - {{name: g, upstream: {{url: \"{}\"}}, access: {{mode: Open}}, keys: [{{value: k}}]}}\n",
-        mock.url()
-    );
-    let mut p = ProxyProcess::with_config(BIN, &config, &[]).await;
+    let (_mock, mut p) = streaming_proxy(1, 100, Duration::from_millis(200)).await;
     let res = Client::new()
         .open(
             Method::POST,

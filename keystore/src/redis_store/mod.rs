@@ -346,12 +346,24 @@ impl KeyStore for RedisStore {
                 .await?;
             names.sort();
             let mut out = Vec::with_capacity(names.len());
+            let mut unreadable = None;
             for n in names {
-                if let Some(g) = self.load_group(&n).await? {
-                    out.push(g);
+                match self.load_group(&n).await {
+                    Ok(Some(g)) => out.push(g),
+                    Ok(None) => {}
+                    // One unreadable group (another encryption key, a damaged value) must not
+                    // take the others down with it.
+                    Err(StoreError::Corrupt(e)) => {
+                        tracing::error!(group = %n, error = %e, "group skipped: cannot read it from the store");
+                        unreadable = Some(e);
+                    }
+                    Err(e) => return Err(e),
                 }
             }
-            Ok(out)
+            match (out.is_empty(), unreadable) {
+                (true, Some(e)) => Err(StoreError::Corrupt(e)),
+                _ => Ok(out),
+            }
         })
     }
 
