@@ -104,11 +104,17 @@ pub struct ClientEntry {
 pub struct RetrySpec {
     /// Upstream attempts per client request, the first included.
     pub max_attempts: u32,
+    /// When every key cools for at most this long, hold the request until the first is free
+    /// instead of answering 429 (0: never wait).
+    pub wait_on_cooldown_secs: u32,
 }
 
 impl Default for RetrySpec {
     fn default() -> Self {
-        Self { max_attempts: 3 }
+        Self {
+            max_attempts: 3,
+            wait_on_cooldown_secs: 0,
+        }
     }
 }
 
@@ -144,6 +150,7 @@ impl GroupSnapshot {
             put(c.digest.as_str());
         }
         put(&self.retry.max_attempts.to_string());
+        put(&self.retry.wait_on_cooldown_secs.to_string());
         let digest = h.finalize();
         digest.iter().map(|b| format!("{b:02x}")).collect()
     }

@@ -181,6 +181,11 @@ pub struct Retry {
     #[serde(default = "default_attempts")]
     #[schemars(range(min = 1, max = 10))]
     pub max_attempts: u32,
+    /// When every key cools for at most this many seconds, hold requests until the first key is
+    /// free instead of answering 429 (0: never wait).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 300))]
+    pub wait_on_cooldown_seconds: u32,
 }
 
 fn default_attempts() -> u32 {
@@ -191,6 +196,7 @@ impl Default for Retry {
     fn default() -> Self {
         Self {
             max_attempts: default_attempts(),
+            wait_on_cooldown_seconds: 0,
         }
     }
 }

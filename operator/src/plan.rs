@@ -238,6 +238,7 @@ pub fn plan(g: &GeminiKeyGroup, namespace: &str, secrets: &[Secret]) -> Plan {
         },
         retry: RetrySpec {
             max_attempts: g.spec.retry.max_attempts.clamp(1, 10),
+            wait_on_cooldown_secs: g.spec.retry.wait_on_cooldown_seconds.min(300),
         },
     };
     Plan { snapshot, missing }

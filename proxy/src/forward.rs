@@ -180,12 +180,25 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
     let mut last_error: Option<UpstreamError> = None;
     let mut retry_reason = "";
     let mut deadline_retries = 0u32;
+    let mut wait_budget_ms = u64::from(pool.snapshot.retry.wait_on_cooldown_secs) * 1000;
     let mut backoffs = 0u32;
     loop {
         let now = now_ms();
         let i = match pool.pick(&model, &tried, now) {
             Pick::Key(i) => i,
             Pick::Cooling(until) => {
+                // Wait instead of fail, when the group allows it and nothing was sent yet: hold
+                // the request until the first key is free, within the group's bound.
+                let wait_ms = until.saturating_sub(now) + 5;
+                if wait_ms <= wait_budget_ms {
+                    wait_budget_ms -= wait_ms;
+                    let wait = Duration::from_millis(wait_ms);
+                    tracing::debug!(group, wait_ms, "every key cooling: waiting for the first");
+                    tokio::time::sleep(wait).await;
+                    trace.waited += wait;
+                    tried.clear();
+                    continue;
+                }
                 let secs = retry_after_secs(until, now);
                 return match last {
                     Some((head, bytes)) => with_retry_after(buffered(head, bytes), secs),

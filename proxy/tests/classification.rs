@@ -441,3 +441,47 @@ async fn openai_layer_errors_are_classified_too() {
     assert!(matches!(p.state("dead"), KeyState::Invalid { .. }));
     assert!(matches!(p.state("rpm"), KeyState::CoolingDown { .. }));
 }
+
+#[tokio::test]
+async fn a_short_cooldown_is_waited_out_when_the_group_allows_it() {
+    let mock = MockGemini::start().await;
+    mock.script(
+        "k",
+        vec![quota(Quota::RequestsPerMinute, Some("1s")), Behaviour::Ok],
+    );
+    let p = start(
+        &open_group(&["k"], "retry: {maxAttempts: 3, waitOnCooldownSeconds: 5}"),
+        &mock,
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let r = p.generate().await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(mock.count("k"), 2);
+}
+
+#[tokio::test]
+async fn a_cooldown_longer_than_the_wait_bound_is_answered_at_once() {
+    let mock = MockGemini::start().await;
+    mock.key("k", quota(Quota::RequestsPerMinute, Some("30s")));
+    let p = start(
+        &open_group(&["k"], "retry: {maxAttempts: 3, waitOnCooldownSeconds: 2}"),
+        &mock,
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let r = p.generate().await;
+    assert_eq!(r.status, 429);
+    assert!(r.header("retry-after").is_some());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(mock.count("k"), 1);
+}

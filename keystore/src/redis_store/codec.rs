@@ -20,6 +20,8 @@ struct StoredGroup {
     access_mode: AccessMode,
     clients: Vec<StoredClient>,
     max_attempts: u32,
+    #[serde(default)]
+    wait_on_cooldown_secs: u32,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -98,6 +100,7 @@ pub fn encode(g: &GroupSnapshot, sealer: &Sealer) -> Result<String, StoreError> 
             })
             .collect(),
         max_attempts: g.retry.max_attempts,
+        wait_on_cooldown_secs: g.retry.wait_on_cooldown_secs,
     };
     serde_json::to_string(&stored).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -152,6 +155,7 @@ pub fn decode(data: &str, version: u64, sealer: &Sealer) -> Result<GroupSnapshot
         },
         retry: RetrySpec {
             max_attempts: s.max_attempts,
+            wait_on_cooldown_secs: s.wait_on_cooldown_secs,
         },
     })
 }

@@ -119,6 +119,9 @@ pub struct AccessConfig {
 pub struct RetryConfig {
     /// Upstream attempts per request, the first included (default 3).
     pub max_attempts: Option<u32>,
+    /// When every key cools for at most this many seconds, wait instead of answering 429
+    /// (default 0: never wait; at most 300).
+    pub wait_on_cooldown_seconds: Option<u32>,
 }
 
 /// A secret written inline (`"sk-..."`) or as `{value|env|file}`, optionally with a `name`.

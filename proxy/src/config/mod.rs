@@ -384,7 +384,18 @@ impl Resolver<'_> {
                 mode: g.access.mode,
                 clients,
             },
-            retry: RetrySpec { max_attempts },
+            retry: RetrySpec {
+                max_attempts,
+                wait_on_cooldown_secs: match g.retry.wait_on_cooldown_seconds {
+                    Some(n) if n > 300 => {
+                        return Err(self.err(
+                            format!("{path}.retry.waitOnCooldownSeconds"),
+                            "at most 300: a request should not wait longer than that",
+                        ));
+                    }
+                    n => n.unwrap_or(0),
+                },
+            },
         })
     }
 

@@ -192,6 +192,13 @@ fn duplicates_and_bounds() {
         e.contains("groups[1].name: group \"g\" is also groups[0]"),
         "{e}"
     );
+    let e = err(
+        "groups: [{name: g, access: {mode: Open}, keys: [{value: a}], retry: {waitOnCooldownSeconds: 301}}]",
+    );
+    assert!(
+        e.contains("groups[0].retry.waitOnCooldownSeconds: at most 300"),
+        "{e}"
+    );
     let e = err("listen: nowhere\ngroups: []");
     assert!(e.starts_with("proxy.yaml: listen: "), "{e}");
 }
