@@ -62,6 +62,26 @@ async fn no_more_requests(api: &mut ApiServer) {
 const GROUP_PATH: &str = "/apis/gemini-proxy.io/v1alpha1/namespaces/team-a/geminikeygroups/gemini";
 const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/team-a/events";
 
+/// The reads of the group's Secrets, in the controller's order: "gone" is missing, "keys" exists.
+async fn read_secrets(api: &mut ApiServer, keys: &k8s_openapi::api::core::v1::Secret) {
+    expect(
+        api,
+        "GET",
+        "/api/v1/namespaces/team-a/secrets/gone",
+        StatusCode::NOT_FOUND,
+        not_found("secrets \"gone\""),
+    )
+    .await;
+    expect(
+        api,
+        "GET",
+        "/api/v1/namespaces/team-a/secrets/keys",
+        StatusCode::OK,
+        serde_json::to_value(keys).unwrap(),
+    )
+    .await;
+}
+
 fn not_found(what: &str) -> serde_json::Value {
     serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
         "message": format!("{what} not found"), "reason": "NotFound", "code": 404})
@@ -111,22 +131,7 @@ async fn apply_writes_the_store_publishes_events_and_patches_status_once() {
     let keys = secret("team-a", "keys", &[("k1", "fake-operator-key")]);
     let mut patched: GeminiKeyGroup = g.clone();
     let server = tokio::spawn(async move {
-        expect(
-            &mut api,
-            "GET",
-            "/api/v1/namespaces/team-a/secrets/gone",
-            StatusCode::NOT_FOUND,
-            not_found("secrets \"gone\""),
-        )
-        .await;
-        expect(
-            &mut api,
-            "GET",
-            "/api/v1/namespaces/team-a/secrets/keys",
-            StatusCode::OK,
-            serde_json::to_value(&keys).unwrap(),
-        )
-        .await;
+        read_secrets(&mut api, &keys).await;
         let event = expect(
             &mut api,
             "POST",
@@ -185,22 +190,7 @@ async fn apply_writes_the_store_publishes_events_and_patches_status_once() {
     let (ctx, mut api) = context(store.clone());
     let keys = secret("team-a", "keys", &[("k1", "fake-operator-key")]);
     let server = tokio::spawn(async move {
-        expect(
-            &mut api,
-            "GET",
-            "/api/v1/namespaces/team-a/secrets/gone",
-            StatusCode::NOT_FOUND,
-            not_found("secrets \"gone\""),
-        )
-        .await;
-        expect(
-            &mut api,
-            "GET",
-            "/api/v1/namespaces/team-a/secrets/keys",
-            StatusCode::OK,
-            serde_json::to_value(&keys).unwrap(),
-        )
-        .await;
+        read_secrets(&mut api, &keys).await;
         no_more_requests(&mut api).await;
     });
     reconcile(Arc::new(patched), ctx).await.unwrap();
