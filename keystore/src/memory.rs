@@ -1,18 +1,20 @@
 //! The embedded store: one process, no dependencies. The default of a standalone proxy.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::sync::broadcast;
 
+use crate::audit::{self, AuditEvent};
 use crate::clock::now_ms;
 use crate::health::HealthReport;
+use crate::rate::{RateCounts, RateDelta, RateWindow};
 use crate::secret::KeyId;
 use crate::snapshot::GroupSnapshot;
 use crate::state::{KeyStatus, Transition};
-use crate::store::{BoxFuture, KeyStore, StoreError, StoreEvent};
-use crate::usage::{UsageCounts, UsageDelta, UsageWindow};
+use crate::store::{Binding, BoxFuture, KeyStore, StoreError, StoreEvent};
+use crate::usage::{Counter, UsageCounts, UsageDelta, UsageWindow};
 
 #[derive(Default)]
 struct Inner {
@@ -21,6 +23,26 @@ struct Inner {
     health: HashMap<(String, String), (HealthReport, u64)>,
     usage: HashMap<(String, UsageWindow), UsageCounts>,
     proxies: HashMap<String, u64>,
+    /// (group, window) → (counter, proxy) → count.
+    rates: HashMap<(String, RateWindow), HashMap<(String, String), Counter>>,
+    /// resource → (binding, expiry in Unix ms).
+    bindings: HashMap<String, (Binding, u64)>,
+    /// group → (sequence, event), oldest first.
+    audit: HashMap<String, VecDeque<(u64, AuditEvent)>>,
+    audit_seq: u64,
+}
+
+impl Inner {
+    fn push_audit(&mut self, events: Vec<AuditEvent>) {
+        for e in events {
+            self.audit_seq += 1;
+            let trail = self.audit.entry(e.group.clone()).or_default();
+            trail.push_back((self.audit_seq, e));
+            while trail.len() > audit::KEEP {
+                trail.pop_front();
+            }
+        }
+    }
 }
 
 pub struct MemoryStore {
@@ -66,6 +88,13 @@ impl KeyStore for MemoryStore {
                     Some((current, _)) => snapshot.version = current.version + 1,
                     None => snapshot.version = 1,
                 }
+                let changes = audit::key_changes(
+                    inner.groups.get(&name).map(|(g, _)| g),
+                    Some(&snapshot),
+                    "publish",
+                    now_ms(),
+                );
+                inner.push_audit(changes);
                 let version = snapshot.version;
                 // Keys that left the group take their state with them.
                 if let Some(statuses) = inner.statuses.get_mut(&name) {
@@ -85,7 +114,12 @@ impl KeyStore for MemoryStore {
                 let mut inner = self.lock();
                 inner.statuses.remove(name);
                 inner.health.retain(|(g, _), _| g != name);
-                inner.groups.remove(name).is_some()
+                let old = inner.groups.remove(name);
+                if let Some((g, _)) = &old {
+                    let changes = audit::key_changes(Some(g), None, "publish", now_ms());
+                    inner.push_audit(changes);
+                }
+                old.is_some()
             };
             if existed {
                 self.emit(StoreEvent::GroupRemoved {
@@ -247,6 +281,137 @@ impl KeyStore for MemoryStore {
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
         self.events.subscribe()
     }
+
+    fn add_rates<'a>(
+        &'a self,
+        group: &'a str,
+        proxy: &'a str,
+        batch: Vec<RateDelta>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let now = now_ms();
+            let mut inner = self.lock();
+            let oldest = RateWindow::slot_of(
+                now.saturating_sub(crate::rate::SLOT_MS * (crate::rate::SLOTS_KEPT + 2)),
+            );
+            inner.rates.retain(|(_, w), _| match w {
+                RateWindow::Slot(_) => *w >= oldest,
+                RateWindow::Day(d) => day_is_recent(d),
+            });
+            for d in batch {
+                inner
+                    .rates
+                    .entry((group.to_owned(), d.window))
+                    .or_default()
+                    .entry((d.name, proxy.to_owned()))
+                    .or_default()
+                    .add(d.requests, d.tokens);
+            }
+            Ok(())
+        })
+    }
+
+    fn rates<'a>(
+        &'a self,
+        group: &'a str,
+        windows: &'a [RateWindow],
+        except_proxy: &'a str,
+    ) -> BoxFuture<'a, Result<RateCounts, StoreError>> {
+        Box::pin(async move {
+            let inner = self.lock();
+            let mut out = RateCounts::new();
+            for w in windows {
+                let Some(counters) = inner.rates.get(&(group.to_owned(), w.clone())) else {
+                    continue;
+                };
+                let sums = out.entry(w.clone()).or_default();
+                for ((name, proxy), c) in counters {
+                    if proxy != except_proxy {
+                        sums.entry(name.clone())
+                            .or_default()
+                            .add(c.requests, c.tokens);
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn bind<'a>(
+        &'a self,
+        resource: &'a str,
+        binding: &'a Binding,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let now = now_ms();
+            let mut inner = self.lock();
+            inner.bindings.retain(|_, (_, exp)| *exp > now);
+            inner.bindings.insert(
+                resource.to_owned(),
+                (binding.clone(), now + ttl.as_millis() as u64),
+            );
+            Ok(())
+        })
+    }
+
+    fn bound<'a>(
+        &'a self,
+        resource: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Binding>, StoreError>> {
+        Box::pin(async move {
+            let now = now_ms();
+            Ok(self
+                .lock()
+                .bindings
+                .get(resource)
+                .filter(|(_, exp)| *exp > now)
+                .map(|(b, _)| b.clone()))
+        })
+    }
+
+    fn append_audit(&self, events: Vec<AuditEvent>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.lock().push_audit(events);
+            Ok(())
+        })
+    }
+
+    fn audit<'a>(
+        &'a self,
+        group: &'a str,
+        cursor: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<(String, AuditEvent)>, StoreError>> {
+        Box::pin(async move {
+            let after: u64 = if cursor.is_empty() {
+                0
+            } else {
+                cursor
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt(format!("audit cursor {cursor:?}")))?
+            };
+            let inner = self.lock();
+            Ok(inner
+                .audit
+                .get(group)
+                .map(|trail| {
+                    trail
+                        .iter()
+                        .filter(|(seq, _)| *seq > after)
+                        .take(limit)
+                        .map(|(seq, e)| (seq.to_string(), e.clone()))
+                        .collect()
+                })
+                .unwrap_or_default())
+        })
+    }
+}
+
+/// Whether a Pacific date is yesterday's or later (kept for a day after it ends).
+fn day_is_recent(date: &str) -> bool {
+    let yesterday = crate::pacific::pacific_date(now_ms().saturating_sub(86_400_000));
+    date >= yesterday.as_str()
 }
 
 #[cfg(test)]

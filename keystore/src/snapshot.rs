@@ -21,6 +21,8 @@ pub struct GroupSnapshot {
     pub rotation: RotationStrategy,
     pub access: AccessSpec,
     pub retry: RetrySpec,
+    /// Quotas of one project (per model), for scheduling before Google answers 429.
+    pub limits: QuotaLimits,
 }
 
 #[derive(Clone, Debug)]
@@ -92,6 +94,58 @@ pub struct AccessSpec {
     pub mode: AccessMode,
     /// Digests of the client tokens that select this group, with the client's name.
     pub clients: Vec<ClientEntry>,
+    /// What each client (token) may use, across all proxies.
+    pub client_limits: ClientLimits,
+}
+
+/// The quotas of one Google Cloud project, per model (Google counts per project and model).
+/// Unset limits are unknown; with `learn`, a 429 that states its `quotaValue` fills them in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u64>,
+    /// Input tokens per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
+    /// Requests per day (the day of America/Los_Angeles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_day: Option<u64>,
+    /// Take limits from 429 answers that state them.
+    #[serde(default = "yes")]
+    pub learn: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for QuotaLimits {
+    fn default() -> Self {
+        Self {
+            requests_per_minute: None,
+            tokens_per_minute: None,
+            requests_per_day: None,
+            learn: true,
+        }
+    }
+}
+
+/// Per client token, enforced across proxies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u64>,
+    /// Tokens (prompt and answer) per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
+}
+
+impl ClientLimits {
+    pub fn is_set(&self) -> bool {
+        self.requests_per_minute.is_some() || self.tokens_per_minute.is_some()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -151,6 +205,8 @@ impl GroupSnapshot {
         }
         put(&self.retry.max_attempts.to_string());
         put(&self.retry.wait_on_cooldown_secs.to_string());
+        put(&format!("{:?}", self.limits));
+        put(&format!("{:?}", self.access.client_limits));
         let digest = h.finalize();
         digest.iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -174,8 +230,10 @@ impl GroupSnapshot {
             access: AccessSpec {
                 mode: AccessMode::Open,
                 clients: Vec::new(),
+                client_limits: ClientLimits::default(),
             },
             retry: RetrySpec::default(),
+            limits: QuotaLimits::default(),
         }
     }
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
+use crate::audit::AuditEvent;
 use crate::health::HealthReport;
+use crate::rate::{RateCounts, RateDelta, RateWindow};
 use crate::secret::KeyId;
 use crate::snapshot::GroupSnapshot;
 use crate::state::{KeyStatus, Transition};
@@ -108,4 +110,54 @@ pub trait KeyStore: Send + Sync + 'static {
     fn live_proxies(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
 
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent>;
+
+    /// Adds what proxy `proxy` sent to the scheduling counters of a group (batched by the caller).
+    fn add_rates<'a>(
+        &'a self,
+        group: &'a str,
+        proxy: &'a str,
+        batch: Vec<RateDelta>,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// The scheduling counters of a group in `windows`, summed over every proxy but
+    /// `except_proxy`.
+    fn rates<'a>(
+        &'a self,
+        group: &'a str,
+        windows: &'a [RateWindow],
+        except_proxy: &'a str,
+    ) -> BoxFuture<'a, Result<RateCounts, StoreError>>;
+
+    /// Binds a project-bound resource (`files/ID`, `cachedContents/ID`, `batches/ID`, an upload
+    /// session) to the key that created it, for `ttl`.
+    fn bind<'a>(
+        &'a self,
+        resource: &'a str,
+        binding: &'a Binding,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// The key a resource is bound to, if the binding has not run out.
+    fn bound<'a>(&'a self, resource: &'a str)
+    -> BoxFuture<'a, Result<Option<Binding>, StoreError>>;
+
+    /// Appends key lifecycle events to their groups' trails (each keeps its last
+    /// [`crate::audit::KEEP`]).
+    fn append_audit(&self, events: Vec<AuditEvent>) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// A group's events after `cursor` (`""`: from the oldest kept), oldest first, at most
+    /// `limit`, each with its cursor.
+    fn audit<'a>(
+        &'a self,
+        group: &'a str,
+        cursor: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<(String, AuditEvent)>, StoreError>>;
+}
+
+/// Which key created a project-bound resource.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Binding {
+    pub group: String,
+    pub key: KeyId,
 }

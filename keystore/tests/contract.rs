@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use gemini_proxy_tests::redis::{RedisCluster, RedisSentinel, RedisServer, random_prefix};
 use keystore::clock::now_ms;
+use keystore::{AuditKind, Binding, RateDelta, RateWindow};
 use keystore::{
     Cooldown, CooldownReason, EncryptionKey, GroupSnapshot, HealthReport, InvalidReason, KeyHealth,
     KeyId, KeyStore, MemoryStore, RedisConfig, RedisStore, RedisTarget, Secret, StoreEvent,
@@ -206,10 +207,119 @@ async fn contract(store: Arc<dyn KeyStore>) {
         assert_eq!(u.scopes["proj-1"].tokens, 150, "{w:?}");
     }
 
-    // Removal.
+    // Scheduling counters: each proxy adds its share and reads the others'.
+    let slot = RateWindow::slot_of(at);
+    let day = RateWindow::Day(keystore::pacific::pacific_date(at));
+    let rate = |name: &str, window: &RateWindow, requests, tokens| RateDelta {
+        name: name.into(),
+        window: window.clone(),
+        requests,
+        tokens,
+    };
+    store
+        .add_rates(
+            "team-a/keys",
+            "p1",
+            vec![
+                rate("q|proj-1|gemini-2.5-pro", &slot, 2, 300),
+                rate("q|proj-1|gemini-2.5-pro", &day, 2, 0),
+            ],
+        )
+        .await
+        .unwrap();
+    store
+        .add_rates(
+            "team-a/keys",
+            "p2",
+            vec![
+                rate("q|proj-1|gemini-2.5-pro", &slot, 1, 0),
+                rate("c|alice", &slot, 1, 20),
+            ],
+        )
+        .await
+        .unwrap();
+    let windows = [slot.clone(), day.clone(), RateWindow::Slot(1)];
+    let others = store.rates("team-a/keys", &windows, "p2").await.unwrap();
+    assert_eq!(others[&slot]["q|proj-1|gemini-2.5-pro"].requests, 2);
+    assert_eq!(others[&slot]["q|proj-1|gemini-2.5-pro"].tokens, 300);
+    assert!(!others[&slot].contains_key("c|alice"));
+    assert_eq!(others[&day]["q|proj-1|gemini-2.5-pro"].requests, 2);
+    let others = store.rates("team-a/keys", &windows, "p1").await.unwrap();
+    assert_eq!(others[&slot]["q|proj-1|gemini-2.5-pro"].requests, 1);
+    assert_eq!(others[&slot]["c|alice"].tokens, 20);
+    assert!(
+        others
+            .get(&RateWindow::Slot(1))
+            .is_none_or(|m| m.is_empty())
+    );
+
+    // Bindings of project-bound resources expire with them.
+    let resource = format!("files/contract-{}", now_ms());
+    let binding = Binding {
+        group: "team-a/keys".into(),
+        key: ids[0].clone(),
+    };
+    assert_eq!(store.bound(&resource).await.unwrap(), None);
+    store
+        .bind(&resource, &binding, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(store.bound(&resource).await.unwrap(), Some(binding.clone()));
+    store
+        .bind("upload:short", &binding, Duration::from_millis(20))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(store.bound("upload:short").await.unwrap(), None);
+
+    // The audit trail: publishes record added and removed keys; others append the rest.
+    let cooled = keystore::AuditEvent::of_transition(
+        "team-a/keys",
+        &ids[0],
+        &keywide,
+        &statuses[&ids[0]],
+        "pod-b",
+        now_ms(),
+    );
+    store.append_audit(vec![cooled.clone()]).await.unwrap();
+    let trail = store.audit("team-a/keys", "", 100).await.unwrap();
+    let kinds: Vec<AuditKind> = trail.iter().map(|(_, e)| e.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            AuditKind::Added,
+            AuditKind::Added,
+            AuditKind::Added,
+            AuditKind::Removed,
+            AuditKind::Cooled
+        ]
+    );
+    assert_eq!(trail[3].1.key, ids[1]);
+    assert_eq!(trail[4].1, cooled);
+    assert_eq!(cooled.until_ms, Some(until + 5));
+    let (cursor, _) = &trail[2];
+    let rest = store.audit("team-a/keys", cursor, 100).await.unwrap();
+    assert_eq!(rest.len(), 2);
+    assert_eq!(
+        store.audit("team-a/keys", cursor, 1).await.unwrap().len(),
+        1
+    );
+    let last = &trail[4].0;
+    assert!(
+        store
+            .audit("team-a/keys", last, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Removal, recorded in the trail.
     store.remove_group("team-a/keys").await.unwrap();
     assert!(store.groups().await.unwrap().is_empty());
     assert!(store.key_statuses("team-a/keys").await.unwrap().is_empty());
+    let removed = store.audit("team-a/keys", last, 100).await.unwrap();
+    assert_eq!(removed.len(), 2);
+    assert!(removed.iter().all(|(_, e)| e.kind == AuditKind::Removed));
 }
 
 trait WithAt {

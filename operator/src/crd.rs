@@ -172,6 +172,23 @@ pub struct Limits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub requests_per_day: Option<u64>,
+    /// Learn limits from 429 answers that state them (quotaValue); default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learn: Option<bool>,
+}
+
+/// What each client token may use, counted across every proxy.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientLimits {
+    /// Requests per minute of one client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub requests_per_minute: Option<u64>,
+    /// Tokens (prompt and answer) per minute of one client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub tokens_per_minute: Option<u64>,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -212,6 +229,9 @@ pub struct Access {
     /// Secrets whose entries are client tokens; each entry's name is the client's name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub client_secret_refs: Vec<SecretRef>,
+    /// Requests and tokens per minute each client may use; over it, that client gets 429.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_limits: Option<ClientLimits>,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]

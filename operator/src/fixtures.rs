@@ -60,6 +60,7 @@ impl GroupFixture {
             client_secret_refs: vec![SecretRef {
                 name: secret.into(),
             }],
+            client_limits: None,
         };
         self
     }

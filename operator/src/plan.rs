@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use keystore::{
-    AccessMode as StoreAccess, AccessSpec, ClientEntry, GroupSnapshot, HealthReport, KeyEntry,
-    KeyId, KeyState, KeyStatus, RetrySpec, RotationStrategy, Secret as SecretValue, TokenDigest,
-    UpstreamSpec,
+    AccessMode as StoreAccess, AccessSpec, ClientEntry, ClientLimits as StoreClientLimits,
+    GroupSnapshot, HealthReport, KeyEntry, KeyId, KeyState, KeyStatus, QuotaLimits, RetrySpec,
+    RotationStrategy, Secret as SecretValue, TokenDigest, UpstreamSpec,
 };
 
 use crate::crd::{
@@ -235,11 +235,32 @@ pub fn plan(g: &GeminiKeyGroup, namespace: &str, secrets: &[Secret]) -> Plan {
                 AccessMode::Open => StoreAccess::Open,
             },
             clients,
+            client_limits: g
+                .spec
+                .access
+                .client_limits
+                .as_ref()
+                .map(|c| StoreClientLimits {
+                    requests_per_minute: c.requests_per_minute.filter(|&n| n > 0),
+                    tokens_per_minute: c.tokens_per_minute.filter(|&n| n > 0),
+                })
+                .unwrap_or_default(),
         },
         retry: RetrySpec {
             max_attempts: g.spec.retry.max_attempts.clamp(1, 10),
             wait_on_cooldown_secs: g.spec.retry.wait_on_cooldown_seconds.min(300),
         },
+        limits: g
+            .spec
+            .limits
+            .as_ref()
+            .map(|l| QuotaLimits {
+                requests_per_minute: l.requests_per_minute.filter(|&n| n > 0),
+                tokens_per_minute: l.tokens_per_minute.filter(|&n| n > 0),
+                requests_per_day: l.requests_per_day.filter(|&n| n > 0),
+                learn: l.learn.unwrap_or(true),
+            })
+            .unwrap_or_default(),
     };
     Plan { snapshot, missing }
 }

@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 use super::crypto::Sealer;
 use crate::secret::{KeyId, TokenDigest};
 use crate::snapshot::{
-    AccessMode, AccessSpec, ClientEntry, GroupSnapshot, KeyEntry, RetrySpec, RotationStrategy,
-    UpstreamSpec,
+    AccessMode, AccessSpec, ClientEntry, ClientLimits, GroupSnapshot, KeyEntry, QuotaLimits,
+    RetrySpec, RotationStrategy, UpstreamSpec,
 };
 use crate::store::StoreError;
 
@@ -22,6 +22,10 @@ struct StoredGroup {
     max_attempts: u32,
     #[serde(default)]
     wait_on_cooldown_secs: u32,
+    #[serde(default)]
+    limits: QuotaLimits,
+    #[serde(default)]
+    client_limits: ClientLimits,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -101,6 +105,8 @@ pub fn encode(g: &GroupSnapshot, sealer: &Sealer) -> Result<String, StoreError> 
             .collect(),
         max_attempts: g.retry.max_attempts,
         wait_on_cooldown_secs: g.retry.wait_on_cooldown_secs,
+        limits: g.limits,
+        client_limits: g.access.client_limits,
     };
     serde_json::to_string(&stored).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -152,10 +158,12 @@ pub fn decode(data: &str, version: u64, sealer: &Sealer) -> Result<GroupSnapshot
                     digest: c.digest,
                 })
                 .collect(),
+            client_limits: s.client_limits,
         },
         retry: RetrySpec {
             max_attempts: s.max_attempts,
             wait_on_cooldown_secs: s.wait_on_cooldown_secs,
         },
+        limits: s.limits,
     })
 }

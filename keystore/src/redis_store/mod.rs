@@ -12,6 +12,10 @@
 //! | `P{g:NAME}:health` | hash | proxy id → [`HealthReport`] JSON with `expiresMs`; expired fields are dropped on read |
 //! | `P{g:NAME}:usage:m:MINUTE` | hash | `k:ID:req`, `k:ID:tok`, `s:SCOPE:req`, `s:SCOPE:tok` for minute `MINUTE` since the epoch; expires after 2 h |
 //! | `P{g:NAME}:usage:d:DATE` | hash | the same for the Pacific date `DATE` (`YYYY-MM-DD`); expires after 3 days |
+//! | `P{g:NAME}:rate:s:SLOT` | hash | scheduling counters for the 10-second slot `SLOT`: `r\tPROXY\tCOUNTER` requests and `t\tPROXY\tCOUNTER` tokens sent by proxy `PROXY`; expires after 100 s |
+//! | `P{g:NAME}:rate:d:DATE` | hash | the same for the Pacific date `DATE`; expires after 2 days |
+//! | `P{g:NAME}:audit` | stream | the key lifecycle trail, one entry per event (`e`: [`AuditEvent`] JSON), capped near 1000 entries |
+//! | `Paff:RESOURCE` | string | [`Binding`] JSON: the group and key that created `RESOURCE` (`files/ID`, `cachedContents/ID`, `batches/ID`, `upload:SHA256-OF-SESSION`); expires with the resource |
 //! | `P{index}:groups` | set | group names |
 //! | `P{index}:proxies` | hash | proxy id → heartbeat expiry (Unix ms) |
 //! | `Pevents` | pub/sub channel | JSON: `{type: group, name, version}`, `{type: removed, name}`, `{type: keys, group, origin, changes: [[id, status-json]]}` |
@@ -49,12 +53,14 @@ use tokio::task::JoinHandle;
 pub use conn::RedisTarget;
 pub use crypto::EncryptionKey;
 
+use crate::audit::{self, AuditEvent};
 use crate::clock::now_ms;
 use crate::health::HealthReport;
+use crate::rate::{RateCounts, RateDelta, RateWindow};
 use crate::secret::KeyId;
 use crate::snapshot::GroupSnapshot;
 use crate::state::{KeyStatus, Transition};
-use crate::store::{BoxFuture, KeyStore, StoreError, StoreEvent};
+use crate::store::{Binding, BoxFuture, KeyStore, StoreError, StoreEvent};
 use crate::usage::{Counter, UsageCounts, UsageDelta, UsageWindow};
 use conn::Connector;
 use crypto::Sealer;
@@ -296,6 +302,13 @@ impl KeyStore for RedisStore {
     fn publish_group(&self, snapshot: GroupSnapshot) -> BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(async move {
             check_name(&snapshot.name)?;
+            // For the audit trail: which keys come and go. A group that cannot be read (another
+            // encryption key) counts as new.
+            let old = match self.load_group(&snapshot.name).await {
+                Ok(old) => old,
+                Err(StoreError::Corrupt(_)) => None,
+                Err(e) => return Err(e),
+            };
             let data = codec::encode(&snapshot, &self.sealer)?;
             let mut inv = self.publish_script.prepare_invoke();
             inv.key(self.group_key(&snapshot.name, "group"))
@@ -314,6 +327,13 @@ impl KeyStore for RedisStore {
             let name = snapshot.name.clone();
             self.run(|mut c| async move { c.sadd::<_, _, ()>(&index, &name).await })
                 .await?;
+            if old.as_ref().is_none_or(|o| o.version != version) {
+                let mut published = snapshot;
+                published.version = version;
+                let changes =
+                    audit::key_changes(old.as_ref(), Some(&published), "publish", now_ms());
+                self.append_audit(changes).await?;
+            }
             Ok(version)
         })
     }
@@ -321,6 +341,14 @@ impl KeyStore for RedisStore {
     fn remove_group<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             check_name(name)?;
+            if let Ok(Some(old)) = self.load_group(name).await {
+                let changes = audit::key_changes(Some(&old), None, "publish", now_ms());
+                self.append_audit(changes).await?;
+            }
+            // The trail outlives the group for a day, for whoever reports on it.
+            let trail = self.group_key(name, "audit");
+            self.run(|mut c| async move { c.expire::<_, ()>(&trail, 86_400).await })
+                .await?;
             let keys = vec![
                 self.group_key(name, "group"),
                 self.group_key(name, "keys"),
@@ -557,5 +585,151 @@ impl KeyStore for RedisStore {
 
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
         self.events.subscribe()
+    }
+
+    fn add_rates<'a>(
+        &'a self,
+        group: &'a str,
+        proxy: &'a str,
+        batch: Vec<RateDelta>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            check_name(group)?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let mut pipe = redis::pipe();
+            for d in &batch {
+                let key = self.group_key(group, &format!("rate:{}", d.window.tag()));
+                if d.requests > 0 {
+                    pipe.hincr(&key, format!("r\t{proxy}\t{}", d.name), d.requests)
+                        .ignore();
+                }
+                if d.tokens > 0 {
+                    pipe.hincr(&key, format!("t\t{proxy}\t{}", d.name), d.tokens)
+                        .ignore();
+                }
+                pipe.expire(&key, d.window.ttl_secs() as i64).ignore();
+            }
+            self.run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+                .await
+        })
+    }
+
+    fn rates<'a>(
+        &'a self,
+        group: &'a str,
+        windows: &'a [RateWindow],
+        except_proxy: &'a str,
+    ) -> BoxFuture<'a, Result<RateCounts, StoreError>> {
+        Box::pin(async move {
+            check_name(group)?;
+            let mut pipe = redis::pipe();
+            for w in windows {
+                pipe.hgetall(self.group_key(group, &format!("rate:{}", w.tag())));
+            }
+            let raw: Vec<HashMap<String, u64>> = self
+                .run(|mut c| async move { pipe.query_async(&mut c).await })
+                .await?;
+            let mut out = RateCounts::new();
+            for (w, fields) in windows.iter().zip(raw) {
+                let sums = out.entry(w.clone()).or_default();
+                for (field, n) in fields {
+                    let mut parts = field.splitn(3, '\t');
+                    let (Some(what), Some(proxy), Some(name)) =
+                        (parts.next(), parts.next(), parts.next())
+                    else {
+                        continue;
+                    };
+                    if proxy == except_proxy {
+                        continue;
+                    }
+                    let c: &mut Counter = sums.entry(name.to_owned()).or_default();
+                    match what {
+                        "r" => c.requests += n,
+                        "t" => c.tokens += n,
+                        _ => {}
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn bind<'a>(
+        &'a self,
+        resource: &'a str,
+        binding: &'a Binding,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let key = format!("{}aff:{resource}", self.prefix);
+            let value = serde_json::to_string(binding).map_err(corrupt)?;
+            let ms = ttl.as_millis().max(1) as u64;
+            self.run(|mut c| async move { c.pset_ex::<_, _, ()>(&key, value, ms).await })
+                .await
+        })
+    }
+
+    fn bound<'a>(
+        &'a self,
+        resource: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Binding>, StoreError>> {
+        Box::pin(async move {
+            let key = format!("{}aff:{resource}", self.prefix);
+            let raw: Option<String> = self.run(|mut c| async move { c.get(&key).await }).await?;
+            raw.map(|r| serde_json::from_str(&r).map_err(corrupt))
+                .transpose()
+        })
+    }
+
+    fn append_audit(&self, events: Vec<AuditEvent>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            if events.is_empty() {
+                return Ok(());
+            }
+            let mut pipe = redis::pipe();
+            for e in &events {
+                check_name(&e.group)?;
+                let json = serde_json::to_string(e).map_err(corrupt)?;
+                pipe.xadd_maxlen(
+                    self.group_key(&e.group, "audit"),
+                    redis::streams::StreamMaxlen::Approx(audit::KEEP),
+                    "*",
+                    &[("e", json)],
+                )
+                .ignore();
+            }
+            self.run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+                .await
+        })
+    }
+
+    fn audit<'a>(
+        &'a self,
+        group: &'a str,
+        cursor: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<(String, AuditEvent)>, StoreError>> {
+        Box::pin(async move {
+            check_name(group)?;
+            let key = self.group_key(group, "audit");
+            let start = if cursor.is_empty() {
+                "-".to_owned()
+            } else {
+                format!("({cursor}")
+            };
+            let reply: redis::streams::StreamRangeReply = self
+                .run(|mut c| async move { c.xrange_count(&key, start, "+", limit).await })
+                .await?;
+            let mut out = Vec::with_capacity(reply.ids.len());
+            for entry in reply.ids {
+                let Some(json) = entry.get::<String>("e") else {
+                    continue;
+                };
+                out.push((entry.id, serde_json::from_str(&json).map_err(corrupt)?));
+            }
+            Ok(out)
+        })
     }
 }

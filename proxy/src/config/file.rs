@@ -74,6 +74,30 @@ pub struct GroupConfig {
     pub access: AccessConfig,
     #[serde(default)]
     pub retry: RetryConfig,
+    /// Quotas of one project, per model: keys predicted to exceed them are skipped.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LimitsConfig {
+    pub requests_per_minute: Option<u64>,
+    /// Input tokens per minute.
+    pub tokens_per_minute: Option<u64>,
+    /// Requests per Pacific day.
+    pub requests_per_day: Option<u64>,
+    /// Learn limits from 429 answers that state them (default true).
+    pub learn: Option<bool>,
+}
+
+/// What each client token may use, across every proxy sharing the store.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClientLimitsConfig {
+    pub requests_per_minute: Option<u64>,
+    /// Tokens (prompt and answer) per minute.
+    pub tokens_per_minute: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -112,6 +136,8 @@ pub struct AccessConfig {
     pub mode: AccessMode,
     #[serde(default)]
     pub client_tokens: Vec<SecretRef>,
+    #[serde(default)]
+    pub client_limits: ClientLimitsConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]

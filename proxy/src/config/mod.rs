@@ -12,8 +12,8 @@ use keystore::redis_store::DEFAULT_PREFIX;
 use keystore::redis_store::cli::with_credentials;
 use keystore::snapshot::DEFAULT_UPSTREAM;
 use keystore::{
-    AccessMode, AccessSpec, ClientEntry, EncryptionKey, GroupSnapshot, KeyEntry, RedisConfig,
-    RedisTarget, RetrySpec, Secret, TokenDigest, UpstreamSpec,
+    AccessMode, AccessSpec, ClientEntry, ClientLimits, EncryptionKey, GroupSnapshot, KeyEntry,
+    QuotaLimits, RedisConfig, RedisTarget, RetrySpec, Secret, TokenDigest, UpstreamSpec,
 };
 
 use file::{FileConfig, GroupConfig, KeyConfig, SecretRef, SecretSource, StoreConfig};
@@ -370,6 +370,33 @@ impl Resolver<'_> {
             Some(n) => n.min(100),
             None => RetrySpec::default().max_attempts,
         };
+        let positive = |field: &str, v: Option<u64>| match v {
+            Some(0) => Err(self.err(
+                format!("{path}.{field}"),
+                "must be at least 1 (leave it out for no limit)",
+            )),
+            v => Ok(v),
+        };
+        let limits = QuotaLimits {
+            requests_per_minute: positive(
+                "limits.requestsPerMinute",
+                g.limits.requests_per_minute,
+            )?,
+            tokens_per_minute: positive("limits.tokensPerMinute", g.limits.tokens_per_minute)?,
+            requests_per_day: positive("limits.requestsPerDay", g.limits.requests_per_day)?,
+            learn: g.limits.learn.unwrap_or(true),
+        };
+        let cl = &g.access.client_limits;
+        let client_limits = ClientLimits {
+            requests_per_minute: positive(
+                "access.clientLimits.requestsPerMinute",
+                cl.requests_per_minute,
+            )?,
+            tokens_per_minute: positive(
+                "access.clientLimits.tokensPerMinute",
+                cl.tokens_per_minute,
+            )?,
+        };
         Ok(GroupSnapshot {
             name: g.name,
             version: 0,
@@ -383,7 +410,9 @@ impl Resolver<'_> {
             access: AccessSpec {
                 mode: g.access.mode,
                 clients,
+                client_limits,
             },
+            limits,
             retry: RetrySpec {
                 max_attempts,
                 wait_on_cooldown_secs: match g.retry.wait_on_cooldown_seconds {
