@@ -75,6 +75,84 @@ impl Context {
     }
 }
 
+/// Events per group and reconcile; more are summarised in one Event.
+const AUDIT_EVENTS_MAX: usize = 20;
+
+/// Turns the group's audit trail entries after `cursor` (kept in the status, so a new leader
+/// goes on where the last one stopped) into Events, and records recoveries (which no proxy sees
+/// happen) in the trail. Returns the new cursor. Without a cursor, entries from before the
+/// group was created (a former group of the same name) are skipped.
+async fn report_audit(
+    ctx: &Context,
+    name: &str,
+    g: &GeminiKeyGroup,
+    cursor: Option<&str>,
+    recovered: Vec<keystore::KeyId>,
+) -> Result<String, StoreError> {
+    let now = now_ms();
+    let origin = "operator";
+    let reference = g.object_ref(&());
+    let created_ms = g
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_millisecond().max(0) as u64)
+        .unwrap_or(0)
+        .saturating_sub(5_000);
+    let mut events = Vec::new();
+    let mut next_cursor = cursor.unwrap_or_default().to_owned();
+    loop {
+        let page = ctx.store.audit(name, &next_cursor, 200).await?;
+        let Some((last, _)) = page.last() else {
+            break;
+        };
+        next_cursor = last.clone();
+        let full = page.len() == 200;
+        for (_, e) in page {
+            if cursor.is_none() && e.at_ms < created_ms {
+                continue;
+            }
+            if e.origin != origin {
+                events.push(e);
+            }
+        }
+        if !full {
+            break;
+        }
+    }
+    let mut notes: Vec<plan::KeyEvent> = events.iter().filter_map(plan::audit_event).collect();
+    for id in recovered {
+        let e = keystore::AuditEvent {
+            at_ms: now,
+            group: name.to_owned(),
+            key: id,
+            kind: keystore::AuditKind::Recovered,
+            reason: Some("cooldown over".into()),
+            until_ms: None,
+            model: None,
+            origin: origin.into(),
+        };
+        tracing::info!(target: "gemini_proxy::audit", event = "key_recovered", group = name, key_id = %e.key, "key active again");
+        notes.extend(plan::audit_event(&e));
+        ctx.store.append_audit(vec![e]).await?;
+    }
+    let extra = notes.len().saturating_sub(AUDIT_EVENTS_MAX);
+    for e in notes.into_iter().take(AUDIT_EVENTS_MAX) {
+        publish(ctx, &reference, e.warning, e.reason, e.note).await;
+    }
+    if extra > 0 {
+        publish(
+            ctx,
+            &reference,
+            false,
+            "KeyEvents",
+            format!("{extra} more key events; see the store's audit trail or the proxies' logs"),
+        )
+        .await;
+    }
+    Ok(next_cursor)
+}
+
 /// Reconciles one group: finalizer first, then apply or clean up.
 pub async fn reconcile(g: Arc<GeminiKeyGroup>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
@@ -189,9 +267,10 @@ async fn apply(g: &GeminiKeyGroup, ns: &str, ctx: &Context) -> Result<Action, Er
         )
         .await;
     }
-    for e in plan::key_events(before, &status) {
-        publish(ctx, &reference, e.warning, e.reason, e.note).await;
-    }
+    let cursor = before.and_then(|s| s.audit_cursor.as_deref());
+    let recovered = plan::recoveries(before, &status);
+    let cursor = report_audit(ctx, &name, g, cursor, recovered).await?;
+    status.audit_cursor = (!cursor.is_empty()).then_some(cursor);
     if before != Some(&status) {
         let api: Api<GeminiKeyGroup> = Api::namespaced(ctx.client.clone(), ns);
         let patch = serde_json::json!({ "status": status });

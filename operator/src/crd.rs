@@ -274,6 +274,9 @@ pub struct GeminiKeyGroupStatus {
     /// The group's version in the store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store_version: Option<u64>,
+    /// How far the store's audit trail of this group has been reported as Events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_cursor: Option<String>,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]

@@ -6,9 +6,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use keystore::{
-    AccessMode as StoreAccess, AccessSpec, ClientEntry, ClientLimits as StoreClientLimits,
-    GroupSnapshot, HealthReport, KeyEntry, KeyId, KeyState, KeyStatus, QuotaLimits, RetrySpec,
-    RotationStrategy, Secret as SecretValue, TokenDigest, UpstreamSpec,
+    AccessMode as StoreAccess, AccessSpec, AuditEvent, AuditKind, ClientEntry,
+    ClientLimits as StoreClientLimits, CooldownReason, GroupSnapshot, HealthReport, KeyEntry,
+    KeyId, KeyState, KeyStatus, QuotaLimits, RetrySpec, RotationStrategy, Secret as SecretValue,
+    TokenDigest, UpstreamSpec,
 };
 
 use crate::crd::{
@@ -435,6 +436,7 @@ pub fn status(
         proxies: proxies.len() as u32,
         last_sync_time: synced_at.or_else(|| previous.and_then(|p| p.last_sync_time.clone())),
         store_version: previous.and_then(|p| p.store_version),
+        audit_cursor: previous.and_then(|p| p.audit_cursor.clone()),
     }
 }
 
@@ -446,52 +448,45 @@ pub struct KeyEvent {
     pub note: String,
 }
 
-/// Events for key transitions between two statuses: retired, cooling per day, recovered.
-pub fn key_events(
+/// Recoveries seen between two statuses: a key that was cooling is active again. (No one
+/// changes a key when its cooldown simply runs out, so the operator notices and records it.)
+pub fn recoveries(
     previous: Option<&GeminiKeyGroupStatus>,
     next: &GeminiKeyGroupStatus,
-) -> Vec<KeyEvent> {
+) -> Vec<KeyId> {
     let before: HashMap<&str, &KeyStatusEntry> = previous
         .map(|p| p.key_statuses.iter().map(|k| (k.id.as_str(), k)).collect())
         .unwrap_or_default();
-    let mut out = Vec::new();
-    for k in &next.key_statuses {
-        let old = before.get(k.id.as_str());
-        let old_state = old.map(|o| o.state.as_str()).unwrap_or("Active");
-        let reason = k.reason.clone().unwrap_or_default();
-        if k.state == "Invalid" && old_state != "Invalid" {
-            out.push(KeyEvent {
-                warning: true,
-                reason: "KeyRetired",
-                note: format!("key {} ({}) retired: {reason}", k.id, k.source),
-            });
-        } else if k.state == "CoolingDown"
-            && reason.starts_with("PerDayQuota")
-            && !old.is_some_and(|o| o.state == "CoolingDown" && o.reason == k.reason)
-        {
-            out.push(KeyEvent {
-                warning: false,
-                reason: "KeyCoolingPerDay",
-                note: format!(
-                    "key {} ({}) spent its daily quota; cooling until {}",
-                    k.id,
-                    k.source,
-                    k.until.clone().unwrap_or_default()
-                ),
-            });
-        } else if k.state == "Active"
-            && old.is_some()
-            && old_state != "Active"
-            && old_state != "Disabled"
-        {
-            out.push(KeyEvent {
-                warning: false,
-                reason: "KeyRecovered",
-                note: format!("key {} ({}) is active again", k.id, k.source),
-            });
+    next.key_statuses
+        .iter()
+        .filter(|k| k.state == "Active")
+        .filter(|k| {
+            before
+                .get(k.id.as_str())
+                .is_some_and(|o| o.state == "CoolingDown" || o.state == "Invalid")
+        })
+        .map(|k| KeyId::from_raw(k.id.clone()))
+        .collect()
+}
+
+/// The Kubernetes Event for an entry of the store's audit trail; `None` for entries too
+/// frequent to be Events (per-minute cooldowns: they stay in the trail and the logs).
+pub fn audit_event(e: &AuditEvent) -> Option<KeyEvent> {
+    let (warning, reason) = match e.kind {
+        AuditKind::Added => (false, "KeyAdded"),
+        AuditKind::Removed => (false, "KeyRemoved"),
+        AuditKind::Retired => (true, "KeyRetired"),
+        AuditKind::Recovered => (false, "KeyRecovered"),
+        AuditKind::Cooled if e.reason.as_deref() == Some(CooldownReason::PerDayQuota.as_str()) => {
+            (false, "KeyCoolingPerDay")
         }
-    }
-    out
+        AuditKind::Cooled => return None,
+    };
+    Some(KeyEvent {
+        warning,
+        reason,
+        note: e.describe(),
+    })
 }
 
 #[cfg(test)]

@@ -148,6 +148,23 @@ async fn apply_writes_the_store_publishes_events_and_patches_status_once() {
                 .unwrap()
                 .contains("Secret \"gone\" not found")
         );
+        // The store's audit trail: the key the publish added.
+        let added = expect(
+            &mut api,
+            "POST",
+            EVENTS_PATH,
+            StatusCode::CREATED,
+            serde_json::json!({}),
+        )
+        .await;
+        assert_eq!(added["type"], "Normal");
+        assert_eq!(added["reason"], "KeyAdded");
+        let note = added["note"].as_str().unwrap();
+        assert!(
+            note.contains(KeyId::of("fake-operator-key").as_str()),
+            "{note}"
+        );
+        assert!(!note.contains("fake-operator-key"), "a key in an event");
         let echo = serde_json::to_value(&patched).unwrap();
         let patch = expect(
             &mut api,

@@ -24,6 +24,8 @@ pub struct App {
     pub max_body_bytes: usize,
     pub request_ids: RequestIds,
     pub store: Arc<StoreStatus>,
+    /// Which key created which file, cache, batch or upload session.
+    pub affinity: crate::affinity::Affinity,
     /// Where access lines go; unset, they go through tracing.
     pub access_log: std::sync::OnceLock<crate::access_log::AccessLog>,
 }

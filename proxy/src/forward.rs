@@ -19,11 +19,14 @@ use keystore::clock::now_ms;
 use keystore::{KeyId, Transition};
 
 use crate::access_log;
+use crate::affinity::{self, Creates};
 use crate::app::App;
 use crate::auth;
 use crate::classify::{self, QuotaWindow, Verdict};
 use crate::envelope::{self, retry_after_secs};
-use crate::pool::{InFlight, Pick, Pool};
+use crate::pool::{Demand, InFlight, Pick, Pool};
+use crate::quota::{self, Room};
+use crate::registry::Client;
 use crate::routes::{self, Api, ModelOf};
 use crate::sync::Pending;
 use crate::upstream::UpstreamError;
@@ -31,6 +34,8 @@ use crate::usage::TokenScan;
 
 /// Error bodies are read whole to classify them; they are small, this is a safety cap.
 const MAX_ERROR_BODY: usize = 1 << 20;
+/// Answers that create a resource are read whole to learn its name.
+const MAX_CREATED_BODY: usize = 4 << 20;
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
@@ -118,7 +123,28 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
     let api = route.api;
     trace.api = api;
     trace.route = route.operation;
-    let Some(client) = app.registry.resolve(cred.token.as_deref()) else {
+    // The chunks of a resumable upload carry no key: the session is their credential.
+    let session = affinity::upload_id(parts.uri.path(), parts.uri.query());
+    let session_binding = match session {
+        Some(id) => app.affinity.lookup(&affinity::session_resource(id)).await,
+        None => None,
+    };
+    let client = match &session_binding {
+        Some(b) => app.registry.groups().get(&b.group).map(|pool| Client {
+            pool: pool.clone(),
+            name: None,
+        }),
+        None => app.registry.resolve(cred.token.as_deref()),
+    };
+    let Some(client) = client else {
+        if session.is_some() && session_binding.is_none() && cred.token.is_none() {
+            return envelope::error(
+                api,
+                StatusCode::NOT_FOUND,
+                "this upload session is not known to this proxy: it expired, or was not started through it",
+                None,
+            );
+        }
         let message = if cred.token.is_some() {
             "the client token is not valid for this proxy"
         } else {
@@ -169,11 +195,74 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
             None,
         );
     };
+    // A rough input-token estimate (about four bytes a token), corrected from the answer.
+    let estimate = (body.len() / 4) as u64;
+    let client_charged = match (&trace.client, pool.book.clients_limited()) {
+        (Some(name), true) => {
+            let now = now_ms();
+            match pool.book.client_room(name, estimate, now) {
+                Room::FullUntil(until) => {
+                    let secs = retry_after_secs(until, now);
+                    app.metrics
+                        .client_limited
+                        .with_label_values(&[pool.name()])
+                        .inc();
+                    return envelope::error(
+                        api,
+                        StatusCode::TOO_MANY_REQUESTS,
+                        &format!(
+                            "client {name} is over its limit of {}; try again in {secs} s",
+                            describe_client_limits(&pool)
+                        ),
+                        Some(secs),
+                    );
+                }
+                Room::Free(_) => {
+                    pool.book.charge_client(name, estimate, now);
+                    Some(name.clone())
+                }
+            }
+        }
+        _ => None,
+    };
+
+    // Key affinity: a request that continues an upload or names a file, cache or batch goes to
+    // a key of the project that created it.
+    let mut pinned: Option<(Arc<str>, String)> = None;
+    if let Some(b) = &session_binding
+        && let Some(i) = pool.index_of(&b.key)
+    {
+        pinned = Some((
+            pool.members[i].scope.clone(),
+            "this upload session".to_owned(),
+        ));
+    }
+    if pinned.is_none() {
+        let mut names: Vec<String> = affinity::named_in_body(&body);
+        if let Some(n) = affinity::named_in_path(&route.upstream_path) {
+            names.insert(0, n.to_owned());
+        }
+        for name in names {
+            if let Some(b) = app.affinity.lookup(&name).await
+                && b.group == pool.name()
+                && let Some(i) = pool.index_of(&b.key)
+            {
+                pinned = Some((pool.members[i].scope.clone(), name));
+                break;
+            }
+        }
+    }
+    let creates = Creates::of(&parts.method, &route.upstream_path, &parts.headers);
+
     // Moved into the first attempt; retries (rare) filter the client's headers again.
     let mut headers = Some(auth::upstream_headers(&parts.headers));
     let model = ModelOf::new(api, &route.upstream_path, &body);
     let group = pool.name();
     let max_attempts = pool.snapshot.retry.max_attempts.max(1);
+    let demand = Demand {
+        tokens: estimate,
+        scope: pinned.as_ref().map(|(s, _)| &**s),
+    };
 
     let mut tried: Vec<usize> = Vec::with_capacity(max_attempts as usize);
     let mut last: Option<(http::response::Parts, Bytes)> = None;
@@ -184,7 +273,7 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
     let mut backoffs = 0u32;
     loop {
         let now = now_ms();
-        let i = match pool.pick(&model, &tried, now) {
+        let i = match pool.pick_for(&model, &tried, now, &demand) {
             Pick::Key(i) => i,
             Pick::Cooling(until) => {
                 // Wait instead of fail, when the group allows it and nothing was sent yet: hold
@@ -200,13 +289,17 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
                     continue;
                 }
                 let secs = retry_after_secs(until, now);
+                let whose = match &pinned {
+                    Some((_, owner)) => format!("the project that owns {owner}"),
+                    None => format!("group {group}"),
+                };
                 return match last {
                     Some((head, bytes)) => with_retry_after(buffered(head, bytes), secs),
                     None => envelope::error(
                         api,
                         StatusCode::TOO_MANY_REQUESTS,
                         &format!(
-                            "every key of group {group} is rate limited; the first is free again in {secs} s"
+                            "every key of {whose} is rate limited or at its quota; the first is free again in {secs} s"
                         ),
                         Some(secs),
                     ),
@@ -225,6 +318,13 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
         let member = &pool.members[i];
         let slot = &member.slot;
         trace.key = Some(slot.id.clone());
+        let quota_charged = match model.get() {
+            Some(m) if pool.book.quota_active() => {
+                pool.book.charge_quota(&member.scope, m, estimate, now);
+                Some(quota::quota_name(&member.scope, m))
+            }
+            _ => None,
+        };
 
         let mut up = http::Request::new(body.clone());
         *up.method_mut() = parts.method.clone();
@@ -266,7 +366,22 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
         let status = res.status();
         if status.as_u16() < 400 {
             slot.record_success();
-            return deliver(res, in_flight);
+            if let Some(kind) = creates {
+                let binding = keystore::Binding {
+                    group: group.to_owned(),
+                    key: slot.id.clone(),
+                };
+                return created(app, kind, binding, res, &parts.headers, in_flight).await;
+            }
+            let charges = (quota_charged.is_some() || client_charged.is_some()).then(|| {
+                Box::new(Charges {
+                    pool: pool.clone(),
+                    quota: quota_charged,
+                    client: client_charged,
+                    estimated: estimate,
+                })
+            });
+            return deliver(res, in_flight, charges);
         }
         let (head, stream) = res.into_parts();
         let bytes = match Limited::new(stream, MAX_ERROR_BODY).collect().await {
@@ -290,6 +405,12 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
                 return buffered(head, bytes);
             }
             Verdict::RateLimited(limit) => {
+                if let Some(learned) = limit.stated_limit()
+                    && let Some(m) = limit.model.as_deref().or(model.get())
+                    && pool.book.learn(&member.scope, m, learned)
+                {
+                    tracing::info!(group, key_id = %slot.id, model = m, limit = ?learned, "quota limit learned from a 429");
+                }
                 let bare = limit.window == QuotaWindow::Unknown && limit.retry_delay.is_none();
                 let before = slot.record_rate_limit("429 RESOURCE_EXHAUSTED", bare);
                 let cooldown = classify::cooldown_for(&limit, now_ms(), before);
@@ -387,10 +508,90 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
         None => envelope::error(
             api,
             StatusCode::SERVICE_UNAVAILABLE,
-            &format!("group {group} has no usable key: every key is invalid or disabled"),
+            &match &pinned {
+                Some((_, owner)) => format!(
+                    "no usable key of the project that owns {owner}: every one is invalid or disabled"
+                ),
+                None => {
+                    format!("group {group} has no usable key: every key is invalid or disabled")
+                }
+            },
             None,
         ),
     }
+}
+
+fn describe_client_limits(pool: &Pool) -> String {
+    let l = pool.snapshot.access.client_limits;
+    let mut parts = Vec::new();
+    if let Some(r) = l.requests_per_minute {
+        parts.push(format!("{r} requests per minute"));
+    }
+    if let Some(t) = l.tokens_per_minute {
+        parts.push(format!("{t} tokens per minute"));
+    }
+    parts.join(" and ")
+}
+
+/// An answer that created a resource: the proxy learns its name (and, for an upload session,
+/// points the session URL back at itself) before the client sees it.
+async fn created(
+    app: &App,
+    kind: Creates,
+    binding: keystore::Binding,
+    res: http::Response<Body>,
+    client_headers: &http::HeaderMap,
+    in_flight: InFlight,
+) -> Response {
+    let (mut head, body) = res.into_parts();
+    in_flight.slot().add_usage(1, 0);
+    if kind == Creates::UploadSession {
+        let url = head
+            .headers
+            .get("x-goog-upload-url")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if let Some(url) = url {
+            let id = url.split_once('?').and_then(|(path, q)| {
+                affinity::upload_id(&path[path.find("/upload/").unwrap_or(0)..], Some(q))
+            });
+            if let Some(id) = id {
+                app.affinity
+                    .bind(
+                        &affinity::session_resource(id),
+                        binding,
+                        affinity::DEFAULT_TTL,
+                    )
+                    .await;
+            }
+            match affinity::rewrite_upload_url(&url, client_headers)
+                .and_then(|u| HeaderValue::from_str(&u).ok())
+            {
+                Some(v) => {
+                    head.headers.insert("x-goog-upload-url", v);
+                }
+                None => tracing::warn!("upload session URL could not be pointed back at the proxy"),
+            }
+        }
+        clean_head(&mut head);
+        return Response::from_parts(head, body);
+    }
+    let bytes = match Limited::new(body, MAX_CREATED_BODY).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(_) => {
+            return envelope::error(
+                Api::Native,
+                StatusCode::BAD_GATEWAY,
+                "the upstream's answer was cut off",
+                None,
+            );
+        }
+    };
+    if let Some((name, ttl)) = affinity::created(kind, &bytes) {
+        tracing::debug!(resource = %name, key_id = %binding.key, "resource bound to its key");
+        app.affinity.bind(&name, binding, ttl).await;
+    }
+    buffered(head, bytes)
 }
 
 /// Applies a transition to members of `pool` now, and queues it for the store.
@@ -424,7 +625,11 @@ fn clean_head(head: &mut http::response::Parts) {
 
 /// A success: the body streams through as it arrives; the key counts as in flight until the
 /// body ends.
-fn deliver(res: http::Response<Body>, in_flight: InFlight) -> Response {
+fn deliver(
+    res: http::Response<Body>,
+    in_flight: InFlight,
+    charges: Option<Box<Charges>>,
+) -> Response {
     let (mut head, body) = res.into_parts();
     clean_head(&mut head);
     Response::from_parts(
@@ -433,8 +638,19 @@ fn deliver(res: http::Response<Body>, in_flight: InFlight) -> Response {
             inner: body,
             in_flight,
             tokens: TokenScan::default(),
+            charges,
         }),
     )
+}
+
+/// Token estimates charged to quota and client counters, corrected when the answer ends.
+struct Charges {
+    pool: Arc<Pool>,
+    /// The project-and-model counter (input tokens).
+    quota: Option<String>,
+    /// The client (all tokens).
+    client: Option<Arc<str>>,
+    estimated: u64,
 }
 
 /// An upstream answer that was read whole (an error), passed on unchanged.
@@ -455,11 +671,27 @@ struct Tracked {
     inner: Body,
     in_flight: InFlight,
     tokens: TokenScan,
+    charges: Option<Box<Charges>>,
 }
 
 impl Drop for Tracked {
     fn drop(&mut self) {
         self.in_flight.slot().add_usage(1, self.tokens.tokens());
+        if let Some(c) = self.charges.take() {
+            let now = now_ms();
+            let book = &c.pool.book;
+            if let Some(q) = &c.quota
+                && self.tokens.prompt_tokens() > 0
+            {
+                book.correct_tokens(q, c.estimated, self.tokens.prompt_tokens(), now);
+            }
+            if let Some(client) = &c.client
+                && self.tokens.tokens() > 0
+            {
+                let name = quota::client_name(client);
+                book.correct_tokens(&name, c.estimated, self.tokens.tokens(), now);
+            }
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`sync`]: the store, off the request path.
 
 pub mod access_log;
+pub mod affinity;
 pub mod app;
 pub mod auth;
 pub mod classify;
@@ -18,6 +19,7 @@ pub mod envelope;
 pub mod forward;
 pub mod metrics;
 pub mod pool;
+pub mod quota;
 pub mod registry;
 pub mod routes;
 pub mod server;

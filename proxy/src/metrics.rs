@@ -21,6 +21,8 @@ pub struct Metrics {
     pub cooldowns: IntCounterVec,
     /// Keys retired, by reason.
     pub retirements: IntCounterVec,
+    /// Requests refused because their client was over its allowance.
+    pub client_limited: IntCounterVec,
     /// 1 for the state each key is in (Active, CoolingDown, Invalid, Disabled).
     key_state: IntGaugeVec,
     /// Health score of each key, 0 to 1.
@@ -81,6 +83,13 @@ impl Metrics {
             Opts::new("key_retirements_total", "Keys retired as dead, by reason"),
             &["group", "reason"],
         ));
+        let client_limited = must(IntCounterVec::new(
+            Opts::new(
+                "client_limited_total",
+                "Requests refused with 429 because their client was over its allowance",
+            ),
+            &["group"],
+        ));
         let key_state = must(IntGaugeVec::new(
             Opts::new(
                 "key_state",
@@ -108,6 +117,7 @@ impl Metrics {
             Box::new(retries.clone()),
             Box::new(cooldowns.clone()),
             Box::new(retirements.clone()),
+            Box::new(client_limited.clone()),
             Box::new(key_state.clone()),
             Box::new(key_health.clone()),
             Box::new(key_in_flight.clone()),
@@ -122,6 +132,7 @@ impl Metrics {
             retries,
             cooldowns,
             retirements,
+            client_limited,
             key_state,
             key_health,
             key_in_flight,

@@ -107,6 +107,9 @@ impl Registry {
             };
             let st = statuses.get(&snap.name).unwrap_or(&empty);
             let previous = old.get(&snap.name).map(|p| p.as_ref());
+            if let Some(prev) = previous {
+                log_key_changes(&prev.snapshot, &snap);
+            }
             let pool = Pool::build(snap, previous, st, upstream);
             let i = next.pools.len();
             for c in &pool.snapshot.access.clients {
@@ -150,5 +153,19 @@ impl Registry {
                 m.slot.adopt(status);
             }
         }
+    }
+}
+
+/// The audit trail's log side of keys coming and going (the store records them at publish).
+fn log_key_changes(old: &GroupSnapshot, new: &GroupSnapshot) {
+    for e in keystore::audit::key_changes(Some(old), Some(new), "config", 0) {
+        tracing::info!(
+            target: "gemini_proxy::audit",
+            event = if e.kind == keystore::AuditKind::Added { "key_added" } else { "key_removed" },
+            group = %e.group,
+            key_id = %e.key,
+            source = e.reason.as_deref().unwrap_or(""),
+            "key {}", e.kind.as_str()
+        );
     }
 }

@@ -45,6 +45,7 @@ impl Proxy {
         }
         let (outbox, rx) = Outbox::new();
         let (stop, stopped) = watch::channel(false);
+        let affinity = crate::affinity::Affinity::new(store.clone());
         let ctx = Arc::new(sync::Context {
             store,
             registry: registry.clone(),
@@ -60,6 +61,7 @@ impl Proxy {
             max_body_bytes: settings.max_body_bytes,
             request_ids: RequestIds::default(),
             store: status,
+            affinity,
             access_log: Default::default(),
         });
         Self { app, stop }

@@ -4,7 +4,10 @@
 //! - the follower: store events, a periodic poll and a resync after every outage rebuild the
 //!   groups or adopt other proxies' key states (the newer state wins);
 //! - the reporter: heartbeat and per-key health with a time to live;
-//! - the usage flusher: per-key counters, one batch about every 100 ms.
+//! - the usage flusher: per-key counters, one batch about every 100 ms;
+//! - the rate sharer: quota and client counters out every 250 ms, the other proxies' counts in
+//!   every 500 ms (only for groups with limits);
+//! - the audit trail: each key transition the store applied is appended to the group's trail.
 //!
 //! While the store is down, proxies serve from their last snapshot (or their own config) with
 //! local state; the outage is logged once, shown by `gemini_proxy_store_up` and `/readyz`.
@@ -16,7 +19,8 @@ use std::time::Duration;
 
 use keystore::clock::now_ms;
 use keystore::{
-    GroupSnapshot, HealthReport, KeyId, KeyStore, StoreError, StoreEvent, Transition, UsageDelta,
+    AuditEvent, GroupSnapshot, HealthReport, KeyId, KeyStore, StoreError, StoreEvent, Transition,
+    UsageDelta,
 };
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 
@@ -29,6 +33,9 @@ const POLL_DOWN: Duration = Duration::from_secs(1);
 const HEALTH_EVERY: Duration = Duration::from_secs(10);
 const HEALTH_TTL: Duration = Duration::from_secs(30);
 const USAGE_EVERY: Duration = Duration::from_millis(100);
+const RATES_OUT_EVERY: Duration = Duration::from_millis(250);
+/// Other proxies' counts are read every this many write ticks.
+const RATES_IN_TICKS: u32 = 2;
 
 /// A key transition on its way to the store.
 #[derive(Debug)]
@@ -158,6 +165,7 @@ pub fn spawn(ctx: Arc<Context>, outbox: mpsc::Receiver<Pending>, stop: watch::Re
     tokio::spawn(write_transitions(ctx.clone(), outbox, stop.clone()));
     tokio::spawn(follow(ctx.clone(), stop.clone()));
     tokio::spawn(report(ctx.clone(), stop.clone()));
+    tokio::spawn(share_rates(ctx.clone(), stop.clone()));
     tokio::spawn(flush_usage(ctx, stop));
 }
 
@@ -187,6 +195,28 @@ async fn write_transitions(
                 .transition(&p.group, &p.keys, &p.transition, &ctx.proxy_id)
                 .await;
             ctx.status.record(&r);
+            if let Ok(changes) = &r
+                && !changes.is_empty()
+            {
+                let now = now_ms();
+                let events = changes
+                    .iter()
+                    .map(|(id, st)| {
+                        AuditEvent::of_transition(
+                            &p.group,
+                            id,
+                            &p.transition,
+                            st,
+                            &ctx.proxy_id,
+                            now,
+                        )
+                    })
+                    .collect();
+                // The trail is for people: an entry that cannot be written is logged, not kept.
+                if let Err(e) = ctx.store.append_audit(events).await {
+                    tracing::warn!(error = %e, "audit trail not written");
+                }
+            }
             match r {
                 Ok(_) | Err(StoreError::UnknownGroup(_)) | Err(StoreError::Corrupt(_)) => {
                     backlog.pop_front();
@@ -295,5 +325,40 @@ async fn flush_usage(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
         // Counters are best effort: a batch that cannot be written is dropped, not retried, so
         // an outage cannot grow memory.
         ctx.status.record(&r);
+    }
+}
+
+/// Shares quota and client counters with the other proxies, and reads theirs.
+async fn share_rates(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(RATES_OUT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = 0u32;
+    loop {
+        tokio::select! {
+            _ = stopped(&mut stop) => return,
+            _ = every.tick() => {}
+        }
+        tick = tick.wrapping_add(1);
+        for pool in ctx.registry.groups().pools() {
+            if !pool.book.wants_sharing() {
+                continue;
+            }
+            let batch = pool.book.take_pending();
+            if !batch.is_empty() {
+                // Like usage, counts that cannot be written are dropped: the local count stays
+                // exact, only the other proxies miss them.
+                let r = ctx.store.add_rates(pool.name(), &ctx.proxy_id, batch).await;
+                ctx.status.record(&r);
+            }
+            if tick.is_multiple_of(RATES_IN_TICKS) {
+                let now = now_ms();
+                let windows = crate::quota::Book::windows(now);
+                let r = ctx.store.rates(pool.name(), &windows, &ctx.proxy_id).await;
+                if let Ok(counts) = &r {
+                    pool.book.absorb(counts, now);
+                }
+                ctx.status.record(&r);
+            }
+        }
     }
 }

@@ -1,8 +1,15 @@
 //! Token counts read from answers as they stream past, without buffering them: the largest
 //! `"totalTokenCount"` (native; cumulative in streams, so the largest is the last) or
-//! `"total_tokens"` (OpenAI layer) seen anywhere in the body, even across chunk boundaries.
+//! `"total_tokens"` (OpenAI layer) seen anywhere in the body, even across chunk boundaries, and
+//! likewise the prompt's `"promptTokenCount"` / `"prompt_tokens"` (what input-token quotas count).
 
-const NEEDLES: [&[u8]; 2] = [b"\"totalTokenCount\"", b"\"total_tokens\""];
+/// (needle, counts the prompt rather than the total)
+const NEEDLES: [(&[u8], bool); 4] = [
+    (b"\"totalTokenCount\"", false),
+    (b"\"total_tokens\"", false),
+    (b"\"promptTokenCount\"", true),
+    (b"\"prompt_tokens\"", true),
+];
 /// Enough to hold a needle, a colon, spaces and a number across a chunk boundary.
 const CARRY: usize = 48;
 
@@ -10,6 +17,7 @@ const CARRY: usize = 48;
 pub struct TokenScan {
     carry: Vec<u8>,
     best: u64,
+    prompt: u64,
 }
 
 impl TokenScan {
@@ -39,15 +47,25 @@ impl TokenScan {
         self.best
     }
 
+    /// The prompt's token count found so far (0 if none).
+    pub fn prompt_tokens(&self) -> u64 {
+        self.prompt
+    }
+
     fn scan(&mut self, buf: &[u8]) {
         let mut i = 0;
         while let Some(off) = buf[i..].iter().position(|&b| b == b'"') {
             let at = i + off;
-            for needle in NEEDLES {
+            for (needle, prompt) in NEEDLES {
                 if buf[at..].starts_with(needle)
                     && let Some(n) = number_after(&buf[at + needle.len()..])
                 {
-                    self.best = self.best.max(n);
+                    let best = if prompt {
+                        &mut self.prompt
+                    } else {
+                        &mut self.best
+                    };
+                    *best = (*best).max(n);
                 }
             }
             i = at + 1;
@@ -84,11 +102,15 @@ mod tests {
     use super::*;
 
     fn scan_in_pieces(text: &str, piece: usize) -> u64 {
+        scanned(text, piece).tokens()
+    }
+
+    fn scanned(text: &str, piece: usize) -> TokenScan {
         let mut s = TokenScan::default();
         for c in text.as_bytes().chunks(piece) {
             s.feed(c);
         }
-        s.tokens()
+        s
     }
 
     #[test]
@@ -100,6 +122,8 @@ mod tests {
             assert_eq!(scan_in_pieces(native, piece), 1234, "piece {piece}");
             assert_eq!(scan_in_pieces(pretty, piece), 77, "piece {piece}");
             assert_eq!(scan_in_pieces(openai, piece), 12, "piece {piece}");
+            assert_eq!(scanned(native, piece).prompt_tokens(), 5, "piece {piece}");
+            assert_eq!(scanned(openai, piece).prompt_tokens(), 5, "piece {piece}");
         }
     }
 

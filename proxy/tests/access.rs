@@ -296,7 +296,8 @@ async fn probes_and_methods() {
         )
         .await;
     assert_eq!(
-        r.status, 404,
-        "DELETE is forwarded (the mock knows no such file)"
+        r.status, 403,
+        "DELETE is forwarded (the mock, like Google, denies a file it does not know)"
     );
+    assert!(r.text().contains("files/abc"), "{}", r.text());
 }

@@ -413,6 +413,106 @@ fn json_string(s: &str) -> String {
     serde_json::Value::String(s.to_owned()).to_string()
 }
 
+/// A `File` resource as `files.get` and the upload's final answer carry it (pretty-printed;
+/// the final upload answer wraps it as `{"file": ...}`, see [`upload_final`]).
+pub fn file_resource(id: &str, display_name: &str, mime: &str, size: usize) -> String {
+    format!(
+        r#"{{
+  "name": "files/{id}",
+  "displayName": {display},
+  "mimeType": "{mime}",
+  "sizeBytes": "{size}",
+  "createTime": "2026-11-22T05:00:00.000000Z",
+  "updateTime": "2026-11-22T05:00:00.000000Z",
+  "expirationTime": "2026-11-24T05:00:00.000000Z",
+  "sha256Hash": "ZmFrZS1oYXNo",
+  "uri": "https://generativelanguage.googleapis.com/v1beta/files/{id}",
+  "state": "ACTIVE",
+  "source": "UPLOADED"
+}}
+"#,
+        display = json_string(display_name),
+    )
+}
+
+/// The answer to the chunk that finalizes a resumable upload.
+pub fn upload_final(file_json: &str) -> String {
+    let indented: String = file_json
+        .trim_end()
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == 0 {
+                l.to_owned()
+            } else {
+                format!("\n  {l}")
+            }
+        })
+        .collect();
+    format!("{{\n  \"file\": {indented}\n}}\n")
+}
+
+/// A `CachedContent` as `cachedContents.create` answers it.
+pub fn cached_content(id: &str, model: &str, tokens: u64) -> String {
+    format!(
+        r#"{{
+  "name": "cachedContents/{id}",
+  "model": "models/{model}",
+  "createTime": "2026-11-22T05:00:00.000000Z",
+  "updateTime": "2026-11-22T05:00:00.000000Z",
+  "expireTime": "2026-11-22T06:00:00.000000Z",
+  "displayName": "",
+  "usageMetadata": {{
+    "totalTokenCount": {tokens}
+  }}
+}}
+"#
+    )
+}
+
+/// 403 for a cached content of another project.
+pub fn cached_content_denied(id: &str) -> String {
+    error(
+        403,
+        &format!("CachedContent not found (or permission denied): cachedContents/{id}"),
+        "PERMISSION_DENIED",
+        &[],
+    )
+}
+
+/// The operation `batchGenerateContent` answers with.
+pub fn batch_operation(id: &str, model: &str) -> String {
+    format!(
+        r#"{{
+  "name": "batches/{id}",
+  "metadata": {{
+    "@type": "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch",
+    "model": "models/{model}",
+    "name": "batches/{id}",
+    "displayName": "batch",
+    "createTime": "2026-11-22T05:00:00.000000Z",
+    "updateTime": "2026-11-22T05:00:00.000000Z",
+    "batchStats": {{
+      "requestCount": "1",
+      "pendingRequestCount": "1"
+    }},
+    "state": "BATCH_STATE_PENDING"
+  }}
+}}
+"#
+    )
+}
+
+/// 404 for a batch of another project (or none).
+pub fn batch_not_found(id: &str) -> String {
+    error(
+        404,
+        &format!("Requested entity was not found: batches/{id}"),
+        "NOT_FOUND",
+        &[],
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -213,15 +213,43 @@ fn status_counts_states_and_never_holds_a_key() {
     // Same inputs a moment later: the same status (no patch), condition times kept.
     let again = status(&g, &p, &observed, Some(&st), None, now + 5_000);
     assert_eq!(again, st);
-    // Events: retired and per-day cooling, once.
-    let events = key_events(None, &st);
-    let reasons: Vec<&str> = events.iter().map(|e| e.reason).collect();
-    assert_eq!(reasons, ["KeyCoolingPerDay", "KeyRetired"]);
-    assert!(key_events(Some(&st), &again).is_empty());
+    // Recoveries: keys that were cooling or retired and are active again, once.
+    assert!(recoveries(None, &st).is_empty());
+    assert!(recoveries(Some(&st), &again).is_empty());
     let recovered = status(&g, &p, &Observed::default(), Some(&st), None, now);
-    let reasons: Vec<&str> = key_events(Some(&st), &recovered)
-        .iter()
-        .map(|e| e.reason)
-        .collect();
-    assert_eq!(reasons, ["KeyRecovered", "KeyRecovered"]);
+    assert_eq!(recoveries(Some(&st), &recovered).len(), 2);
+}
+
+#[test]
+fn audit_trail_entries_become_events_except_per_minute_cooldowns() {
+    let id = KeyId::of("fake-audit-key");
+    let event = |kind, reason: &str| keystore::AuditEvent {
+        at_ms: 1_800_000_000_000,
+        group: "team-a/g".into(),
+        key: id.clone(),
+        kind,
+        reason: Some(reason.into()),
+        until_ms: Some(1_800_000_060_000),
+        model: Some("gemini-2.5-pro".into()),
+        origin: "proxy-1".into(),
+    };
+    let retired = audit_event(&event(AuditKind::Retired, "Leaked")).unwrap();
+    assert!(retired.warning);
+    assert_eq!(retired.reason, "KeyRetired");
+    assert!(retired.note.contains(id.as_str()) && retired.note.contains("Leaked"));
+    let day = audit_event(&event(AuditKind::Cooled, "PerDayQuota")).unwrap();
+    assert_eq!(day.reason, "KeyCoolingPerDay");
+    assert!(
+        day.note.contains("until 2027-01-15T08:01:00Z"),
+        "{}",
+        day.note
+    );
+    assert!(audit_event(&event(AuditKind::Cooled, "PerMinuteQuota")).is_none());
+    for (kind, reason) in [
+        (AuditKind::Added, "KeyAdded"),
+        (AuditKind::Removed, "KeyRemoved"),
+        (AuditKind::Recovered, "KeyRecovered"),
+    ] {
+        assert_eq!(audit_event(&event(kind, "x")).unwrap().reason, reason);
+    }
 }

@@ -35,6 +35,22 @@ pub struct RateLimit {
     pub model: Option<String>,
     /// `quotaValue`: the limit Google enforces, when it says.
     pub quota_value: Option<u64>,
+    /// Whether the quota counts tokens (`...InputTokens...`) rather than requests.
+    pub counts_tokens: bool,
+}
+
+impl RateLimit {
+    /// The limit this 429 states, for quota-aware scheduling.
+    pub fn stated_limit(&self) -> Option<crate::quota::Learned> {
+        use crate::quota::Learned;
+        let v = self.quota_value?;
+        match (self.window, self.counts_tokens) {
+            (QuotaWindow::PerMinute, false) => Some(Learned::RequestsPerMinute(v)),
+            (QuotaWindow::PerMinute, true) => Some(Learned::TokensPerMinute(v)),
+            (QuotaWindow::PerDay, false) => Some(Learned::RequestsPerDay(v)),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,6 +211,7 @@ fn rate_limit(body: &[u8]) -> RateLimit {
         retry_delay: None,
         model: None,
         quota_value: None,
+        counts_tokens: false,
     };
     let Some(err) = parse(body) else {
         return limit;
@@ -215,6 +232,7 @@ fn rate_limit(body: &[u8]) -> RateLimit {
             if rank(window) > rank(limit.window) {
                 limit.window = window;
                 limit.quota_value = v.quota_value.as_deref().and_then(|q| q.parse().ok());
+                limit.counts_tokens = v.quota_id.contains("Token");
                 limit.model = v
                     .quota_dimensions
                     .as_ref()

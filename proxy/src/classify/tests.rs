@@ -1,6 +1,7 @@
 //! Every row of GEMINI-UPSTREAM.md's table, with the mock's byte-exact bodies.
 
 use super::*;
+use crate::quota::Learned;
 use gemini_proxy_tests::wire::{self, Quota};
 use keystore::pacific::next_pacific_midnight_ms;
 
@@ -77,6 +78,7 @@ fn per_minute_429_with_retry_info() {
     assert_eq!(rl.window, QuotaWindow::PerMinute);
     assert_eq!(rl.model.as_deref(), Some("gemini-2.5-flash"));
     assert_eq!(rl.quota_value, Some(10));
+    assert_eq!(rl.stated_limit(), Some(Learned::RequestsPerMinute(10)));
     assert_eq!(rl.retry_delay, Some(Duration::from_secs_f64(45.837906927)));
     let cd = cooldown_for(&rl, 1_000_000, 0);
     assert_eq!(cd.until_ms, 1_000_000 + 45_837);
@@ -92,6 +94,7 @@ fn per_minute_429_without_retry_info_waits_a_minute() {
     };
     assert_eq!(rl.window, QuotaWindow::PerMinute);
     assert_eq!(rl.retry_delay, None);
+    assert_eq!(rl.stated_limit(), Some(Learned::TokensPerMinute(250_000)));
     assert_eq!(cooldown_for(&rl, 0, 0).until_ms, 60_000);
 }
 
@@ -102,6 +105,7 @@ fn per_day_429_waits_for_pacific_midnight_whatever_retry_info_says() {
         panic!("not a rate limit")
     };
     assert_eq!(rl.window, QuotaWindow::PerDay);
+    assert_eq!(rl.stated_limit(), Some(Learned::RequestsPerDay(250)));
     let now = 1_763_800_000_000;
     let cd = cooldown_for(&rl, now, 0);
     assert_eq!(cd.until_ms, next_pacific_midnight_ms(now));
@@ -115,6 +119,7 @@ fn bare_429_backs_off_and_grows() {
     };
     assert_eq!(rl.window, QuotaWindow::Unknown);
     assert_eq!(rl.model, None);
+    assert_eq!(rl.stated_limit(), None);
     assert_eq!(cooldown_for(&rl, 0, 0).until_ms, 5_000);
     assert_eq!(cooldown_for(&rl, 0, 1).until_ms, 10_000);
     assert_eq!(cooldown_for(&rl, 0, 30).until_ms, 300_000);

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use keystore::{GroupSnapshot, KeyId, KeyStatus, RotationStrategy};
 
+use crate::quota::{Book, Room};
 use crate::routes::ModelOf;
 use crate::upstream::Upstream;
 pub use slot::{InFlight, KeySlot};
@@ -38,6 +39,15 @@ pub enum Pick {
     NoKeys,
 }
 
+/// What a request asks of the pool besides a model.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Demand<'a> {
+    /// Estimated input tokens, for token quotas.
+    pub tokens: u64,
+    /// Only keys of this quota scope (project) may serve: key affinity.
+    pub scope: Option<&'a str>,
+}
+
 pub struct Pool {
     pub snapshot: GroupSnapshot,
     pub members: Vec<Member>,
@@ -45,6 +55,8 @@ pub struct Pool {
     weighted: Vec<u32>,
     cursor: AtomicUsize,
     pub upstream: Upstream,
+    /// Quota and client counters (carried over from the previous pool of the group).
+    pub book: Book,
 }
 
 impl Pool {
@@ -84,7 +96,13 @@ impl Pool {
             });
         }
         let weighted = smooth_weighted_order(&members.iter().map(|m| m.weight).collect::<Vec<_>>());
+        let book = Book::new(
+            snapshot.limits,
+            snapshot.access.client_limits,
+            previous.map(|p| &p.book),
+        );
         Self {
+            book,
             snapshot,
             members,
             weighted,
@@ -97,6 +115,11 @@ impl Pool {
         &self.snapshot.name
     }
 
+    /// The member holding key `id`.
+    pub fn index_of(&self, id: &KeyId) -> Option<usize> {
+        self.members.iter().position(|m| &m.slot.id == id)
+    }
+
     fn candidate(&self, i: usize, model: &ModelOf<'_>, tried: &[usize], now_ms: u64) -> bool {
         let m = &self.members[i];
         !m.disabled && !tried.contains(&i) && m.slot.usable(|| model.get(), now_ms)
@@ -104,31 +127,68 @@ impl Pool {
 
     /// Chooses a key for a request for `model`, skipping the keys in `tried`.
     pub fn pick(&self, model: &ModelOf<'_>, tried: &[usize], now_ms: u64) -> Pick {
+        self.pick_for(model, tried, now_ms, &Demand::default())
+    }
+
+    /// Chooses a key for a request for `model` with `demand`, skipping the keys in `tried` and
+    /// the keys whose project is predicted to be over a quota.
+    pub fn pick_for(
+        &self,
+        model: &ModelOf<'_>,
+        tried: &[usize],
+        now_ms: u64,
+        demand: &Demand<'_>,
+    ) -> Pick {
         let n = self.members.len();
         if n == 0 {
             return Pick::NoKeys;
         }
+        let in_scope = |i: usize| demand.scope.is_none_or(|s| *self.members[i].scope == *s);
+        // Quota room per project, looked up once per project and request.
+        let quota_model = if self.book.quota_active() {
+            model.get()
+        } else {
+            None
+        };
+        let mut rooms: Vec<(&str, Room)> = Vec::new();
+        let mut room_of = |i: usize| -> Room {
+            let Some(m) = quota_model else {
+                return Room::Free(1.0);
+            };
+            let scope: &str = &self.members[i].scope;
+            if let Some((_, r)) = rooms.iter().find(|(s, _)| *s == scope) {
+                return *r;
+            }
+            let r = self.book.quota_room(scope, m, demand.tokens, now_ms);
+            rooms.push((scope, r));
+            r
+        };
         let start = self.cursor.fetch_add(1, Relaxed);
+        let eligible = |i: usize| in_scope(i) && self.candidate(i, model, tried, now_ms);
         let chosen = match self.snapshot.rotation {
             RotationStrategy::RoundRobin => (0..n)
                 .map(|i| (start + i) % n)
-                .find(|&i| self.candidate(i, model, tried, now_ms)),
+                .find(|&i| eligible(i) && matches!(room_of(i), Room::Free(_))),
             RotationStrategy::Weighted => {
                 let len = self.weighted.len();
                 (0..len)
                     .map(|i| self.weighted[(start + i) % len] as usize)
-                    .find(|&i| self.candidate(i, model, tried, now_ms))
+                    .find(|&i| eligible(i) && matches!(room_of(i), Room::Free(_)))
             }
             RotationStrategy::LeastLoaded => {
                 let mut best: Option<(f64, usize)> = None;
                 for i in (0..n).map(|i| (start + i) % n) {
-                    if !self.candidate(i, model, tried, now_ms) {
+                    if !eligible(i) {
                         continue;
                     }
+                    let Room::Free(room) = room_of(i) else {
+                        continue;
+                    };
                     let m = &self.members[i];
-                    // Fewer requests in flight per unit of weight, discounted by poor health.
+                    // Fewer requests in flight per unit of weight, discounted by poor health
+                    // and by little quota headroom.
                     let load = f64::from(m.slot.in_flight() + 1)
-                        / (f64::from(m.weight) * m.slot.health().max(0.05));
+                        / (f64::from(m.weight) * m.slot.health().max(0.05) * room.max(0.01));
                     if best.is_none_or(|(b, _)| load < b) {
                         best = Some((load, i));
                     }
@@ -141,12 +201,19 @@ impl Pool {
         }
         let mut earliest: Option<u64> = None;
         let mut tried_but_usable = false;
-        for m in self
-            .members
-            .iter()
-            .filter(|m| !m.disabled && !m.slot.is_retired())
-        {
-            match m.slot.cooling_until(model.get(), now_ms) {
+        for i in 0..n {
+            let m = &self.members[i];
+            if m.disabled || m.slot.is_retired() || !in_scope(i) {
+                continue;
+            }
+            let until = match m.slot.cooling_until(model.get(), now_ms) {
+                Some(until) => Some(until),
+                None => match room_of(i) {
+                    Room::FullUntil(t) => Some(t),
+                    Room::Free(_) => None,
+                },
+            };
+            match until {
                 Some(until) => earliest = Some(earliest.map_or(until, |e| e.min(until))),
                 None => tried_but_usable = true,
             }

@@ -2,6 +2,12 @@
 //!
 //! Each API key has a [`Behaviour`] (or a script of them, one per request, the last repeating);
 //! unknown keys get 400 `API_KEY_INVALID`, as from Google. Every request is recorded.
+//!
+//! Keys belong to projects ([`projects`]): a project's keys share its per-minute quota, and the
+//! files, upload sessions, cached contents and batches one key creates are usable only by keys
+//! of the same project, as on Google.
+
+pub mod projects;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -21,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::wire::{self, Quota, Usage};
+use projects::{Projects, UploadSession};
 
 /// How the mock answers a request made with a given key.
 #[derive(Clone, Debug, PartialEq)]
@@ -75,6 +82,9 @@ struct Inner {
     stream: Option<StreamShape>,
     /// How keys without a script are answered (Google's answer: invalid).
     default: Option<Behaviour>,
+    projects: Projects,
+    /// How many answers of each status were given.
+    answered: HashMap<u16, usize>,
 }
 
 #[derive(Clone)]
@@ -148,6 +158,46 @@ impl MockGemini {
     pub fn clear(&self) {
         self.lock().seen.clear();
     }
+
+    /// Puts `key` in `project` (keys are their own project otherwise).
+    pub fn project(&self, key: &str, project: &str) -> &Self {
+        self.lock().projects.assign(key, project);
+        self
+    }
+
+    /// Gives `project` a quota of `rpm` requests per minute per model (a sliding minute), shared
+    /// by its keys; over it, 429 `GenerateRequestsPerMinutePerProjectPerModel` with `RetryInfo`.
+    pub fn project_rpm(&self, project: &str, rpm: u64) -> &Self {
+        self.lock().projects.set_rpm(project, rpm);
+        self
+    }
+
+    /// How many answers had `status`.
+    pub fn answered(&self, status: u16) -> usize {
+        self.lock().answered.get(&status).copied().unwrap_or(0)
+    }
+
+    /// The project that owns `resource` may use it: `files/ID`, `cachedContents/ID`, `batches/ID`.
+    pub fn owner_may_use(&self, resource: &str, project: &str) -> bool {
+        self.lock().projects.may_use(resource, project)
+    }
+}
+
+async fn handle(State(inner): State<Arc<Mutex<Inner>>>, req: Request) -> Response {
+    let res = respond(&inner, req).await;
+    *inner
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .answered
+        .entry(res.status().as_u16())
+        .or_default() += 1;
+    res
+}
+
+fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
 }
 
 fn text(status: u16, content_type: &str, body: String) -> Response {
@@ -160,7 +210,7 @@ fn text(status: u16, content_type: &str, body: String) -> Response {
         .unwrap_or_default()
 }
 
-async fn handle(State(inner): State<Arc<Mutex<Inner>>>, req: Request) -> Response {
+async fn respond(inner: &Mutex<Inner>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let body = axum::body::to_bytes(body, 64 << 20)
         .await
@@ -214,6 +264,14 @@ async fn handle(State(inner): State<Arc<Mutex<Inner>>>, req: Request) -> Respons
     };
     let wrap = |s: String| if openai { wire::openai_wrap(&s) } else { s };
 
+    // A resumable upload's chunks: the session is the credential, no key needed.
+    if path.starts_with("/upload/")
+        && let Some(id) = query_param(query.as_deref(), "upload_id")
+    {
+        let mut inner = inner.lock().unwrap_or_else(|e| e.into_inner());
+        return upload_chunk(&mut inner.projects, id, &parts.headers, &body);
+    }
+
     // Authentication, as Google does it.
     if !openai && bearer.is_some() {
         return text(401, wire::JSON, wire::unauthenticated());
@@ -249,6 +307,23 @@ async fn handle(State(inner): State<Arc<Mutex<Inner>>>, req: Request) -> Respons
     }
     if model == "no-such-model" {
         return err(404, wire::model_not_found(&model));
+    }
+    let host = header("host").unwrap_or_default();
+    if let Some(key) = key.as_deref() {
+        let mut inner = inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(res) = project_bound(
+            &mut inner.projects,
+            key,
+            &parts.method,
+            &path,
+            &parts.headers,
+            &body,
+            &model,
+            &host,
+            openai,
+        ) {
+            return res;
+        }
     }
     if body.windows(10).any(|w| w == b"TRIGGER400") {
         return err(400, wire::token_limit_exceeded());
@@ -410,4 +485,198 @@ impl http_body::Body for ChannelBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
     }
+}
+
+/// Answers what depends on the key's project: quotas, uploads, files, cached contents,
+/// batches, and requests naming them. `None`: the ordinary answer follows.
+#[allow(clippy::too_many_arguments)]
+fn project_bound(
+    projects: &mut Projects,
+    key: &str,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    model: &str,
+    host: &str,
+    openai: bool,
+) -> Option<Response> {
+    let project = projects.project_of(key);
+    let fail = |status: u16, b: String| {
+        let b = if openai { wire::openai_wrap(&b) } else { b };
+        text(status, wire::JSON, b)
+    };
+    let json = |b: String| text(200, wire::JSON, b);
+    let version = if path.contains("/v1beta/") {
+        "v1beta"
+    } else {
+        "v1"
+    };
+    // Resumable upload: start.
+    if method == Method::POST && (path == "/upload/v1beta/files" || path == "/upload/v1/files") {
+        let command = headers
+            .get("x-goog-upload-command")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if command != "start" {
+            return Some(text(
+                400,
+                wire::JSON,
+                wire::error(
+                    400,
+                    "Upload has already been terminated.",
+                    "INVALID_ARGUMENT",
+                    &[],
+                ),
+            ));
+        }
+        let meta: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        let display_name = meta
+            .pointer("/file/display_name")
+            .or_else(|| meta.pointer("/file/displayName"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_owned();
+        let mime = headers
+            .get("x-goog-upload-header-content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream")
+            .to_owned();
+        let id = projects.new_id("AbC-upload-");
+        projects.uploads.insert(
+            id.clone(),
+            UploadSession {
+                project,
+                display_name,
+                mime,
+                received: 0,
+            },
+        );
+        return Some(
+            Response::builder()
+                .status(200)
+                .header(
+                    "x-goog-upload-url",
+                    format!("http://{host}/upload/{version}/files?upload_id={id}&upload_protocol=resumable"),
+                )
+                .header("x-goog-upload-status", "active")
+                .header("x-goog-upload-chunk-granularity", "8388608")
+                .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                .body(Body::empty())
+                .unwrap_or_default(),
+        );
+    }
+    // Resources by name.
+    for (kind, denied) in [
+        ("files/", wire::file_permission as fn(&str) -> String),
+        ("cachedContents/", |r: &str| {
+            wire::cached_content_denied(r.trim_start_matches("cachedContents/"))
+        }),
+        ("batches/", |r: &str| {
+            wire::batch_not_found(r.trim_start_matches("batches/"))
+        }),
+    ] {
+        if let Some(i) = path.find(&format!("/{kind}")) {
+            let rest = &path[i + 1..];
+            let name = rest.split(':').next().unwrap_or(rest).to_owned();
+            if !projects.may_use(&name, &project) {
+                let status = if kind == "batches/" { 404 } else { 403 };
+                return Some(fail(status, denied(&name)));
+            }
+            return Some(match *method {
+                Method::DELETE => json("{}\n".into()),
+                _ if kind == "files/" => json(wire::file_resource(
+                    name.trim_start_matches("files/"),
+                    "file",
+                    "text/plain",
+                    0,
+                )),
+                _ if kind == "cachedContents/" => json(wire::cached_content(
+                    name.trim_start_matches("cachedContents/"),
+                    model,
+                    100,
+                )),
+                _ => json(wire::batch_operation(
+                    name.trim_start_matches("batches/"),
+                    model,
+                )),
+            });
+        }
+    }
+    if method == Method::POST && path.ends_with("/cachedContents") {
+        let id = projects.new_id("cache-");
+        projects.own(format!("cachedContents/{id}"), &project);
+        return Some(json(wire::cached_content(&id, model, 100)));
+    }
+    // Requests naming resources of another project fail as on Google.
+    for r in projects::referenced(body) {
+        if !projects.may_use(&r, &project) {
+            return Some(if r.starts_with("cachedContents/") {
+                fail(
+                    403,
+                    wire::cached_content_denied(r.trim_start_matches("cachedContents/")),
+                )
+            } else {
+                fail(403, wire::file_permission(&r))
+            });
+        }
+    }
+    if method == Method::POST && path.ends_with(":batchGenerateContent") {
+        let id = projects.new_id("batch-");
+        projects.own(format!("batches/{id}"), &project);
+        return Some(json(wire::batch_operation(&id, model)));
+    }
+    // The project's per-minute quota, for the calls that generate.
+    let op = path.rsplit_once(':').map(|(_, m)| m).unwrap_or("");
+    let counted = matches!(
+        op,
+        "generateContent" | "streamGenerateContent" | "embedContent"
+    ) || path.ends_with("/chat/completions");
+    if counted && let Err((limit, wait)) = projects.admit(&project, model, Instant::now()) {
+        let delay = format!("{:.6}s", wait.as_secs_f64());
+        let body = wire::quota_exceeded(Quota::RequestsPerMinute, model, limit, Some(&delay));
+        return Some(fail(429, body));
+    }
+    None
+}
+
+/// A chunk of a resumable upload: `upload`, `finalize` or both.
+fn upload_chunk(projects: &mut Projects, id: &str, headers: &HeaderMap, body: &[u8]) -> Response {
+    let Some(session) = projects.uploads.get_mut(id) else {
+        return text(
+            404,
+            wire::JSON,
+            wire::error(404, "Upload session not found.", "NOT_FOUND", &[]),
+        );
+    };
+    let command = headers
+        .get("x-goog-upload-command")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if command.contains("upload") {
+        session.received += body.len();
+    }
+    if !command.contains("finalize") {
+        return Response::builder()
+            .status(200)
+            .header("x-goog-upload-status", "active")
+            .body(Body::empty())
+            .unwrap_or_default();
+    }
+    let session = session.clone();
+    projects.uploads.remove(id);
+    let file_id = projects.new_id("mockfile");
+    projects.own(format!("files/{file_id}"), &session.project);
+    let display = if session.display_name.is_empty() {
+        file_id.clone()
+    } else {
+        session.display_name.clone()
+    };
+    let file = wire::file_resource(&file_id, &display, &session.mime, session.received);
+    Response::builder()
+        .status(200)
+        .header("x-goog-upload-status", "final")
+        .header(header::CONTENT_TYPE, wire::JSON)
+        .body(Body::from(wire::upload_final(&file)))
+        .unwrap_or_default()
 }

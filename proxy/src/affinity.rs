@@ -1,0 +1,271 @@
+//! Key affinity: files, resumable upload sessions, cached contents and batches belong to the
+//! project whose key created them, so a request that names one goes to a key of that project.
+//!
+//! The proxy learns who created what from the answers it forwards (the upload start's
+//! `X-Goog-Upload-URL`, the final upload answer's `file.name`, the `name` of a new cached content
+//! or batch) and keeps it in the store with the resource's lifetime, so every proxy routes alike.
+//! Upload sessions are stored by a digest of their id: the session URL is a credential (the SDK
+//! sends the chunks with no key at all), so it is kept like one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{HeaderMap, Method};
+use keystore::clock::now_ms;
+use keystore::{Binding, KeyStore};
+use sha2::{Digest, Sha256};
+
+/// Files live 48 hours on Google.
+pub const FILE_TTL: Duration = Duration::from_secs(48 * 3600);
+/// Batches may run for 48 hours, and their results are fetched after that.
+pub const BATCH_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// A resumable upload session, and a cached content without a readable `expireTime`.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(48 * 3600);
+/// A store lookup on a request's path gives up after this (the request then routes normally).
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
+const CACHE_MAX: usize = 100_000;
+
+/// What a successful answer to a request creates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Creates {
+    /// `POST /upload/v1beta/files` with `X-Goog-Upload-Command: start`: a session URL.
+    UploadSession,
+    /// The final chunk of an upload, or a one-shot (multipart) upload: `{"file": {"name": ...}}`.
+    File,
+    CachedContent,
+    Batch,
+}
+
+impl Creates {
+    pub fn of(method: &Method, path: &str, headers: &HeaderMap) -> Option<Self> {
+        if method != Method::POST {
+            return None;
+        }
+        let command = headers
+            .get("x-goog-upload-command")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if path.starts_with("/upload/") && path.ends_with("/files") {
+            return Some(if command.contains("start") {
+                Self::UploadSession
+            } else {
+                Self::File
+            });
+        }
+        if path.ends_with("/cachedContents") {
+            return Some(Self::CachedContent);
+        }
+        if path.ends_with(":batchGenerateContent") || path.ends_with(":asyncBatchEmbedContent") {
+            return Some(Self::Batch);
+        }
+        None
+    }
+}
+
+/// The id of the upload session a chunk request continues (`?upload_id=`).
+pub fn upload_id<'q>(path: &str, query: Option<&'q str>) -> Option<&'q str> {
+    if !path.starts_with("/upload/") {
+        return None;
+    }
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("upload_id="))
+        .filter(|id| !id.is_empty())
+}
+
+/// The store name of an upload session: a digest, never the id itself.
+pub fn session_resource(upload_id: &str) -> String {
+    let d = Sha256::digest(upload_id.as_bytes());
+    let hex: String = d[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("upload:{hex}")
+}
+
+/// The resource a path names: `/v1beta/files/abc`, `/download/v1beta/files/abc:download`,
+/// `/v1beta/cachedContents/x`, `/v1beta/batches/y:cancel` → `files/abc` ...
+pub fn named_in_path(path: &str) -> Option<&str> {
+    for kind in ["/files/", "/cachedContents/", "/batches/"] {
+        if let Some(i) = path.find(kind) {
+            let rest = &path[i + 1..];
+            let end = rest[kind.len() - 1..]
+                .find([':', '/'])
+                .map_or(rest.len(), |e| e + kind.len() - 1);
+            let name = &rest[..end];
+            if name.len() > kind.len() - 1 {
+                return Some(name);
+            }
+        }
+    }
+    None
+}
+
+/// The resources a request body names: `fileData.fileUri` (a URI or `files/ID`),
+/// `cachedContent`, a batch's input `fileName`. Bodies that mention none of those fields are not
+/// parsed.
+pub fn named_in_body(body: &[u8]) -> Vec<String> {
+    const FIELDS: [&[u8]; 6] = [
+        b"fileUri",
+        b"file_uri",
+        b"cachedContent",
+        b"cached_content",
+        b"fileName",
+        b"file_name",
+    ];
+    if !FIELDS
+        .iter()
+        .any(|f| memchr::memmem::find(body, f).is_some())
+    {
+        return Vec::new();
+    }
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    walk(&v, &mut out);
+    out
+}
+
+fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, x) in map {
+                match (k.as_str(), x.as_str()) {
+                    ("fileUri" | "file_uri" | "fileName" | "file_name", Some(s)) => {
+                        if let Some(name) = s.find("files/").map(|i| &s[i..]) {
+                            let end = name.find(['?', '#', ':']).unwrap_or(name.len());
+                            out.push(name[..end].to_owned());
+                        }
+                    }
+                    ("cachedContent" | "cached_content", Some(s))
+                        if s.starts_with("cachedContents/") =>
+                    {
+                        out.push(s.to_owned())
+                    }
+                    _ => walk(x, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|x| walk(x, out)),
+        _ => {}
+    }
+}
+
+/// The name of what an answer created, and how long it lives.
+pub fn created(kind: Creates, body: &[u8]) -> Option<(String, Duration)> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let name = match kind {
+        Creates::File => v.pointer("/file/name")?.as_str()?,
+        Creates::CachedContent | Creates::Batch => v.get("name")?.as_str()?,
+        Creates::UploadSession => return None,
+    };
+    let ttl = match kind {
+        Creates::File => FILE_TTL,
+        Creates::Batch => BATCH_TTL,
+        _ => v
+            .get("expireTime")
+            .and_then(|t| t.as_str())
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .map(|t| {
+                let left = t.as_millisecond() - now_ms() as i64;
+                // A cache can be extended: keep the binding an hour past its expiry.
+                Duration::from_millis(left.max(0) as u64) + Duration::from_secs(3600)
+            })
+            .unwrap_or(DEFAULT_TTL),
+    };
+    Some((name.to_owned(), ttl))
+}
+
+/// Points Google's `X-Goog-Upload-URL` back at this proxy: same path and query, the client's
+/// scheme and host (`X-Forwarded-Proto`/`X-Forwarded-Host` when a load balancer set them).
+pub fn rewrite_upload_url(google: &str, client_headers: &HeaderMap) -> Option<String> {
+    let after_scheme = google.split_once("://")?.1;
+    let path_and_query = &after_scheme[after_scheme.find('/')?..];
+    let header = |n: &str| client_headers.get(n).and_then(|v| v.to_str().ok());
+    let host = header("x-forwarded-host")
+        .and_then(|h| h.split(',').next())
+        .or_else(|| header("host"))?
+        .trim();
+    let scheme = header("x-forwarded-proto")
+        .and_then(|p| p.split(',').next())
+        .map(str::trim)
+        .filter(|p| *p == "https" || *p == "http")
+        .unwrap_or("http");
+    Some(format!("{scheme}://{host}{path_and_query}"))
+}
+
+/// Bindings: a local cache in front of the store.
+pub struct Affinity {
+    store: Arc<dyn KeyStore>,
+    cache: Mutex<HashMap<String, (Binding, u64)>>,
+}
+
+impl Affinity {
+    pub fn new(store: Arc<dyn KeyStore>) -> Self {
+        Self {
+            store,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Binding, u64)>> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The binding of `resource`: from the cache, else from the store (bounded wait; a store
+    /// that does not answer means no binding, and the request routes normally).
+    pub async fn lookup(&self, resource: &str) -> Option<Binding> {
+        let now = now_ms();
+        if let Some((b, exp)) = self.cache().get(resource)
+            && *exp > now
+        {
+            return Some(b.clone());
+        }
+        match tokio::time::timeout(LOOKUP_TIMEOUT, self.store.bound(resource)).await {
+            Ok(Ok(Some(b))) => {
+                // Cached briefly: the store holds the real lifetime.
+                self.remember(resource, &b, Duration::from_secs(300));
+                Some(b)
+            }
+            Ok(Ok(None)) => None,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "affinity lookup failed; routing without it");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("affinity lookup timed out; routing without it");
+                None
+            }
+        }
+    }
+
+    fn remember(&self, resource: &str, binding: &Binding, ttl: Duration) {
+        let now = now_ms();
+        let mut cache = self.cache();
+        if cache.len() >= CACHE_MAX {
+            cache.retain(|_, (_, exp)| *exp > now);
+            if cache.len() >= CACHE_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(
+            resource.to_owned(),
+            (binding.clone(), now + ttl.as_millis() as u64),
+        );
+    }
+
+    /// Records who created `resource`, here and in the store (awaited, bounded), so that the
+    /// client's next request finds it on any proxy.
+    pub async fn bind(&self, resource: &str, binding: Binding, ttl: Duration) {
+        self.remember(resource, &binding, ttl);
+        match tokio::time::timeout(LOOKUP_TIMEOUT, self.store.bind(resource, &binding, ttl)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "affinity binding not stored; other proxies will not see it")
+            }
+            Err(_) => tracing::warn!("affinity binding timed out; other proxies will not see it"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,123 @@
+use super::*;
+use http::HeaderValue;
+
+#[test]
+fn paths_name_files_caches_and_batches() {
+    assert_eq!(
+        named_in_path("/v1beta/files/abc-123"),
+        Some("files/abc-123")
+    );
+    assert_eq!(
+        named_in_path("/download/v1beta/files/abc:download"),
+        Some("files/abc")
+    );
+    assert_eq!(
+        named_in_path("/v1beta/cachedContents/xyz"),
+        Some("cachedContents/xyz")
+    );
+    assert_eq!(named_in_path("/v1/batches/b1:cancel"), Some("batches/b1"));
+    assert_eq!(named_in_path("/v1beta/files"), None);
+    assert_eq!(
+        named_in_path("/v1beta/models/gemini-2.5-flash:generateContent"),
+        None
+    );
+}
+
+#[test]
+fn bodies_name_files_and_caches_by_their_fields_only() {
+    let body = br#"{"contents":[{"parts":[{"text":"see files/not-a-ref"},{"fileData":{"mimeType":"text/plain","fileUri":"https://generativelanguage.googleapis.com/v1beta/files/f1"}}]}],"cachedContent":"cachedContents/c1"}"#;
+    let mut names = named_in_body(body);
+    names.sort();
+    assert_eq!(names, vec!["cachedContents/c1", "files/f1"]);
+    let snake = br#"{"contents":[{"parts":[{"file_data":{"file_uri":"files/f2"}}]}]}"#;
+    assert_eq!(named_in_body(snake), vec!["files/f2"]);
+    assert!(named_in_body(br#"{"contents":[{"parts":[{"text":"files/x"}]}]}"#).is_empty());
+    assert!(named_in_body(b"fileUri but not json").is_empty());
+}
+
+#[test]
+fn what_a_request_creates() {
+    let mut h = HeaderMap::new();
+    h.insert("x-goog-upload-command", HeaderValue::from_static("start"));
+    assert_eq!(
+        Creates::of(&Method::POST, "/upload/v1beta/files", &h),
+        Some(Creates::UploadSession)
+    );
+    assert_eq!(
+        Creates::of(&Method::POST, "/upload/v1/files", &HeaderMap::new()),
+        Some(Creates::File)
+    );
+    assert_eq!(
+        Creates::of(&Method::POST, "/v1beta/cachedContents", &h),
+        Some(Creates::CachedContent)
+    );
+    assert_eq!(
+        Creates::of(&Method::POST, "/v1beta/models/m:batchGenerateContent", &h),
+        Some(Creates::Batch)
+    );
+    assert_eq!(
+        Creates::of(&Method::GET, "/v1beta/cachedContents", &h),
+        None
+    );
+}
+
+#[test]
+fn created_names_and_lifetimes() {
+    let file = br#"{"file": {"name": "files/f1", "uri": "https://x/v1beta/files/f1"}}"#;
+    assert_eq!(
+        created(Creates::File, file),
+        Some(("files/f1".to_owned(), FILE_TTL))
+    );
+    let batch = br#"{"name": "batches/b1", "metadata": {}}"#;
+    assert_eq!(
+        created(Creates::Batch, batch),
+        Some(("batches/b1".to_owned(), BATCH_TTL))
+    );
+    let (name, ttl) = created(
+        Creates::CachedContent,
+        br#"{"name": "cachedContents/c1", "expireTime": "2000-01-01T00:00:00Z"}"#,
+    )
+    .unwrap();
+    assert_eq!(name, "cachedContents/c1");
+    assert_eq!(ttl, Duration::from_secs(3600), "expired: the margin only");
+    assert_eq!(created(Creates::File, b"{}"), None);
+}
+
+#[test]
+fn upload_urls_point_back_at_the_proxy_the_client_used() {
+    let google = "https://generativelanguage.googleapis.com/upload/v1beta/files?upload_id=AbC&upload_protocol=resumable";
+    let mut h = HeaderMap::new();
+    h.insert("host", HeaderValue::from_static("gemini-proxy.team-a:8080"));
+    assert_eq!(
+        rewrite_upload_url(google, &h).as_deref(),
+        Some(
+            "http://gemini-proxy.team-a:8080/upload/v1beta/files?upload_id=AbC&upload_protocol=resumable"
+        )
+    );
+    h.insert(
+        "x-forwarded-host",
+        HeaderValue::from_static("ai.example.com"),
+    );
+    h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+    assert!(
+        rewrite_upload_url(google, &h)
+            .unwrap()
+            .starts_with("https://ai.example.com/upload/v1beta/files?upload_id=AbC")
+    );
+    assert_eq!(rewrite_upload_url("not a url", &h), None);
+}
+
+#[test]
+fn sessions_are_stored_by_digest() {
+    let r = session_resource("AbC-secret-session");
+    assert!(r.starts_with("upload:") && !r.contains("AbC"));
+    assert_eq!(r, session_resource("AbC-secret-session"));
+    assert_eq!(
+        upload_id(
+            "/upload/v1beta/files",
+            Some("upload_id=AbC&upload_protocol=resumable")
+        ),
+        Some("AbC")
+    );
+    assert_eq!(upload_id("/v1beta/files", Some("upload_id=AbC")), None);
+}
