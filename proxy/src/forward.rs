@@ -405,15 +405,15 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
                 return buffered(head, bytes);
             }
             Verdict::RateLimited(limit) => {
-                if let Some(learned) = limit.stated_limit()
-                    && let Some(m) = limit.model.as_deref().or(model.get())
-                    && pool.book.learn(&member.scope, m, learned)
-                {
-                    tracing::info!(group, key_id = %slot.id, model = m, limit = ?learned, "quota limit learned from a 429");
-                }
                 let bare = limit.window == QuotaWindow::Unknown && limit.retry_delay.is_none();
                 let before = slot.record_rate_limit("429 RESOURCE_EXHAUSTED", bare);
                 let cooldown = classify::cooldown_for(&limit, now_ms(), before);
+                if let Some(learned) = limit.stated_limit()
+                    && let Some(m) = limit.model.as_deref().or(model.get())
+                    && pool.book.learn(&member.scope, m, learned, now_ms(), Some(cooldown.until_ms))
+                {
+                    tracing::info!(group, key_id = %slot.id, model = m, limit = ?learned, "quota limit learned from a 429");
+                }
                 // A quota is the project's: every key of it is spent. A bare 429 may be
                 // anything, so only this key waits.
                 let targets = if limit.window == QuotaWindow::Unknown {

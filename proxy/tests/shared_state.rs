@@ -1,66 +1,19 @@
 //! Many proxies, one Redis: they behave as one. Real `redis-server` processes, the real binary,
 //! a random key prefix per test.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod support;
+
 use gemini_proxy_tests::redis::{RedisCluster, RedisServer, random_prefix};
+use support::shared::{BIN, Shared};
 use gemini_proxy_tests::{Behaviour, Client, MockGemini, ProxyProcess, Quota};
 use http::Method;
 use keystore::{
     EncryptionKey, GroupSnapshot, KeyId, KeyStore, RedisConfig, RedisStore, RedisTarget, Secret,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_gemini-proxy");
 const MODEL_PATH: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
-
-struct Shared {
-    redis_url: String,
-    prefix: String,
-    state_key: String,
-}
-
-impl Shared {
-    fn new(redis: &RedisServer) -> Self {
-        Self {
-            redis_url: redis.url(),
-            prefix: random_prefix(),
-            state_key: EncryptionKey::generate_base64(),
-        }
-    }
-
-    fn config(&self, mock: &MockGemini, keys: &[&str]) -> String {
-        let keys: Vec<String> = keys.iter().map(|k| format!("{{value: {k}}}")).collect();
-        format!(
-            "store:\n  redis: {{url: \"{}\", keyPrefix: \"{}\"}}\n  encryptionKey: {{env: TEST_STATE_KEY}}\ngroups:\n  - {{name: shared, upstream: {{url: \"{}\"}}, access: {{mode: Open}}, retry: {{maxAttempts: 4}}, keys: [{}]}}\n",
-            self.redis_url,
-            self.prefix,
-            mock.url(),
-            keys.join(", ")
-        )
-    }
-
-    async fn proxy(&self, mock: &MockGemini, keys: &[&str]) -> ProxyProcess {
-        ProxyProcess::with_config(
-            BIN,
-            &self.config(mock, keys),
-            &[("TEST_STATE_KEY", &self.state_key)],
-        )
-        .await
-    }
-
-    /// A store client, as the operator would be.
-    fn store(&self) -> Arc<RedisStore> {
-        RedisStore::new(RedisConfig {
-            target: RedisTarget::Standalone {
-                url: Secret::new(self.redis_url.clone()),
-            },
-            key_prefix: self.prefix.clone(),
-            encryption_key: Some(EncryptionKey::from_base64(&self.state_key).unwrap()),
-        })
-        .unwrap()
-    }
-}
 
 async fn metrics(p: &ProxyProcess) -> String {
     Client::new()
@@ -469,4 +422,44 @@ async fn proxies_share_state_on_a_redis_cluster_too() {
         assert_eq!(generate(&p2).await, 200);
     }
     assert_eq!(mock.count("c-rl"), 1);
+}
+
+#[tokio::test]
+async fn quota_and_client_counts_are_shared_between_proxies() {
+    let redis = RedisServer::start();
+    let shared = Shared::new(&redis);
+    let mock = MockGemini::start().await;
+    mock.accept_any_key(Behaviour::Ok);
+    mock.project("s1", "proj-s").project("s2", "proj-s");
+    let config = shared.config_with(
+        &mock,
+        "access: {clientTokens: [{name: carol, value: sk-carol}, {name: dave, value: sk-dave}], clientLimits: {requestsPerMinute: 3}}, limits: {requestsPerMinute: 5}, keys: [{value: s1, project: proj-s}, {value: s2, project: proj-s}]",
+    );
+    let (p1, p2) = tokio::join!(shared.proxy_with(&config), shared.proxy_with(&config));
+    let as_client = |p: &ProxyProcess, token: &'static str| {
+        let url = format!("{}{MODEL_PATH}", p.url());
+        async move {
+            Client::new()
+                .call(Method::POST, &url, &[("x-goog-api-key", token)], "{}")
+                .await
+        }
+    };
+    // Carol spends her allowance on p1; p2 knows within a second.
+    for _ in 0..3 {
+        assert_eq!(as_client(&p1, "sk-carol").await.status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = as_client(&p2, "sk-carol").await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(r.text().contains("client carol"), "{}", r.text());
+    // Dave fills the project's quota (5 per minute) on p2; p1 then keeps him from Google.
+    for _ in 0..2 {
+        assert_eq!(as_client(&p2, "sk-dave").await.status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = as_client(&p1, "sk-dave").await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(mock.requests().len(), 5, "Google saw only what fits");
+    assert_eq!(mock.answered(429), 0);
 }

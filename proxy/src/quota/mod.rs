@@ -270,8 +270,18 @@ impl Book {
         }
     }
 
-    /// Takes a limit from a 429 that stated it (when the group allows learning).
-    pub fn learn(&self, scope: &str, model: &str, learned: Learned) -> bool {
+    /// Takes a limit from a 429 that stated it (when the group allows learning). Google just
+    /// said the quota is spent until `full_until` (Unix ms): when the proxy counted fewer (it
+    /// had no limit to count against, or others use the project too), the minute is filled up
+    /// so that it frees exactly then.
+    pub fn learn(
+        &self,
+        scope: &str,
+        model: &str,
+        learned: Learned,
+        now_ms: u64,
+        full_until: Option<u64>,
+    ) -> bool {
         if !self.limits.learn {
             return false;
         }
@@ -282,6 +292,18 @@ impl Book {
             Learned::RequestsPerMinute(n) => e.learned.requests_per_minute = Some(n.max(1)),
             Learned::TokensPerMinute(n) => e.learned.tokens_per_minute = Some(n.max(1)),
             Learned::RequestsPerDay(n) => e.learned.requests_per_day = Some(n.max(1)),
+        }
+        if let (Learned::RequestsPerMinute(n), Some(until)) = (learned, full_until)
+            && until > now_ms
+            && until <= now_ms + 60_000
+        {
+            let (own, _) = e.own.sum(now_ms);
+            let (others, _, _) = e.others_in_minute(now_ms);
+            let counted = own + others;
+            if counted < n {
+                // Not shared: the other proxies get the cooldown itself from the store.
+                e.own.add(until - 60_000, n - counted, 0);
+            }
         }
         self.learned_any.store(true, Relaxed);
         before != e.learned

@@ -113,18 +113,27 @@ fn requests_per_day_wait_for_pacific_midnight() {
 fn limits_are_learned_from_429s_unless_the_group_says_no() {
     let b = book(None, None, None);
     assert!(!b.quota_active());
-    assert!(b.learn("p1", "m", Learned::RequestsPerMinute(2)));
+    assert!(b.learn("p1", "m", Learned::RequestsPerMinute(2), T0, None));
     assert!(
-        !b.learn("p1", "m", Learned::RequestsPerMinute(2)),
+        !b.learn("p1", "m", Learned::RequestsPerMinute(2), T0, None),
         "unchanged"
     );
     assert!(b.quota_active());
     b.charge_quota("p1", "m", 0, T0);
     b.charge_quota("p1", "m", 0, T0);
     assert!(matches!(b.quota_room("p1", "m", 0, T0), Room::FullUntil(_)));
+    // Google says the minute is spent until T0 + 20 s: counted or not, it is full until then.
+    let fresh = book(None, None, None);
+    fresh.learn("p2", "m", Learned::RequestsPerMinute(10), T0, Some(T0 + 20_000));
+    assert_eq!(
+        fresh.quota_room("p2", "m", 0, T0 + 1_000),
+        Room::FullUntil(T0 + 20_000)
+    );
+    assert!(matches!(fresh.quota_room("p2", "m", 0, T0 + 20_000), Room::Free(_)));
+    assert!(fresh.take_pending().is_empty(), "the filler is not shared");
     // A configured limit and a learned one: the tighter wins.
     let c = book(Some(100), None, None);
-    c.learn("p1", "m", Learned::RequestsPerMinute(1));
+    c.learn("p1", "m", Learned::RequestsPerMinute(1), T0, None);
     c.charge_quota("p1", "m", 0, T0);
     assert!(matches!(c.quota_room("p1", "m", 0, T0), Room::FullUntil(_)));
 
@@ -136,7 +145,7 @@ fn limits_are_learned_from_429s_unless_the_group_says_no() {
         ClientLimits::default(),
         None,
     );
-    assert!(!no.learn("p1", "m", Learned::RequestsPerMinute(2)));
+    assert!(!no.learn("p1", "m", Learned::RequestsPerMinute(2), T0, None));
     assert!(!no.quota_active());
 }
 

@@ -172,6 +172,11 @@ impl MockGemini {
         self
     }
 
+    /// The project of `key` (itself when it was put in none).
+    pub fn project_of(&self, key: &str) -> String {
+        self.lock().projects.project_of(key)
+    }
+
     /// How many answers had `status`.
     pub fn answered(&self, status: u16) -> usize {
         self.lock().answered.get(&status).copied().unwrap_or(0)

@@ -1,0 +1,216 @@
+//! Key affinity end to end, across two proxy processes sharing Redis: an upload started on one
+//! proxy continues on the other with no key at all (the session is the credential), and the
+//! file, cached content and batch it makes are used through either proxy, always with a key of
+//! the project that created them.
+
+mod support;
+
+use std::collections::HashSet;
+
+use gemini_proxy_tests::redis::RedisServer;
+use gemini_proxy_tests::{Behaviour, Client, MockGemini, ProxyProcess, Quota, Reply};
+use http::Method;
+use support::shared::Shared;
+
+const TOKEN: &str = "sk-affinity-client";
+const KEYS: [(&str, &str); 4] = [
+    ("af-a1", "proj-a"),
+    ("af-a2", "proj-a"),
+    ("af-b1", "proj-b"),
+    ("af-b2", "proj-b"),
+];
+
+fn group() -> String {
+    let keys: Vec<String> = KEYS
+        .iter()
+        .map(|(k, p)| format!("{{value: {k}, project: {p}}}"))
+        .collect();
+    format!(
+        "access: {{clientTokens: [\"{TOKEN}\"]}}, retry: {{maxAttempts: 4}}, keys: [{}]",
+        keys.join(", ")
+    )
+}
+
+async fn mock() -> MockGemini {
+    let mock = MockGemini::start().await;
+    mock.accept_any_key(Behaviour::Ok);
+    for (k, p) in KEYS {
+        mock.project(k, p);
+    }
+    mock
+}
+
+async fn call(p: &ProxyProcess, method: Method, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    Client::new()
+        .call(method, &format!("{}{path}", p.url()), headers, body.to_owned())
+        .await
+}
+
+/// Starts a resumable upload through `p`; returns the session URL it answered.
+async fn start_upload(p: &ProxyProcess, version: &str) -> String {
+    let r = call(
+        p,
+        Method::POST,
+        &format!("/upload/{version}/files"),
+        &[
+            ("x-goog-api-key", TOKEN),
+            ("x-goog-upload-protocol", "resumable"),
+            ("x-goog-upload-command", "start"),
+            ("x-goog-upload-header-content-length", "11"),
+            ("x-goog-upload-header-content-type", "text/plain"),
+            ("content-type", "application/json"),
+        ],
+        r#"{"file": {"display_name": "notes"}}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let url = r.header("x-goog-upload-url").expect("session URL").to_owned();
+    assert!(
+        url.starts_with(&format!("{}/upload/{version}/files?upload_id=", p.url())),
+        "the session URL points back at the proxy: {url}"
+    );
+    url
+}
+
+/// The projects of the keys the mock saw on requests matching `pred`.
+fn projects_seen(mock: &MockGemini, pred: impl Fn(&gemini_proxy_tests::mock::Seen) -> bool) -> HashSet<String> {
+    mock.requests()
+        .iter()
+        .filter(|s| pred(s))
+        .map(|s| mock.project_of(s.key.as_deref().unwrap_or("none")))
+        .collect()
+}
+
+#[tokio::test]
+async fn uploads_files_and_caches_stay_with_their_project_across_proxies() {
+    let redis = RedisServer::start();
+    let shared = Shared::new(&redis);
+    let mock = mock().await;
+    let config = shared.config_with(&mock, &group());
+    let (p1, p2) = tokio::join!(shared.proxy_with(&config), shared.proxy_with(&config));
+
+    // Start on p1, send the bytes to p2 with no key: the session authorises them.
+    let session = start_upload(&p1, "v1beta").await;
+    let on_p2 = session.replace(&p1.url(), &p2.url());
+    let r = Client::new()
+        .call(
+            Method::POST,
+            &on_p2,
+            &[
+                ("x-goog-upload-command", "upload, finalize"),
+                ("x-goog-upload-offset", "0"),
+            ],
+            "hello world".to_owned(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-goog-upload-status"), Some("final"));
+    let file = r.json()["file"]["name"].as_str().unwrap().to_owned();
+    let uri = r.json()["file"]["uri"].as_str().unwrap().to_owned();
+    let upload_projects = projects_seen(&mock, |s| s.path.starts_with("/upload/"));
+    assert_eq!(upload_projects.len(), 1, "start and chunk on one project: {upload_projects:?}");
+    let owner = upload_projects.into_iter().next().unwrap();
+
+    // The file, through either proxy, many times: always the owner's keys (round robin would
+    // otherwise reach the other project half the time, and Google would answer 403).
+    let body = format!(
+        r#"{{"contents":[{{"parts":[{{"text":"summarise"}},{{"fileData":{{"mimeType":"text/plain","fileUri":"{uri}"}}}}]}}]}}"#
+    );
+    let key = [("x-goog-api-key", TOKEN)];
+    for i in 0..8 {
+        let p = if i % 2 == 0 { &p1 } else { &p2 };
+        let r = call(p, Method::POST, "/v1beta/models/gemini-2.5-flash:generateContent", &key, &body).await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+    }
+    let r = call(&p2, Method::GET, &format!("/v1beta/{file}"), &key, "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        projects_seen(&mock, |s| s.path.contains("/files/") || s.body.windows(6).any(|w| w == b"files/")),
+        HashSet::from([owner.clone()])
+    );
+
+    // A cached content made through p2 is used through p1 by the same project.
+    let r = call(
+        &p2,
+        Method::POST,
+        "/v1beta/cachedContents",
+        &key,
+        r#"{"model":"models/gemini-2.5-flash","contents":[{"parts":[{"text":"a long document"}]}]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let cache = r.json()["name"].as_str().unwrap().to_owned();
+    let cache_owner = projects_seen(&mock, |s| s.path.ends_with("/cachedContents"));
+    let body = format!(r#"{{"contents":[{{"parts":[{{"text":"q"}}]}}],"cachedContent":"{cache}"}}"#);
+    for _ in 0..6 {
+        let r = call(&p1, Method::POST, "/v1beta/models/gemini-2.5-flash:generateContent", &key, &body).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(
+        projects_seen(&mock, |s| s.body.windows(15).any(|w| w == b"cachedContents/")),
+        cache_owner
+    );
+
+    // A batch, made on p1 and read on p2.
+    let r = call(
+        &p1,
+        Method::POST,
+        "/v1beta/models/gemini-2.5-flash:batchGenerateContent",
+        &key,
+        r#"{"batch":{"display_name":"b","input_config":{"requests":{"requests":[]}}}}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let batch = r.json()["name"].as_str().unwrap().to_owned();
+    for _ in 0..4 {
+        let r = call(&p2, Method::GET, &format!("/v1beta/{batch}"), &key, "").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
+    // The GenAI SDK's /upload/v1 path works the same.
+    let session = start_upload(&p2, "v1").await;
+    let r = Client::new()
+        .call(
+            Method::POST,
+            &session.replace(&p2.url(), &p1.url()),
+            &[("x-goog-upload-command", "upload, finalize"), ("x-goog-upload-offset", "0")],
+            "hello world".to_owned(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // A session the proxies never started is not a credential.
+    let r = Client::new()
+        .call(
+            Method::POST,
+            &format!("{}/upload/v1beta/files?upload_id=forged&upload_protocol=resumable", p1.url()),
+            &[("x-goog-upload-command", "upload, finalize")],
+            "x".to_owned(),
+        )
+        .await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(r.json()["error"]["status"], "NOT_FOUND");
+
+    // When the owner's keys are all cooling, the answer is 429 with Retry-After, never a key
+    // of the other project.
+    for (k, p) in KEYS {
+        if p == owner {
+            mock.key(
+                k,
+                Behaviour::Quota {
+                    quota: Quota::RequestsPerMinute,
+                    retry_delay: Some("30s"),
+                },
+            );
+        }
+    }
+    mock.clear();
+    let body = format!(
+        r#"{{"contents":[{{"parts":[{{"fileData":{{"mimeType":"text/plain","fileUri":"{uri}"}}}}]}}]}}"#
+    );
+    let r = call(&p1, Method::POST, "/v1beta/models/gemini-2.5-flash:generateContent", &key, &body).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    let after: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=30).contains(&after), "Retry-After {after}");
+    assert_eq!(projects_seen(&mock, |_| true), HashSet::from([owner]));
+}
