@@ -410,7 +410,9 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
                 let cooldown = classify::cooldown_for(&limit, now_ms(), before);
                 if let Some(learned) = limit.stated_limit()
                     && let Some(m) = limit.model.as_deref().or(model.get())
-                    && pool.book.learn(&member.scope, m, learned, now_ms(), Some(cooldown.until_ms))
+                    && pool
+                        .book
+                        .learn(&member.scope, m, learned, now_ms(), Some(cooldown.until_ms))
                 {
                     tracing::info!(group, key_id = %slot.id, model = m, limit = ?learned, "quota limit learned from a 429");
                 }

@@ -40,9 +40,20 @@ async fn mock() -> MockGemini {
     mock
 }
 
-async fn call(p: &ProxyProcess, method: Method, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+async fn call(
+    p: &ProxyProcess,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
     Client::new()
-        .call(method, &format!("{}{path}", p.url()), headers, body.to_owned())
+        .call(
+            method,
+            &format!("{}{path}", p.url()),
+            headers,
+            body.to_owned(),
+        )
         .await
 }
 
@@ -64,7 +75,10 @@ async fn start_upload(p: &ProxyProcess, version: &str) -> String {
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let url = r.header("x-goog-upload-url").expect("session URL").to_owned();
+    let url = r
+        .header("x-goog-upload-url")
+        .expect("session URL")
+        .to_owned();
     assert!(
         url.starts_with(&format!("{}/upload/{version}/files?upload_id=", p.url())),
         "the session URL points back at the proxy: {url}"
@@ -73,7 +87,10 @@ async fn start_upload(p: &ProxyProcess, version: &str) -> String {
 }
 
 /// The projects of the keys the mock saw on requests matching `pred`.
-fn projects_seen(mock: &MockGemini, pred: impl Fn(&gemini_proxy_tests::mock::Seen) -> bool) -> HashSet<String> {
+fn projects_seen(
+    mock: &MockGemini,
+    pred: impl Fn(&gemini_proxy_tests::mock::Seen) -> bool,
+) -> HashSet<String> {
     mock.requests()
         .iter()
         .filter(|s| pred(s))
@@ -108,7 +125,11 @@ async fn uploads_files_and_caches_stay_with_their_project_across_proxies() {
     let file = r.json()["file"]["name"].as_str().unwrap().to_owned();
     let uri = r.json()["file"]["uri"].as_str().unwrap().to_owned();
     let upload_projects = projects_seen(&mock, |s| s.path.starts_with("/upload/"));
-    assert_eq!(upload_projects.len(), 1, "start and chunk on one project: {upload_projects:?}");
+    assert_eq!(
+        upload_projects.len(),
+        1,
+        "start and chunk on one project: {upload_projects:?}"
+    );
     let owner = upload_projects.into_iter().next().unwrap();
 
     // The file, through either proxy, many times: always the owner's keys (round robin would
@@ -119,13 +140,21 @@ async fn uploads_files_and_caches_stay_with_their_project_across_proxies() {
     let key = [("x-goog-api-key", TOKEN)];
     for i in 0..8 {
         let p = if i % 2 == 0 { &p1 } else { &p2 };
-        let r = call(p, Method::POST, "/v1beta/models/gemini-2.5-flash:generateContent", &key, &body).await;
+        let r = call(
+            p,
+            Method::POST,
+            "/v1beta/models/gemini-2.5-flash:generateContent",
+            &key,
+            &body,
+        )
+        .await;
         assert_eq!(r.status, 200, "request {i}: {}", r.text());
     }
     let r = call(&p2, Method::GET, &format!("/v1beta/{file}"), &key, "").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
-        projects_seen(&mock, |s| s.path.contains("/files/") || s.body.windows(6).any(|w| w == b"files/")),
+        projects_seen(&mock, |s| s.path.contains("/files/")
+            || s.body.windows(6).any(|w| w == b"files/")),
         HashSet::from([owner.clone()])
     );
 
@@ -141,13 +170,24 @@ async fn uploads_files_and_caches_stay_with_their_project_across_proxies() {
     assert_eq!(r.status, 200, "{}", r.text());
     let cache = r.json()["name"].as_str().unwrap().to_owned();
     let cache_owner = projects_seen(&mock, |s| s.path.ends_with("/cachedContents"));
-    let body = format!(r#"{{"contents":[{{"parts":[{{"text":"q"}}]}}],"cachedContent":"{cache}"}}"#);
+    let body =
+        format!(r#"{{"contents":[{{"parts":[{{"text":"q"}}]}}],"cachedContent":"{cache}"}}"#);
     for _ in 0..6 {
-        let r = call(&p1, Method::POST, "/v1beta/models/gemini-2.5-flash:generateContent", &key, &body).await;
+        let r = call(
+            &p1,
+            Method::POST,
+            "/v1beta/models/gemini-2.5-flash:generateContent",
+            &key,
+            &body,
+        )
+        .await;
         assert_eq!(r.status, 200, "{}", r.text());
     }
     assert_eq!(
-        projects_seen(&mock, |s| s.body.windows(15).any(|w| w == b"cachedContents/")),
+        projects_seen(&mock, |s| s
+            .body
+            .windows(15)
+            .any(|w| w == b"cachedContents/")),
         cache_owner
     );
 
@@ -173,7 +213,10 @@ async fn uploads_files_and_caches_stay_with_their_project_across_proxies() {
         .call(
             Method::POST,
             &session.replace(&p2.url(), &p1.url()),
-            &[("x-goog-upload-command", "upload, finalize"), ("x-goog-upload-offset", "0")],
+            &[
+                ("x-goog-upload-command", "upload, finalize"),
+                ("x-goog-upload-offset", "0"),
+            ],
             "hello world".to_owned(),
         )
         .await;
@@ -183,7 +226,10 @@ async fn uploads_files_and_caches_stay_with_their_project_across_proxies() {
     let r = Client::new()
         .call(
             Method::POST,
-            &format!("{}/upload/v1beta/files?upload_id=forged&upload_protocol=resumable", p1.url()),
+            &format!(
+                "{}/upload/v1beta/files?upload_id=forged&upload_protocol=resumable",
+                p1.url()
+            ),
             &[("x-goog-upload-command", "upload, finalize")],
             "x".to_owned(),
         )
@@ -208,7 +254,14 @@ async fn uploads_files_and_caches_stay_with_their_project_across_proxies() {
     let body = format!(
         r#"{{"contents":[{{"parts":[{{"fileData":{{"mimeType":"text/plain","fileUri":"{uri}"}}}}]}}]}}"#
     );
-    let r = call(&p1, Method::POST, "/v1beta/models/gemini-2.5-flash:generateContent", &key, &body).await;
+    let r = call(
+        &p1,
+        Method::POST,
+        "/v1beta/models/gemini-2.5-flash:generateContent",
+        &key,
+        &body,
+    )
+    .await;
     assert_eq!(r.status, 429, "{}", r.text());
     let after: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=30).contains(&after), "Retry-After {after}");

@@ -26,7 +26,11 @@ fn group(strategy: &str, limits: &str) -> String {
     let keys: Vec<String> = KEYS
         .iter()
         .map(|k| {
-            let project = if k.starts_with("qa") { "proj-a" } else { "proj-b" };
+            let project = if k.starts_with("qa") {
+                "proj-a"
+            } else {
+                "proj-b"
+            };
             format!("{{value: {k}, project: {project}}}")
         })
         .collect();
@@ -101,8 +105,7 @@ async fn limits_learned_from_a_429_keep_the_rest_of_the_minute_clean() {
     let pool = groups.get("g").unwrap();
     let now = keystore::clock::now_ms();
     assert!(matches!(
-        pool.book
-            .quota_room("proj-a", "gemini-2.5-flash", 0, now),
+        pool.book.quota_room("proj-a", "gemini-2.5-flash", 0, now),
         gemini_proxy::quota::Room::FullUntil(_)
     ));
 }
@@ -113,7 +116,10 @@ async fn a_token_quota_counts_the_prompt_estimate() {
     let p = start(&group("RoundRobin", "{tokensPerMinute: 1000}"), &mock).await;
     // About 2,000 tokens of prompt: too big for a project that has already sent something
     // (round robin has reached both projects after four requests).
-    let big = format!(r#"{{"contents":[{{"parts":[{{"text":"{}"}}]}}]}}"#, "x".repeat(8000));
+    let big = format!(
+        r#"{{"contents":[{{"parts":[{{"text":"{}"}}]}}]}}"#,
+        "x".repeat(8000)
+    );
     for _ in 0..4 {
         assert_eq!(p.generate().await.status, 200);
     }
@@ -144,8 +150,14 @@ async fn a_client_over_its_limit_gets_429_and_the_others_do_not() {
     assert_eq!(r.status, 429);
     let after: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=60).contains(&after));
-    assert!(r.text().contains("client alice is over its limit of 3 requests per minute"));
-    assert_eq!(r.json()["error"]["details"][0]["retryDelay"], format!("{after}s"));
+    assert!(
+        r.text()
+            .contains("client alice is over its limit of 3 requests per minute")
+    );
+    assert_eq!(
+        r.json()["error"]["details"][0]["retryDelay"],
+        format!("{after}s")
+    );
     // The OpenAI layer answers in its own envelope.
     let r = p
         .post(
@@ -155,11 +167,25 @@ async fn a_client_over_its_limit_gets_429_and_the_others_do_not() {
         )
         .await;
     assert_eq!(r.status, 429);
-    assert_eq!(r.json()["error"]["type"], "rate_limit_error", "{}", r.text());
+    assert_eq!(
+        r.json()["error"]["type"],
+        "rate_limit_error",
+        "{}",
+        r.text()
+    );
     // Bob is untouched, and Google saw only what was allowed.
-    assert_eq!(p.post(MODEL_PATH, &[("x-goog-api-key", "sk-bob")], body).await.status, 200);
+    assert_eq!(
+        p.post(MODEL_PATH, &[("x-goog-api-key", "sk-bob")], body)
+            .await
+            .status,
+        200
+    );
     assert_eq!(mock.requests().len(), 4);
-    assert!(p.metrics().await.contains("gemini_proxy_client_limited_total{group=\"g\"} 2"));
+    assert!(
+        p.metrics()
+            .await
+            .contains("gemini_proxy_client_limited_total{group=\"g\"} 2")
+    );
 }
 
 #[tokio::test]
@@ -172,5 +198,9 @@ async fn a_client_token_allowance_counts_the_tokens_answers_report() {
     let body = r#"{"contents":[{"parts":[{"text":"hi"}]}]}"#;
     assert_eq!(p.post(MODEL_PATH, &alice, body).await.status, 200);
     assert_eq!(p.post(MODEL_PATH, &alice, body).await.status, 200);
-    assert_eq!(p.post(MODEL_PATH, &alice, body).await.status, 429, "24 used, 12 more is over 30");
+    assert_eq!(
+        p.post(MODEL_PATH, &alice, body).await.status,
+        429,
+        "24 used, 12 more is over 30"
+    );
 }

@@ -37,7 +37,7 @@ async fn official_python_sdks_work_unchanged() {
         "SDK checks failed:\n{text}\nproxy logs:\n{}",
         p.logs()
     );
-    assert!(text.contains("9 passed, 0 failed"), "{text}");
+    assert!(text.contains("10 passed, 0 failed"), "{text}");
     // Every SDK call reached the mock with the proxy's key, never the client's token.
     let seen = mock.requests();
     assert!(seen.len() >= 9, "{}", seen.len());
@@ -55,4 +55,10 @@ async fn official_python_sdks_work_unchanged() {
         paths.contains(&"/v1beta/openai/chat/completions"),
         "{paths:?}"
     );
+    // The upload's chunks came back through the proxy (the SDK sent them with no key).
+    let uploads = seen
+        .iter()
+        .filter(|s| s.path.starts_with("/upload/"))
+        .count();
+    assert!(uploads >= 2, "start and chunks: {paths:?}");
 }

@@ -6,12 +6,13 @@ use std::time::{Duration, Instant};
 mod support;
 
 use gemini_proxy_tests::redis::{RedisCluster, RedisServer, random_prefix};
-use support::shared::{BIN, Shared};
 use gemini_proxy_tests::{Behaviour, Client, MockGemini, ProxyProcess, Quota};
 use http::Method;
 use keystore::{
-    EncryptionKey, GroupSnapshot, KeyId, KeyStore, RedisConfig, RedisStore, RedisTarget, Secret,
+    AuditKind, EncryptionKey, GroupSnapshot, KeyId, KeyStore, RedisConfig, RedisStore, RedisTarget,
+    Secret,
 };
+use support::shared::{BIN, Shared};
 
 const MODEL_PATH: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
 
@@ -128,6 +129,29 @@ async fn a_retired_key_stays_retired_across_a_restart_of_both_proxies() {
         }
     }
     assert_eq!(mock.count("dead-key"), 1);
+
+    // The audit trail: both keys added once (four proxies published the same config), the
+    // retirement once, by the proxy that saw it, with its reason; no key value anywhere.
+    let trail = shared.store().audit("shared", "", 100).await.unwrap();
+    let entries: Vec<(AuditKind, KeyId)> =
+        trail.iter().map(|(_, e)| (e.kind, e.key.clone())).collect();
+    assert_eq!(
+        entries,
+        vec![
+            (AuditKind::Added, KeyId::of("dead-key")),
+            (AuditKind::Added, KeyId::of("ok-key")),
+            (AuditKind::Retired, KeyId::of("dead-key")),
+        ]
+    );
+    let retired = &trail[2].1;
+    assert_eq!(retired.reason.as_deref(), Some("ApiKeyInvalid"));
+    assert!(
+        !retired.origin.is_empty() && retired.origin != "publish",
+        "the proxy's id: {}",
+        retired.origin
+    );
+    let text = format!("{trail:?}");
+    assert!(!text.contains("dead-key") && !text.contains("ok-key"));
 }
 
 #[tokio::test]

@@ -302,8 +302,9 @@ impl KeyStore for RedisStore {
     fn publish_group(&self, snapshot: GroupSnapshot) -> BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(async move {
             check_name(&snapshot.name)?;
-            // For the audit trail: which keys come and go. A group that cannot be read (another
-            // encryption key) counts as new.
+            // For the audit trail: which keys come and go (recorded only by the publish that
+            // changed the group). A group that cannot be read (another encryption key) counts
+            // as new.
             let old = match self.load_group(&snapshot.name).await {
                 Ok(old) => old,
                 Err(StoreError::Corrupt(_)) => None,
@@ -320,14 +321,14 @@ impl KeyStore for RedisStore {
             for k in &snapshot.keys {
                 inv.arg(k.id.as_str());
             }
-            let version: u64 = self
+            let (version, changed): (u64, u8) = self
                 .run(|mut c| async move { inv.invoke_async(&mut c).await })
                 .await?;
             let index = self.index_key("groups");
             let name = snapshot.name.clone();
             self.run(|mut c| async move { c.sadd::<_, _, ()>(&index, &name).await })
                 .await?;
-            if old.as_ref().is_none_or(|o| o.version != version) {
+            if changed == 1 {
                 let mut published = snapshot;
                 published.version = version;
                 let changes =

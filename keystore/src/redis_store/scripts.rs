@@ -1,13 +1,14 @@
 //! Lua scripts: each runs atomically on the node that holds its keys (one hash tag per group).
 
 /// Publishes a group snapshot unless its fingerprint is unchanged; drops the states of keys
-/// that left; publishes a `group` event. Returns the current version.
+/// that left; publishes a `group` event. Returns the current version and 1 when this call
+/// changed it (0 when the fingerprint was the same).
 ///
 /// KEYS: group hash, key-state hash. ARGV: fingerprint, data, channel, group name, key ids...
 pub const PUBLISH_GROUP: &str = r#"
 local fp = redis.call('HGET', KEYS[1], 'fingerprint')
 if fp == ARGV[1] then
-  return tonumber(redis.call('HGET', KEYS[1], 'version'))
+  return {tonumber(redis.call('HGET', KEYS[1], 'version')), 0}
 end
 local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('HSET', KEYS[1], 'fingerprint', ARGV[1], 'data', ARGV[2])
@@ -17,7 +18,7 @@ for _, f in ipairs(redis.call('HKEYS', KEYS[2])) do
   if not keep[f] then redis.call('HDEL', KEYS[2], f) end
 end
 redis.call('PUBLISH', ARGV[3], cjson.encode({type = 'group', name = ARGV[4], version = v}))
-return v
+return {v, 1}
 "#;
 
 /// Applies a transition to keys, the same rules as `KeyStatus::apply` (the later cooldown of a

@@ -124,12 +124,21 @@ fn limits_are_learned_from_429s_unless_the_group_says_no() {
     assert!(matches!(b.quota_room("p1", "m", 0, T0), Room::FullUntil(_)));
     // Google says the minute is spent until T0 + 20 s: counted or not, it is full until then.
     let fresh = book(None, None, None);
-    fresh.learn("p2", "m", Learned::RequestsPerMinute(10), T0, Some(T0 + 20_000));
+    fresh.learn(
+        "p2",
+        "m",
+        Learned::RequestsPerMinute(10),
+        T0,
+        Some(T0 + 20_000),
+    );
     assert_eq!(
         fresh.quota_room("p2", "m", 0, T0 + 1_000),
         Room::FullUntil(T0 + 20_000)
     );
-    assert!(matches!(fresh.quota_room("p2", "m", 0, T0 + 20_000), Room::Free(_)));
+    assert!(matches!(
+        fresh.quota_room("p2", "m", 0, T0 + 20_000),
+        Room::Free(_)
+    ));
     assert!(fresh.take_pending().is_empty(), "the filler is not shared");
     // A configured limit and a learned one: the tighter wins.
     let c = book(Some(100), None, None);
