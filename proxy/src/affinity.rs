@@ -103,18 +103,10 @@ pub fn named_in_path(path: &str) -> Option<&str> {
 /// `cachedContent`, a batch's input `fileName`. Bodies that mention none of those fields are not
 /// parsed.
 pub fn named_in_body(body: &[u8]) -> Vec<String> {
-    const FIELDS: [&[u8]; 6] = [
-        b"fileUri",
-        b"file_uri",
-        b"cachedContent",
-        b"cached_content",
-        b"fileName",
-        b"file_name",
-    ];
-    if !FIELDS
-        .iter()
-        .any(|f| memchr::memmem::find(body, f).is_some())
-    {
+    // Every field that can name a resource starts with `"file` or `"cached` (JSON keys are
+    // quoted; a quote inside a string is escaped): two fast scans decide whether to parse.
+    let mentions = |needle: &[u8]| memchr::memmem::find(body, needle).is_some();
+    if !mentions(b"\"file") && !mentions(b"\"cached") {
         return Vec::new();
     }
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use keystore::rate::{SLOT_MS, SLOTS_KEPT};
 use keystore::{ClientLimits, Counter, QuotaLimits, RateCounts, RateDelta, RateWindow};
 
-use window::{Day, Minute};
+use window::{Day, Minute, WINDOW_MS};
 
 /// A counter's limits; `None` is no limit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -101,7 +101,7 @@ impl Entry {
     /// The other proxies' requests and tokens in the minute before `now_ms`, assuming each slot's
     /// counts spread evenly over it; and when the oldest of them leaves the minute.
     fn others_in_minute(&self, now_ms: u64) -> (u64, u64, Option<u64>) {
-        let start = now_ms.saturating_sub(60_000);
+        let start = now_ms.saturating_sub(WINDOW_MS);
         let (mut r, mut t, mut oldest) = (0.0, 0.0, None::<u64>);
         for (slot, c) in &self.others {
             let (s0, s1) = (slot * SLOT_MS, (slot + 1) * SLOT_MS);
@@ -115,7 +115,7 @@ impl Entry {
             };
             r += c.requests as f64 * share;
             t += c.tokens as f64 * share;
-            let leaves = s1 + 60_000;
+            let leaves = s1 + WINDOW_MS;
             oldest = Some(oldest.map_or(leaves, |o| o.min(leaves)));
         }
         (r.ceil() as u64, t.ceil() as u64, oldest)
@@ -295,14 +295,14 @@ impl Book {
         }
         if let (Learned::RequestsPerMinute(n), Some(until)) = (learned, full_until)
             && until > now_ms
-            && until <= now_ms + 60_000
+            && until <= now_ms + WINDOW_MS
         {
             let (own, _) = e.own.sum(now_ms);
             let (others, _, _) = e.others_in_minute(now_ms);
             let counted = own + others;
             if counted < n {
                 // Not shared: the other proxies get the cooldown itself from the store.
-                e.own.add(until - 60_000, n - counted, 0);
+                e.own.add(until - WINDOW_MS, n - counted, 0);
             }
         }
         self.learned_any.store(true, Relaxed);

@@ -1,11 +1,14 @@
 //! Counting windows kept in memory: a sliding minute of one-second buckets, and a Pacific day.
 
-const SECONDS: usize = 60;
+/// A request is counted for this long. One second more than Google's minute: a bucket holds a
+/// whole second, and a request sent late in it must not leave the count before Google's does.
+pub const WINDOW_MS: u64 = 61_000;
+const SECONDS: usize = (WINDOW_MS / 1000) as usize;
 
-/// Requests and tokens over the last 60 seconds, in one-second buckets.
+/// Requests and tokens over the last [`WINDOW_MS`], in one-second buckets.
 #[derive(Clone, Debug)]
 pub struct Minute {
-    /// (second since the epoch, requests, tokens), indexed by second % 60.
+    /// (second since the epoch, requests, tokens), indexed by second % SECONDS.
     buckets: [(u64, u64, u64); SECONDS],
 }
 
