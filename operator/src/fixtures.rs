@@ -65,6 +65,26 @@ impl GroupFixture {
         self
     }
 
+    /// Project quotas: requests per minute and per day.
+    pub fn limits(mut self, rpm: u64, rpd: u64) -> Self {
+        self.0.spec.limits = Some(crate::crd::Limits {
+            requests_per_minute: Some(rpm),
+            tokens_per_minute: None,
+            requests_per_day: Some(rpd),
+            learn: Some(false),
+        });
+        self
+    }
+
+    /// Requests per minute per client token.
+    pub fn client_limit(mut self, rpm: u64) -> Self {
+        self.0.spec.access.client_limits = Some(crate::crd::ClientLimits {
+            requests_per_minute: Some(rpm),
+            tokens_per_minute: None,
+        });
+        self
+    }
+
     pub fn upstream(mut self, url: &str) -> Self {
         self.0.spec.upstream.url = url.into();
         self

@@ -28,6 +28,46 @@ fn keys_come_from_named_secret_entries() {
 }
 
 #[test]
+fn limits_reach_the_snapshot() {
+    let g = GroupFixture::new(NS, "gemini")
+        .key("keys", "k1")
+        .tokens("clients")
+        .limits(10, 250)
+        .client_limit(30)
+        .build();
+    let p = plan(
+        &g,
+        NS,
+        &[
+            secret(NS, "keys", &[("k1", "fake-key-one")]),
+            secret(NS, "clients", &[("app", "sk-fake-client")]),
+        ],
+    );
+    let l = p.snapshot.limits;
+    assert_eq!(
+        (
+            l.requests_per_minute,
+            l.tokens_per_minute,
+            l.requests_per_day,
+            l.learn
+        ),
+        (Some(10), None, Some(250), false)
+    );
+    assert_eq!(
+        p.snapshot.access.client_limits.requests_per_minute,
+        Some(30)
+    );
+    // Without limits: none, and learning on.
+    let plain = plan(
+        &GroupFixture::new(NS, "g").key("keys", "k1").build(),
+        NS,
+        &[secret(NS, "keys", &[("k1", "fake-key-one")])],
+    );
+    assert_eq!(plain.snapshot.limits, QuotaLimits::default());
+    assert!(plain.snapshot.limits.learn);
+}
+
+#[test]
 fn a_missing_secret_or_entry_is_named_and_the_rest_still_serves() {
     let g = GroupFixture::new(NS, "gemini")
         .key("keys", "k1")

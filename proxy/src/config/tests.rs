@@ -287,3 +287,46 @@ fn store_errors_name_the_field() {
     let e = err("store:\n  redis: {url: 'redis://x:1', pasword: x}\n  allowPlaintext: true\n");
     assert!(e.contains("pasword"), "{e}");
 }
+
+#[test]
+fn limits_and_client_limits() {
+    let s = parse(
+        "groups: [{name: g, keys: [{value: a}], limits: {requestsPerMinute: 10, tokensPerMinute: 5000, requestsPerDay: 250, learn: false}, access: {clientTokens: [t], clientLimits: {requestsPerMinute: 3, tokensPerMinute: 900}}}]",
+        &[],
+    )
+    .unwrap();
+    let g = &s.groups[0];
+    assert_eq!(
+        g.limits,
+        keystore::QuotaLimits {
+            requests_per_minute: Some(10),
+            tokens_per_minute: Some(5000),
+            requests_per_day: Some(250),
+            learn: false,
+        }
+    );
+    assert_eq!(g.access.client_limits.requests_per_minute, Some(3));
+    assert_eq!(g.access.client_limits.tokens_per_minute, Some(900));
+    let plain = parse(
+        "groups: [{name: g, keys: [{value: a}], access: {mode: Open}}]",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(plain.groups[0].limits, keystore::QuotaLimits::default());
+    let e = err(
+        "groups: [{name: g, keys: [{value: a}], access: {mode: Open}, limits: {requestsPerMinute: 0}}]",
+    );
+    assert!(
+        e.contains("groups[0].limits.requestsPerMinute") && e.contains("at least 1"),
+        "{e}"
+    );
+    let e = err(
+        "groups: [{name: g, keys: [{value: a}], access: {clientTokens: [t], clientLimits: {tokensPerMinute: 0}}}]",
+    );
+    assert!(
+        e.contains("groups[0].access.clientLimits.tokensPerMinute"),
+        "{e}"
+    );
+    let e = err("groups: [{name: g, keys: [{value: a}], access: {mode: Open}, limits: {rpm: 3}}]");
+    assert!(e.contains("rpm"), "{e}");
+}

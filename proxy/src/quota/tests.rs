@@ -35,7 +35,10 @@ fn a_project_is_full_after_its_rpm_until_the_first_request_leaves_the_minute() {
     assert_eq!(b.quota_room("p2", "m", 0, T0 + 10_000), Room::Free(1.0));
     assert_eq!(b.quota_room("p1", "other", 0, T0 + 10_000), Room::Free(1.0));
     // The first request leaves the window: room for one.
-    assert!(matches!(b.quota_room("p1", "m", 0, T0 + 60_999), Room::FullUntil(_)));
+    assert!(matches!(
+        b.quota_room("p1", "m", 0, T0 + 60_999),
+        Room::FullUntil(_)
+    ));
     assert_eq!(b.quota_room("p1", "m", 0, T0 + 61_000), Room::Free(0.1));
 }
 
