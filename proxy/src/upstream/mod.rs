@@ -1,8 +1,11 @@
 //! The connection to Gemini: pooled HTTP/1.1 and HTTP/2 (ALPN) on hyper's client for direct
-//! traffic, reqwest for groups that leave through an egress proxy (HTTP, HTTPS or SOCKS5).
+//! `https://` traffic, a lean per-thread HTTP/1.1 pool ([`plain`]) for `http://` upstreams, and
+//! reqwest for groups that leave through an egress proxy (HTTP, HTTPS or SOCKS5).
 //!
 //! hyper's pooled client costs about half of what reqwest costs per request on loopback (see
 //! DESIGN.md), so it carries the hot path; reqwest earns its place where its proxy support does.
+
+mod plain;
 
 use std::cell::{OnceCell, RefCell};
 use std::collections::HashMap;
@@ -115,7 +118,10 @@ fn rustls_config() -> rustls::ClientConfig {
 
 #[derive(Clone)]
 enum Route {
+    /// `https://`: TLS, HTTP/2 where offered.
     Direct,
+    /// `http://`: HTTP/1.1 to this address (`host:port`), with this `Host`.
+    Plain(Arc<str>, http::HeaderValue),
     Egress(Secret),
 }
 
@@ -143,6 +149,18 @@ impl Upstream {
             parsed.authority().map(|a| a.as_str()).unwrap_or_default()
         );
         let route = match &spec.egress_proxy {
+            None if parsed.scheme_str() == Some("http") => {
+                let authority = parsed
+                    .authority()
+                    .ok_or_else(|| "upstream url: no host".to_owned())?;
+                let with_port = match authority.port_u16() {
+                    Some(_) => authority.as_str().to_owned(),
+                    None => format!("{}:80", authority.as_str()),
+                };
+                let host = http::HeaderValue::from_str(authority.as_str())
+                    .map_err(|_| "upstream url: bad host".to_owned())?;
+                Route::Plain(Arc::from(with_port), host)
+            }
             None => Route::Direct,
             Some(proxy) => {
                 reqwest::Proxy::all(proxy.expose())
@@ -188,6 +206,13 @@ impl Upstream {
                     Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
                     Ok(Err(e)) => Err(UpstreamError::Other(error_chain(&e))),
                     Ok(Ok(res)) => Ok(res.map(Body::new)),
+                }
+            }
+            Route::Plain(addr, host) => {
+                let sent = plain::send(addr, host, req, CONNECT_TIMEOUT);
+                match tokio::time::timeout(timeout, sent).await {
+                    Err(_) => Err(UpstreamError::Timeout(timeout)),
+                    Ok(r) => r,
                 }
             }
             Route::Egress(proxy) => {
