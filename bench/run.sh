@@ -6,6 +6,7 @@
 #   bash bench/run.sh                 # 64 connections, 3 rounds of 10 s per target
 #   CONNS=128 DURATION=20 bash bench/run.sh
 #   STORE=redis bash bench/run.sh     # gemini-proxy with the Redis store (needs redis-server)
+#   BASELINE=/tmp/gemini-proxy-old bash bench/run.sh   # also another build, same config (A/B)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,7 @@ ROUNDS=${ROUNDS:-3}
 THREADS=${THREADS:-2}
 STORE=${STORE:-memory}
 GP_ARGS=${GP_ARGS:-}
+BASELINE=${BASELINE:-}
 OUT=${OUT:-$(mktemp -d)}
 
 need() { command -v "$1" >/dev/null 2>&1; }
@@ -24,7 +26,7 @@ fi
 cargo build --release --quiet --bin gemini-proxy
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-UP=$(free_port); NGX=$(free_port); GP=$(free_port)
+UP=$(free_port); NGX=$(free_port); GP=$(free_port); BASE=$(free_port)
 
 # The canned answer: the mock's generateContent body (tests/src/wire.rs), on one line.
 BODY='{"candidates": [{"content": {"parts": [{"text": "Hello from the bench"}],"role": "model"},"finishReason": "STOP","index": 0}],"usageMetadata": {"promptTokenCount": 5,"candidatesTokenCount": 7,"totalTokenCount": 12},"modelVersion": "gemini-2.5-flash","responseId": "bench"}'
@@ -91,6 +93,7 @@ fi
 
 cleanup() {
   [ -n "${GP_PID:-}" ] && kill "$GP_PID" 2>/dev/null || true
+  [ -n "${BASE_PID:-}" ] && kill "$BASE_PID" 2>/dev/null || true
   nginx -c "$OUT/ngx/nginx.conf" -s stop 2>/dev/null || true
   nginx -c "$OUT/up/nginx.conf" -s stop 2>/dev/null || true
   [ -f "$OUT/redis.pid" ] && kill "$(cat "$OUT/redis.pid")" 2>/dev/null || true
@@ -101,9 +104,17 @@ nginx -c "$OUT/up/nginx.conf"
 nginx -c "$OUT/ngx/nginx.conf"
 ./target/release/gemini-proxy --config "$OUT/proxy.yaml" $GP_ARGS > "$OUT/gemini-proxy.log" 2>&1 &
 GP_PID=$!
-for _ in $(seq 50); do
-  curl -sf "http://127.0.0.1:$GP/readyz" >/dev/null && break
-  sleep 0.1
+TARGETS="nginx gemini-proxy"
+if [ -n "$BASELINE" ]; then
+  "$BASELINE" --config "$OUT/proxy.yaml" --listen "127.0.0.1:$BASE" $GP_ARGS > "$OUT/baseline.log" 2>&1 &
+  BASE_PID=$!
+  TARGETS="$TARGETS baseline"
+fi
+for port in $GP ${BASELINE:+$BASE}; do
+  for _ in $(seq 50); do
+    curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break
+    sleep 0.1
+  done
 done
 
 cat > "$OUT/post.lua" <<'LUA'
@@ -122,6 +133,7 @@ run() { # name port round
 for r in $(seq "$ROUNDS"); do
   run nginx "$NGX" "$r"
   run gemini-proxy "$GP" "$r"
+  [ -n "$BASELINE" ] && run baseline "$BASE" "$r"
 done
 
 to_ms() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v/=1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v*=1000 } printf "%.2f\n", v }'; }
@@ -140,7 +152,7 @@ stat() { # target what
 printf '\nwrk -t%s -c%s -d%ss x %s rounds (medians), POST generateContent, %s cores, store=%s\n' \
   "$THREADS" "$CONNS" "$DURATION" "$ROUNDS" "$(nproc)" "$STORE"
 printf '%-14s %12s %10s %10s   %s\n' target req/s p50_ms p99_ms "req/s per round"
-for t in nginx gemini-proxy; do
+for t in $TARGETS; do
   rounds=$(for r in $(seq "$ROUNDS"); do awk '/Requests\/sec/ {printf "%d ", $2}' "$OUT/$t.$r.txt"; done)
   printf '%-14s %12s %10s %10s   %s\n' "$t" "$(stat "$t" rps)" "$(stat "$t" p50)" "$(stat "$t" p99)" "$rounds"
   cat "$OUT"/$t.*.txt | awk '/Non-2xx|Socket errors/ {print "  " $0}'
