@@ -54,8 +54,13 @@ impl TokenScan {
 
     fn scan(&mut self, buf: &[u8]) {
         let mut i = 0;
-        while let Some(off) = buf[i..].iter().position(|&b| b == b'"') {
+        while let Some(off) = memchr::memchr(b'"', &buf[i..]) {
             let at = i + off;
+            i = at + 1;
+            // Every needle starts with `"t` or `"p`: most quotes are passed at once.
+            if !matches!(buf.get(at + 1), Some(b't' | b'p')) {
+                continue;
+            }
             for (needle, prompt) in NEEDLES {
                 if buf[at..].starts_with(needle)
                     && let Some(n) = number_after(&buf[at + needle.len()..])
@@ -68,7 +73,6 @@ impl TokenScan {
                     *best = (*best).max(n);
                 }
             }
-            i = at + 1;
         }
     }
 }
