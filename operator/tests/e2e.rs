@@ -19,15 +19,36 @@ use tower_test::mock;
 
 const MODEL_PATH: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
 
-/// Answers every request like an API server that holds `secrets` and `group`.
+type Events = Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
+
+/// Answers every request like an API server that holds `secrets` and `group`; keeps the Events
+/// posted to it.
 fn api_server(
     secrets: Vec<k8s_openapi::api::core::v1::Secret>,
     group: serde_json::Value,
-) -> kube::Client {
+) -> (kube::Client, Events) {
     let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let events = Events::default();
+    let posted = events.clone();
     tokio::spawn(async move {
         while let Some((req, send)) = handle.next_request().await {
             let path = req.uri().path().to_owned();
+            if path.ends_with("/events") {
+                let bytes = http_body_util::BodyExt::collect(req.into_body())
+                    .await
+                    .map(|c| c.to_bytes())
+                    .unwrap_or_default();
+                if let Ok(v) = serde_json::from_slice(&bytes) {
+                    posted.lock().unwrap().push(v);
+                }
+                send.send_response(
+                    Response::builder()
+                        .status(StatusCode::CREATED)
+                        .body(Body::from(b"{}".to_vec()))
+                        .unwrap(),
+                );
+                continue;
+            }
             let body = match path.rsplit_once("/secrets/") {
                 Some((_, name)) => secrets
                     .iter()
@@ -50,7 +71,7 @@ fn api_server(
             );
         }
     });
-    kube::Client::new(service, "default")
+    (kube::Client::new(service, "default"), events)
 }
 
 #[tokio::test]
@@ -78,7 +99,7 @@ async fn operator_writes_the_group_and_a_real_proxy_serves_and_follows_a_secret_
 
     // The operator reconciles the group with the Secret's first value.
     let echo = serde_json::to_value(&*group).unwrap();
-    let client = api_server(
+    let (client, _) = api_server(
         vec![secret(
             "team-a",
             "gemini-keys",
@@ -112,20 +133,23 @@ async fn operator_writes_the_group_and_a_real_proxy_serves_and_follows_a_secret_
     assert_eq!(mock_gemini.count("fake-first-value"), 1);
 
     // The Secret changes; the next reconcile publishes it; the running proxy follows.
-    let client = api_server(
-        vec![secret(
-            "team-a",
-            "gemini-keys",
-            &[("key-1", "fake-second-value")],
-        )],
-        echo,
-    );
+    let second = || {
+        api_server(
+            vec![secret(
+                "team-a",
+                "gemini-keys",
+                &[("key-1", "fake-second-value")],
+            )],
+            echo.clone(),
+        )
+    };
+    let (client, _) = second();
     let ctx = Arc::new(Context::new(
         client,
-        operator_store,
+        operator_store.clone(),
         Arc::new(Metrics::new()),
     ));
-    reconcile(group, ctx).await.unwrap();
+    reconcile(group.clone(), ctx).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let r = http.call(Method::POST, &url, &[], "{}").await;
@@ -147,5 +171,53 @@ async fn operator_writes_the_group_and_a_real_proxy_serves_and_follows_a_secret_
         mock_gemini.count("fake-first-value"),
         before,
         "the old key is still in use"
+    );
+
+    // Google reports the key leaked: the proxy retires it and records it in the audit trail;
+    // the operator's next pass turns that into a Warning Event naming the key by id only.
+    mock_gemini.key("fake-second-value", Behaviour::Leaked);
+    http.call(Method::POST, &url, &[], "{}").await;
+    let id = keystore::KeyId::of("fake-second-value");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let trail = operator_store
+            .audit("team-a/gemini", "", 100)
+            .await
+            .unwrap();
+        if trail
+            .iter()
+            .any(|(_, e)| e.kind == keystore::AuditKind::Retired && e.key == id)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no retirement in the trail: {trail:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (client, events) = second();
+    let ctx = Arc::new(Context::new(
+        client,
+        operator_store,
+        Arc::new(Metrics::new()),
+    ));
+    reconcile(group, ctx).await.unwrap();
+    let events = events.lock().unwrap().clone();
+    let retired = events
+        .iter()
+        .find(|e| e["reason"] == "KeyRetired")
+        .unwrap_or_else(|| panic!("no KeyRetired event: {events:?}"));
+    assert_eq!(retired["type"], "Warning");
+    let note = retired["note"].as_str().unwrap();
+    assert!(
+        note.contains(id.as_str()) && note.contains("Leaked"),
+        "{note}"
+    );
+    let all = serde_json::to_string(&events).unwrap();
+    assert!(!all.contains("fake-second-value") && !all.contains("fake-first-value"));
+    assert!(
+        events.iter().any(|e| e["reason"] == "KeyAdded"),
+        "{events:?}"
     );
 }
