@@ -94,6 +94,12 @@ fn push_field(s: &mut String, key: &str, value: &str) {
     s.push_str(",\"");
     s.push_str(key);
     s.push_str("\":\"");
+    // Almost every value needs no escape: copy it whole.
+    if !value.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        s.push_str(value);
+        s.push('"');
+        return;
+    }
     for c in value.chars() {
         match c {
             '"' => s.push_str("\\\""),

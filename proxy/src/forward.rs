@@ -15,8 +15,8 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode, Version, header};
 use http_body::Frame;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use keystore::Transition;
 use keystore::clock::now_ms;
-use keystore::{KeyId, Transition};
 
 use crate::access_log;
 use crate::affinity::{self, Creates};
@@ -45,7 +45,8 @@ struct Trace {
     route: &'static str,
     pool: Option<Arc<Pool>>,
     client: Option<Arc<str>>,
-    key: Option<KeyId>,
+    /// The member of `pool` that served the last attempt.
+    key: Option<usize>,
     attempts: u32,
     /// Time spent waiting on the upstream and in backoffs: not the proxy's own latency.
     waited: Duration,
@@ -93,7 +94,10 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
             group,
             client: trace.client.as_deref().unwrap_or(""),
             status,
-            key_id: trace.key.as_ref().map(KeyId::as_str).unwrap_or(""),
+            key_id: match (&trace.pool, trace.key) {
+                (Some(pool), Some(i)) => pool.members[i].slot.id.as_str(),
+                _ => "",
+            },
             attempts: trace.attempts,
             duration_ms: elapsed.as_secs_f64() * 1000.0,
         };
@@ -317,7 +321,7 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
         trace.attempts += 1;
         let member = &pool.members[i];
         let slot = &member.slot;
-        trace.key = Some(slot.id.clone());
+        trace.key = Some(i);
         let quota_charged = match model.get() {
             Some(m) if pool.book.quota_active() => {
                 pool.book.charge_quota(&member.scope, m, estimate, now);

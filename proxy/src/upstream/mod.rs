@@ -184,7 +184,10 @@ impl Upstream {
                 + path.len()
                 + query.map_or(0, |q| q.len() + 1),
         );
-        s.push_str(&self.origin);
+        // The plain HTTP/1.1 pool writes origin-form; the others want the whole URL.
+        if !matches!(self.route, Route::Plain(..)) {
+            s.push_str(&self.origin);
+        }
         s.push_str(&self.path_prefix);
         s.push_str(path);
         if let Some(q) = query {

@@ -77,7 +77,8 @@ async fn connect(authority: &str, connect_timeout: Duration) -> Result<Sender, U
     Ok(sender)
 }
 
-/// Sends `req` (absolute URI) to `authority` (`host:port`) over a pooled connection.
+/// Sends `req` (origin-form or absolute URI) to `authority` (`host:port`) over a pooled
+/// connection.
 pub async fn send(
     authority: &Arc<str>,
     host: &HeaderValue,
@@ -85,12 +86,14 @@ pub async fn send(
     connect_timeout: Duration,
 ) -> Result<Response<Body>, UpstreamError> {
     // Origin-form on the wire, with the upstream's Host.
-    let origin_form: Uri = req
-        .uri()
-        .path_and_query()
-        .map(|pq| Uri::from(pq.clone()))
-        .unwrap_or_else(|| Uri::from_static("/"));
-    *req.uri_mut() = origin_form;
+    if req.uri().authority().is_some() {
+        let origin_form: Uri = req
+            .uri()
+            .path_and_query()
+            .map(|pq| Uri::from(pq.clone()))
+            .unwrap_or_else(|| Uri::from_static("/"));
+        *req.uri_mut() = origin_form;
+    }
     req.headers_mut().insert(header::HOST, host.clone());
     let mut req = Some(req.map(Full::new));
     // A pooled connection may have been closed by the upstream meanwhile: then try a new one.
