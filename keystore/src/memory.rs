@@ -355,6 +355,13 @@ impl KeyStore for MemoryStore {
         })
     }
 
+    fn unbind<'a>(&'a self, resource: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.lock().bindings.remove(resource);
+            Ok(())
+        })
+    }
+
     fn bound<'a>(
         &'a self,
         resource: &'a str,

@@ -137,6 +137,9 @@ pub trait KeyStore: Send + Sync + 'static {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
+    /// Ends a binding (a finished upload session).
+    fn unbind<'a>(&'a self, resource: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+
     /// The key a resource is bound to, if the binding has not run out.
     fn bound<'a>(&'a self, resource: &'a str)
     -> BoxFuture<'a, Result<Option<Binding>, StoreError>>;

@@ -265,6 +265,8 @@ async fn contract(store: Arc<dyn KeyStore>) {
         .await
         .unwrap();
     assert_eq!(store.bound(&resource).await.unwrap(), Some(binding.clone()));
+    store.unbind(&resource).await.unwrap();
+    assert_eq!(store.bound(&resource).await.unwrap(), None);
     store
         .bind("upload:short", &binding, Duration::from_millis(20))
         .await

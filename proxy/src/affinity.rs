@@ -25,6 +25,11 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(48 * 3600);
 /// A store lookup on a request's path gives up after this (the request then routes normally).
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
 const CACHE_MAX: usize = 100_000;
+/// A name the store does not know is not asked for again for this long.
+const MISS_FOR: Duration = Duration::from_secs(5);
+/// Names looked up per request at most (a request naming hundreds of files is routed by the
+/// first ones).
+pub const MAX_NAMES: usize = 8;
 
 /// What a successful answer to a request creates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,7 +68,28 @@ impl Creates {
     }
 }
 
-/// The id of the upload session a chunk request continues (`?upload_id=`).
+/// The id of the upload session a chunk request continues (`?upload_id=`), when the request is
+/// a chunk command (`upload`, `finalize`, `query`, `cancel`): the session authorises nothing else.
+pub fn chunk_of_session<'q>(
+    path: &str,
+    query: Option<&'q str>,
+    headers: &HeaderMap,
+) -> Option<&'q str> {
+    let command = headers
+        .get("x-goog-upload-command")
+        .and_then(|v| v.to_str().ok())?
+        .to_ascii_lowercase();
+    let chunk = command
+        .split(',')
+        .map(str::trim)
+        .all(|c| matches!(c, "upload" | "finalize" | "query" | "cancel"));
+    if !chunk {
+        return None;
+    }
+    upload_id(path, query)
+}
+
+/// The id of the upload session a URL names (`?upload_id=`).
 pub fn upload_id<'q>(path: &str, query: Option<&'q str>) -> Option<&'q str> {
     if !path.starts_with("/upload/") {
         return None;
@@ -168,14 +194,20 @@ pub fn created(kind: Creates, body: &[u8]) -> Option<(String, Duration)> {
 }
 
 /// Points Google's `X-Goog-Upload-URL` back at this proxy: same path and query, the client's
-/// scheme and host (`X-Forwarded-Proto`/`X-Forwarded-Host` when a load balancer set them).
-pub fn rewrite_upload_url(google: &str, client_headers: &HeaderMap) -> Option<String> {
+/// scheme and host (`X-Forwarded-Proto`/`X-Forwarded-Host` when a load balancer set them; an
+/// HTTP/2 client names the host in `:authority`, given as `authority`).
+pub fn rewrite_upload_url(
+    google: &str,
+    client_headers: &HeaderMap,
+    authority: Option<&str>,
+) -> Option<String> {
     let after_scheme = google.split_once("://")?.1;
     let path_and_query = &after_scheme[after_scheme.find('/')?..];
     let header = |n: &str| client_headers.get(n).and_then(|v| v.to_str().ok());
     let host = header("x-forwarded-host")
         .and_then(|h| h.split(',').next())
-        .or_else(|| header("host"))?
+        .or_else(|| header("host"))
+        .or(authority)?
         .trim();
     let scheme = header("x-forwarded-proto")
         .and_then(|p| p.split(',').next())
@@ -185,10 +217,21 @@ pub fn rewrite_upload_url(google: &str, client_headers: &HeaderMap) -> Option<St
     Some(format!("{scheme}://{host}{path_and_query}"))
 }
 
+/// How long a binding is trusted from the local cache. Upload sessions end (and are unbound) on
+/// whichever proxy sees the last chunk, so the others ask the store again soon.
+fn cached_for(resource: &str) -> Duration {
+    if resource.starts_with("upload:") {
+        Duration::from_secs(10)
+    } else {
+        Duration::from_secs(300)
+    }
+}
+
 /// Bindings: a local cache in front of the store.
 pub struct Affinity {
     store: Arc<dyn KeyStore>,
-    cache: Mutex<HashMap<String, (Binding, u64)>>,
+    /// resource → (binding, or none known; until when this is trusted, Unix ms).
+    cache: Mutex<HashMap<String, (Option<Binding>, u64)>>,
 }
 
 impl Affinity {
@@ -199,7 +242,7 @@ impl Affinity {
         }
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Binding, u64)>> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Option<Binding>, u64)>> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -210,15 +253,18 @@ impl Affinity {
         if let Some((b, exp)) = self.cache().get(resource)
             && *exp > now
         {
-            return Some(b.clone());
+            return b.clone();
         }
         match tokio::time::timeout(LOOKUP_TIMEOUT, self.store.bound(resource)).await {
             Ok(Ok(Some(b))) => {
                 // Cached briefly: the store holds the real lifetime.
-                self.remember(resource, &b, Duration::from_secs(300));
+                self.remember(resource, Some(&b), cached_for(resource));
                 Some(b)
             }
-            Ok(Ok(None)) => None,
+            Ok(Ok(None)) => {
+                self.remember(resource, None, MISS_FOR);
+                None
+            }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "affinity lookup failed; routing without it");
                 None
@@ -230,7 +276,7 @@ impl Affinity {
         }
     }
 
-    fn remember(&self, resource: &str, binding: &Binding, ttl: Duration) {
+    fn remember(&self, resource: &str, binding: Option<&Binding>, ttl: Duration) {
         let now = now_ms();
         let mut cache = self.cache();
         if cache.len() >= CACHE_MAX {
@@ -241,20 +287,30 @@ impl Affinity {
         }
         cache.insert(
             resource.to_owned(),
-            (binding.clone(), now + ttl.as_millis() as u64),
+            (binding.cloned(), now + ttl.as_millis() as u64),
         );
     }
 
     /// Records who created `resource`, here and in the store (awaited, bounded), so that the
     /// client's next request finds it on any proxy.
     pub async fn bind(&self, resource: &str, binding: Binding, ttl: Duration) {
-        self.remember(resource, &binding, ttl);
+        self.remember(resource, Some(&binding), ttl.min(cached_for(resource)));
         match tokio::time::timeout(LOOKUP_TIMEOUT, self.store.bind(resource, &binding, ttl)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "affinity binding not stored; other proxies will not see it")
             }
             Err(_) => tracing::warn!("affinity binding timed out; other proxies will not see it"),
+        }
+    }
+
+    /// Ends a binding here and in the store (a finished upload session is no credential).
+    pub async fn unbind(&self, resource: &str) {
+        self.cache().remove(resource);
+        match tokio::time::timeout(LOOKUP_TIMEOUT, self.store.unbind(resource)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "affinity binding not removed from the store"),
+            Err(_) => tracing::warn!("removing an affinity binding timed out"),
         }
     }
 }

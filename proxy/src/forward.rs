@@ -128,7 +128,7 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
     trace.api = api;
     trace.route = route.operation;
     // The chunks of a resumable upload carry no key: the session is their credential.
-    let session = affinity::upload_id(parts.uri.path(), parts.uri.query());
+    let session = affinity::chunk_of_session(parts.uri.path(), parts.uri.query(), &parts.headers);
     let session_binding = match session {
         Some(id) => app.affinity.lookup(&affinity::session_resource(id)).await,
         None => None,
@@ -199,8 +199,10 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
             None,
         );
     };
-    // A rough input-token estimate (about four bytes a token), corrected from the answer.
-    let estimate = (body.len() / 4) as u64;
+    // A rough input-token estimate (about four bytes a token, capped), replaced by the
+    // answer's figure.
+    let estimate = ((body.len() / 4) as u64).min(quota::MAX_TOKEN_ESTIMATE);
+    let charged_ms = now_ms();
     let client_charged = match (&trace.client, pool.book.clients_limited()) {
         (Some(name), true) => {
             let now = now_ms();
@@ -241,11 +243,14 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
             "this upload session".to_owned(),
         ));
     }
-    if pinned.is_none() {
+    // With one project in the group, every key is the owner's: nothing to look up.
+    if pinned.is_none() && pool.has_several_scopes() {
         let mut names: Vec<String> = affinity::named_in_body(&body);
         if let Some(n) = affinity::named_in_path(&route.upstream_path) {
             names.insert(0, n.to_owned());
         }
+        names.dedup();
+        names.truncate(affinity::MAX_NAMES);
         for name in names {
             if let Some(b) = app.affinity.lookup(&name).await
                 && b.group == pool.name()
@@ -323,7 +328,7 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
         let slot = &member.slot;
         trace.key = Some(i);
         let quota_charged = match model.get() {
-            Some(m) if pool.book.quota_active() => {
+            Some(m) if pool.book.quota_active() && quota::counts(route.operation) => {
                 pool.book.charge_quota(&member.scope, m, estimate, now);
                 Some(quota::quota_name(&member.scope, m))
             }
@@ -370,18 +375,28 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
         let status = res.status();
         if status.as_u16() < 400 {
             slot.record_success();
+            if let Some(id) = session
+                && res
+                    .headers()
+                    .get("x-goog-upload-status")
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"final"))
+            {
+                // A finished upload session authorises nothing more.
+                app.affinity.unbind(&affinity::session_resource(id)).await;
+            }
             if let Some(kind) = creates {
                 let binding = keystore::Binding {
                     group: group.to_owned(),
                     key: slot.id.clone(),
                 };
-                return created(app, kind, binding, res, &parts.headers, in_flight).await;
+                return created(app, kind, binding, res, &parts, in_flight).await;
             }
             let charges = (quota_charged.is_some() || client_charged.is_some()).then(|| {
                 Box::new(Charges {
                     pool: pool.clone(),
-                    quota: quota_charged,
+                    quota: quota_charged.map(|q| (q, now)),
                     client: client_charged,
+                    client_ms: charged_ms,
                     estimated: estimate,
                 })
             });
@@ -413,7 +428,8 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
                 let before = slot.record_rate_limit("429 RESOURCE_EXHAUSTED", bare);
                 let cooldown = classify::cooldown_for(&limit, now_ms(), before);
                 if let Some(learned) = limit.stated_limit()
-                    && let Some(m) = limit.model.as_deref().or(model.get())
+                    // Counted under the request's model name, so learn under it too.
+                    && let Some(m) = model.get().or(limit.model.as_deref())
                     && pool
                         .book
                         .learn(&member.scope, m, learned, now_ms(), Some(cooldown.until_ms))
@@ -546,7 +562,7 @@ async fn created(
     kind: Creates,
     binding: keystore::Binding,
     res: http::Response<Body>,
-    client_headers: &http::HeaderMap,
+    client: &http::request::Parts,
     in_flight: InFlight,
 ) -> Response {
     let (mut head, body) = res.into_parts();
@@ -570,8 +586,12 @@ async fn created(
                     )
                     .await;
             }
-            match affinity::rewrite_upload_url(&url, client_headers)
-                .and_then(|u| HeaderValue::from_str(&u).ok())
+            match affinity::rewrite_upload_url(
+                &url,
+                &client.headers,
+                client.uri.authority().map(|a| a.as_str()),
+            )
+            .and_then(|u| HeaderValue::from_str(&u).ok())
             {
                 Some(v) => {
                     head.headers.insert("x-goog-upload-url", v);
@@ -579,6 +599,17 @@ async fn created(
                 None => tracing::warn!("upload session URL could not be pointed back at the proxy"),
             }
         }
+        clean_head(&mut head);
+        return Response::from_parts(head, body);
+    }
+    // An answer too big to read is passed on as it is, unbound, rather than lost.
+    let declared = head
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_CREATED_BODY) {
+        tracing::warn!("a created resource's answer is too big to read: not bound to its key");
         clean_head(&mut head);
         return Response::from_parts(head, body);
     }
@@ -649,13 +680,14 @@ fn deliver(
     )
 }
 
-/// Token estimates charged to quota and client counters, corrected when the answer ends.
+/// Token estimates charged to quota and client counters, settled when the answer ends.
 struct Charges {
     pool: Arc<Pool>,
-    /// The project-and-model counter (input tokens).
-    quota: Option<String>,
-    /// The client (all tokens).
+    /// The project-and-model counter (input tokens), and when it was charged.
+    quota: Option<(String, u64)>,
+    /// The client (all tokens), charged at `client_ms`.
     client: Option<Arc<str>>,
+    client_ms: u64,
     estimated: u64,
 }
 
@@ -684,18 +716,14 @@ impl Drop for Tracked {
     fn drop(&mut self) {
         self.in_flight.slot().add_usage(1, self.tokens.tokens());
         if let Some(c) = self.charges.take() {
-            let now = now_ms();
             let book = &c.pool.book;
-            if let Some(q) = &c.quota
-                && self.tokens.prompt_tokens() > 0
-            {
-                book.correct_tokens(q, c.estimated, self.tokens.prompt_tokens(), now);
+            let found = |n: u64| (n > 0).then_some(n);
+            if let Some((q, at)) = &c.quota {
+                book.settle_tokens(q, *at, c.estimated, found(self.tokens.prompt_tokens()));
             }
-            if let Some(client) = &c.client
-                && self.tokens.tokens() > 0
-            {
+            if let Some(client) = &c.client {
                 let name = quota::client_name(client);
-                book.correct_tokens(&name, c.estimated, self.tokens.tokens(), now);
+                book.settle_tokens(&name, c.client_ms, c.estimated, found(self.tokens.tokens()));
             }
         }
     }

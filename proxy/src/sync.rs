@@ -343,7 +343,7 @@ async fn share_rates(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
             if !pool.book.wants_sharing() {
                 continue;
             }
-            let batch = pool.book.take_pending();
+            let batch = pool.book.take_pending(now_ms());
             if !batch.is_empty() {
                 // Like usage, counts that cannot be written are dropped: the local count stays
                 // exact, only the other proxies miss them.

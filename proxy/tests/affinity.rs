@@ -222,6 +222,51 @@ async fn uploads_files_and_caches_stay_with_their_project_across_proxies() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
 
+    // A finished session is no credential any more, on either proxy, and a session URL never
+    // authorises anything but its own chunks.
+    // (p2 saw the end; p1 may trust its cache for a few seconds more, and Google refuses then.)
+    for url in [&on_p2, &session] {
+        let r = Client::new()
+            .call(
+                Method::POST,
+                url,
+                &[
+                    ("x-goog-upload-command", "upload, finalize"),
+                    ("x-goog-upload-offset", "0"),
+                ],
+                "again".to_owned(),
+            )
+            .await;
+        assert_eq!(r.status, 404, "{}", r.text());
+    }
+    let r = Client::new()
+        .call(
+            Method::POST,
+            &on_p2,
+            &[("x-goog-upload-command", "query")],
+            String::new(),
+        )
+        .await;
+    assert!(r.text().contains("not known to this proxy"), "{}", r.text());
+    let open_session = start_upload(&p1, "v1beta").await;
+    let r = Client::new()
+        .call(
+            Method::POST,
+            &open_session,
+            &[
+                ("x-goog-upload-command", "start"),
+                ("x-goog-upload-protocol", "resumable"),
+            ],
+            "{}".to_owned(),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        401,
+        "a session URL cannot start new uploads: {}",
+        r.text()
+    );
+
     // A session the proxies never started is not a credential.
     let r = Client::new()
         .call(

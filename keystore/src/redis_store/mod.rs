@@ -329,6 +329,17 @@ impl KeyStore for RedisStore {
             self.run(|mut c| async move { c.sadd::<_, _, ()>(&index, &name).await })
                 .await?;
             if changed == 1 {
+                // A group made again under a removed one's name keeps its trail.
+                let trail = self.group_key(&snapshot.name, "audit");
+                self.run(|mut c| async move { c.persist::<_, ()>(&trail).await })
+                    .await?;
+            }
+            // The diff holds only when nobody published in between.
+            let consecutive = match &old {
+                Some(o) => o.version + 1 == version,
+                None => version == 1,
+            };
+            if changed == 1 && consecutive {
                 let mut published = snapshot;
                 published.version = version;
                 let changes =
@@ -668,6 +679,14 @@ impl KeyStore for RedisStore {
             let value = serde_json::to_string(binding).map_err(corrupt)?;
             let ms = ttl.as_millis().max(1) as u64;
             self.run(|mut c| async move { c.pset_ex::<_, _, ()>(&key, value, ms).await })
+                .await
+        })
+    }
+
+    fn unbind<'a>(&'a self, resource: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let key = format!("{}aff:{resource}", self.prefix);
+            self.run(|mut c| async move { c.del::<_, ()>(&key).await })
                 .await
         })
     }

@@ -89,22 +89,28 @@ fn upload_urls_point_back_at_the_proxy_the_client_used() {
     let mut h = HeaderMap::new();
     h.insert("host", HeaderValue::from_static("gemini-proxy.team-a:8080"));
     assert_eq!(
-        rewrite_upload_url(google, &h).as_deref(),
+        rewrite_upload_url(google, &h, None).as_deref(),
         Some(
             "http://gemini-proxy.team-a:8080/upload/v1beta/files?upload_id=AbC&upload_protocol=resumable"
         )
     );
+    // HTTP/2 clients name the host in :authority.
+    assert_eq!(
+        rewrite_upload_url(google, &HeaderMap::new(), Some("h2.local:8080")).as_deref(),
+        Some("http://h2.local:8080/upload/v1beta/files?upload_id=AbC&upload_protocol=resumable")
+    );
+    assert_eq!(rewrite_upload_url(google, &HeaderMap::new(), None), None);
     h.insert(
         "x-forwarded-host",
         HeaderValue::from_static("ai.example.com"),
     );
     h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
     assert!(
-        rewrite_upload_url(google, &h)
+        rewrite_upload_url(google, &h, None)
             .unwrap()
             .starts_with("https://ai.example.com/upload/v1beta/files?upload_id=AbC")
     );
-    assert_eq!(rewrite_upload_url("not a url", &h), None);
+    assert_eq!(rewrite_upload_url("not a url", &h, None), None);
 }
 
 #[test]
@@ -120,4 +126,27 @@ fn sessions_are_stored_by_digest() {
         Some("AbC")
     );
     assert_eq!(upload_id("/v1beta/files", Some("upload_id=AbC")), None);
+    // Only chunk commands ride on a session: not a new start, not a one-shot upload.
+    let q = Some("upload_id=AbC&upload_protocol=resumable");
+    let with = |cmd: &'static str| {
+        let mut h = HeaderMap::new();
+        h.insert("x-goog-upload-command", HeaderValue::from_static(cmd));
+        h
+    };
+    assert_eq!(
+        chunk_of_session("/upload/v1/files", q, &with("upload, finalize")),
+        Some("AbC")
+    );
+    assert_eq!(
+        chunk_of_session("/upload/v1/files", q, &with("query")),
+        Some("AbC")
+    );
+    assert_eq!(
+        chunk_of_session("/upload/v1/files", q, &with("start")),
+        None
+    );
+    assert_eq!(
+        chunk_of_session("/upload/v1/files", q, &HeaderMap::new()),
+        None
+    );
 }

@@ -115,6 +115,13 @@ impl Pool {
         &self.snapshot.name
     }
 
+    /// Whether the keys belong to more than one quota scope (project), so that affinity matters.
+    pub fn has_several_scopes(&self) -> bool {
+        self.members
+            .first()
+            .is_some_and(|f| self.members.iter().any(|m| m.scope != f.scope))
+    }
+
     /// The member holding key `id`.
     pub fn index_of(&self, id: &KeyId) -> Option<usize> {
         self.members.iter().position(|m| &m.slot.id == id)

@@ -17,6 +17,7 @@ pub mod window;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use keystore::rate::{SLOT_MS, SLOTS_KEPT};
 use keystore::{ClientLimits, Counter, QuotaLimits, RateCounts, RateDelta, RateWindow};
@@ -52,6 +53,16 @@ impl Limits {
     }
 }
 
+/// Counters a book keeps at most; beyond it new names are not counted (and this is logged).
+/// Idle counters are dropped every time the counts are shared, so only a flood of made-up model
+/// names within one minute reaches it.
+const MAX_COUNTERS: usize = 10_000;
+/// How long a limit learned from a 429 is trusted; the next 429 teaches it again.
+pub const LEARNED_FOR: Duration = Duration::from_secs(3600);
+/// Token estimates larger than this are capped (inline media is counted by Google per image or
+/// second, not per byte); the answer's figure replaces the estimate.
+pub const MAX_TOKEN_ESTIMATE: u64 = 32_768;
+
 /// Which limit a 429 stated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Learned {
@@ -79,23 +90,48 @@ struct Entry {
     others: Vec<(u64, Counter)>,
     others_day: u64,
     learned: Limits,
+    /// When the learned limits were last taught (Unix ms).
+    learned_ms: u64,
 }
 
 impl Entry {
-    fn charge(&mut self, now_ms: u64, requests: u64, tokens: u64) {
-        self.own.add(now_ms, requests, tokens);
+    /// Counts a request here; its tokens are an estimate, shared with the other proxies only
+    /// once [`Entry::settle`] knows the real figure.
+    fn charge(&mut self, now_ms: u64, tokens: u64) {
+        self.own.add(now_ms, 1, tokens);
         let date = self.own_day.roll(now_ms).to_owned();
-        self.own_day.requests += requests;
+        self.own_day.requests += 1;
         self.pending
             .entry(RateWindow::slot_of(now_ms))
             .or_default()
-            .add(requests, tokens);
-        if requests > 0 {
+            .add(1, 0);
+        self.pending
+            .entry(RateWindow::Day(date))
+            .or_default()
+            .add(1, 0);
+    }
+
+    /// Replaces the estimate charged at `charged_ms` with the real figure (or keeps it when the
+    /// answer said none), and shares the tokens.
+    fn settle(&mut self, charged_ms: u64, estimated: u64, actual: Option<u64>) {
+        let tokens = actual.unwrap_or(estimated);
+        self.own
+            .adjust_tokens(charged_ms, tokens as i64 - estimated as i64);
+        if tokens > 0 {
             self.pending
-                .entry(RateWindow::Day(date))
+                .entry(RateWindow::slot_of(charged_ms))
                 .or_default()
-                .add(requests, 0);
+                .add(0, tokens);
         }
+    }
+
+    /// Whether the entry holds nothing worth keeping.
+    fn idle(&self, now_ms: u64) -> bool {
+        self.own.is_empty(now_ms)
+            && self.pending.is_empty()
+            && self.others.is_empty()
+            && self.others_day == 0
+            && !self.learned.is_set()
     }
 
     /// The other proxies' requests and tokens in the minute before `now_ms`, assuming each slot's
@@ -122,6 +158,14 @@ impl Entry {
     }
 
     fn room(&mut self, limits: Limits, tokens: u64, now_ms: u64) -> Room {
+        let limits = if self.learned.is_set()
+            && now_ms.saturating_sub(self.learned_ms) > LEARNED_FOR.as_millis() as u64
+        {
+            self.learned = Limits::default();
+            limits
+        } else {
+            limits
+        };
         let (own_r, own_t) = self.own.sum(now_ms);
         let (oth_r, oth_t, oth_oldest) = self.others_in_minute(now_ms);
         let (r, t) = (own_r + oth_r, own_t + oth_t);
@@ -168,6 +212,21 @@ pub struct Book {
     learned_any: Arc<AtomicBool>,
 }
 
+/// Whether a route's calls count against a project's generate quota (`countTokens`, model
+/// lists and files do not).
+pub fn counts(operation: &str) -> bool {
+    matches!(
+        operation,
+        "generateContent"
+            | "streamGenerateContent"
+            | "embedContent"
+            | "batchEmbedContents"
+            | "chat/completions"
+            | "embeddings"
+            | "images/generations"
+    )
+}
+
 /// The counter name of a project's quota on a model.
 pub fn quota_name(scope: &str, model: &str) -> String {
     format!("q|{scope}|{model}")
@@ -180,12 +239,20 @@ pub fn client_name(client: &str) -> String {
 
 impl Book {
     pub fn new(limits: QuotaLimits, client_limits: ClientLimits, previous: Option<&Book>) -> Self {
-        Self {
+        let book = Self {
             limits,
             client_limits,
             counters: previous.map(|p| p.counters.clone()).unwrap_or_default(),
             learned_any: previous.map(|p| p.learned_any.clone()).unwrap_or_default(),
+        };
+        // New limits from the user replace what was learned under the old ones.
+        if previous.is_some_and(|p| p.limits != limits) {
+            for e in book.lock().values_mut() {
+                e.learned = Limits::default();
+            }
+            book.learned_any.store(false, Relaxed);
         }
+        book
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
@@ -230,10 +297,25 @@ impl Book {
 
     /// Counts a request sent on a key of project `scope`.
     pub fn charge_quota(&self, scope: &str, model: &str, tokens: u64, now_ms: u64) {
-        self.lock()
-            .entry(quota_name(scope, model))
-            .or_default()
-            .charge(now_ms, 1, tokens);
+        self.charge(quota_name(scope, model), tokens, now_ms);
+    }
+
+    fn charge(&self, name: String, tokens: u64, now_ms: u64) {
+        let mut counters = self.lock();
+        let full = counters.len() >= MAX_COUNTERS;
+        match counters.get_mut(&name) {
+            Some(e) => e.charge(now_ms, tokens),
+            None if full => {
+                static WARNED: AtomicBool = AtomicBool::new(false);
+                if !WARNED.swap(true, Relaxed) {
+                    tracing::warn!(
+                        max = MAX_COUNTERS,
+                        "too many quota counters (made-up model names?): new ones are not counted"
+                    );
+                }
+            }
+            None => counters.entry(name).or_default().charge(now_ms, tokens),
+        }
     }
 
     /// Room in a client's allowance for one more request of about `tokens` tokens.
@@ -251,22 +333,14 @@ impl Book {
     }
 
     pub fn charge_client(&self, client: &str, tokens: u64, now_ms: u64) {
-        self.lock()
-            .entry(client_name(client))
-            .or_default()
-            .charge(now_ms, 1, tokens);
+        self.charge(client_name(client), tokens, now_ms);
     }
 
-    /// Replaces a token estimate with what the answer reported.
-    pub fn correct_tokens(&self, name: &str, estimated: u64, actual: u64, now_ms: u64) {
-        let mut counters = self.lock();
-        let Some(e) = counters.get_mut(name) else {
-            return;
-        };
-        if actual > estimated {
-            e.charge(now_ms, 0, actual - estimated);
-        } else {
-            e.own.remove_tokens(now_ms, estimated - actual);
+    /// Replaces the token estimate charged to `name` at `charged_ms` with what the answer
+    /// reported (`None`: it said nothing, the estimate stands).
+    pub fn settle_tokens(&self, name: &str, charged_ms: u64, estimated: u64, actual: Option<u64>) {
+        if let Some(e) = self.lock().get_mut(name) {
+            e.settle(charged_ms, estimated, actual);
         }
     }
 
@@ -288,6 +362,7 @@ impl Book {
         let mut counters = self.lock();
         let e = counters.entry(quota_name(scope, model)).or_default();
         let before = e.learned;
+        e.learned_ms = now_ms;
         match learned {
             Learned::RequestsPerMinute(n) => e.learned.requests_per_minute = Some(n.max(1)),
             Learned::TokensPerMinute(n) => e.learned.tokens_per_minute = Some(n.max(1)),
@@ -309,10 +384,13 @@ impl Book {
         before != e.learned
     }
 
-    /// What this proxy counted since the last call, for the store.
-    pub fn take_pending(&self) -> Vec<RateDelta> {
+    /// What this proxy counted since the last call, for the store. Drops idle counters.
+    pub fn take_pending(&self, now_ms: u64) -> Vec<RateDelta> {
         let mut out = Vec::new();
-        for (name, e) in self.lock().iter_mut() {
+        let mut counters = self.lock();
+        let rpd = self.limits.requests_per_day.is_some();
+        counters.retain(|_, e| !e.idle(now_ms) || (rpd && e.own_day.requests > 0));
+        for (name, e) in counters.iter_mut() {
             for (window, c) in e.pending.drain() {
                 out.push(RateDelta {
                     name: name.clone(),

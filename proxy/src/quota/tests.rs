@@ -92,9 +92,27 @@ fn tokens_per_minute_count_the_estimate_then_the_real_figure() {
         b.quota_room("p1", "m", 500, T0),
         Room::FullUntil(_)
     ));
-    // The answer said 100 input tokens, not 600.
-    b.correct_tokens(&quota_name("p1", "m"), 600, 100, T0);
-    assert!(matches!(b.quota_room("p1", "m", 500, T0), Room::Free(_)));
+    // Three seconds later the answer ends: 100 input tokens, not 600. The second it was
+    // charged in is corrected, and only the real figure is shared.
+    b.charge_quota("p1", "m", 50, T0 + 3_000);
+    b.settle_tokens(&quota_name("p1", "m"), T0, 600, Some(100));
+    assert!(matches!(
+        b.quota_room("p1", "m", 500, T0 + 3_000),
+        Room::Free(_)
+    ));
+    match b.quota_room("p1", "m", 0, T0 + 3_000) {
+        Room::Free(r) => assert!((r - 0.85).abs() < 1e-9, "150 of 1000 used: {r}"),
+        other => panic!("{other:?}"),
+    }
+    let shared: u64 = b.take_pending(T0 + 3_000).iter().map(|d| d.tokens).sum();
+    assert_eq!(
+        shared, 100,
+        "the estimate of the unsettled request stays local"
+    );
+    // No figure in the answer: the estimate stands and is shared.
+    b.settle_tokens(&quota_name("p1", "m"), T0 + 3_000, 50, None);
+    let shared: u64 = b.take_pending(T0 + 3_000).iter().map(|d| d.tokens).sum();
+    assert_eq!(shared, 50);
     // A single request over the whole limit still goes when nothing else is counted.
     let empty = book(None, Some(1000), None);
     assert!(matches!(
@@ -144,7 +162,15 @@ fn limits_are_learned_from_429s_unless_the_group_says_no() {
         fresh.quota_room("p2", "m", 0, T0 + 20_000),
         Room::Free(_)
     ));
-    assert!(fresh.take_pending().is_empty(), "the filler is not shared");
+    assert!(
+        fresh.take_pending(T0 + 1_000).is_empty(),
+        "the filler is not shared"
+    );
+    // Learned limits are trusted for an hour.
+    assert!(matches!(
+        fresh.quota_room("p2", "m", 0, T0 + LEARNED_FOR.as_millis() as u64 + 1_000),
+        Room::Free(_)
+    ));
     // A configured limit and a learned one: the tighter wins.
     let c = book(Some(100), None, None);
     c.learn("p1", "m", Learned::RequestsPerMinute(1), T0, None);
@@ -190,7 +216,7 @@ fn pending_counts_go_out_once_per_slot_and_day_and_survive_a_new_snapshot() {
     let b = book(Some(10), None, None);
     b.charge_quota("p1", "m", 7, T0);
     b.charge_quota("p1", "m", 0, T0 + SLOT_MS);
-    let mut out = b.take_pending();
+    let mut out = b.take_pending(T0 + SLOT_MS);
     out.sort_by(|a, b| a.window.cmp(&b.window));
     assert_eq!(out.len(), 3, "{out:?}");
     let slots: Vec<_> = out
@@ -198,10 +224,57 @@ fn pending_counts_go_out_once_per_slot_and_day_and_survive_a_new_snapshot() {
         .filter(|d| matches!(d.window, RateWindow::Slot(_)))
         .map(|d| (d.requests, d.tokens))
         .collect();
-    assert_eq!(slots, vec![(1, 7), (1, 0)]);
+    assert_eq!(slots, vec![(1, 0), (1, 0)], "tokens go out when settled");
     let day = out.iter().find(|d| matches!(d.window, RateWindow::Day(_)));
     assert_eq!(day.map(|d| d.requests), Some(2));
-    assert!(b.take_pending().is_empty());
+    assert!(b.take_pending(T0 + SLOT_MS).is_empty());
     let next = Book::new(b.limits, b.client_limits, Some(&b));
     assert_eq!(next.quota_room("p1", "m", 0, T0 + SLOT_MS), Room::Free(0.8));
+}
+
+#[test]
+fn idle_counters_are_dropped_and_their_number_is_bounded() {
+    let b = book(Some(10), None, None);
+    for i in 0..(MAX_COUNTERS + 50) {
+        b.charge_quota("p1", &format!("made-up-{i}"), 0, T0);
+    }
+    assert_eq!(b.lock().len(), MAX_COUNTERS);
+    b.take_pending(T0);
+    assert_eq!(b.lock().len(), MAX_COUNTERS, "counted this minute: kept");
+    b.take_pending(T0 + 61_000);
+    assert!(
+        b.lock().is_empty(),
+        "a minute later nothing is counted: dropped"
+    );
+}
+
+#[test]
+fn new_limits_from_the_user_forget_learned_ones() {
+    let b = book(None, None, None);
+    b.learn("p1", "m", Learned::RequestsPerMinute(1), T0, None);
+    b.charge_quota("p1", "m", 0, T0);
+    assert!(matches!(b.quota_room("p1", "m", 0, T0), Room::FullUntil(_)));
+    let same = Book::new(b.limits, b.client_limits, Some(&b));
+    assert!(matches!(
+        same.quota_room("p1", "m", 0, T0),
+        Room::FullUntil(_)
+    ));
+    let raised = Book::new(
+        QuotaLimits {
+            requests_per_minute: Some(1000),
+            ..QuotaLimits::default()
+        },
+        ClientLimits::default(),
+        Some(&same),
+    );
+    let r = raised.quota_room("p1", "m", 0, T0);
+    assert!(matches!(r, Room::Free(_)), "{r:?}");
+}
+
+#[test]
+fn only_generating_calls_count() {
+    assert!(
+        counts("generateContent") && counts("streamGenerateContent") && counts("chat/completions")
+    );
+    assert!(!counts("countTokens") && !counts("models") && !counts("files") && !counts("upload"));
 }

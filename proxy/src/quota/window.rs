@@ -36,10 +36,19 @@ impl Minute {
         b.2 += tokens;
     }
 
-    /// Takes tokens back (an estimate that was too high); never below zero.
-    pub fn remove_tokens(&mut self, now_ms: u64, tokens: u64) {
-        let b = self.bucket(now_ms);
-        b.2 = b.2.saturating_sub(tokens);
+    /// Changes the tokens counted at `at_ms` by `delta` (an estimate replaced by the real
+    /// figure), if that second is still counted; never below zero.
+    pub fn adjust_tokens(&mut self, at_ms: u64, delta: i64) {
+        let sec = at_ms / 1000;
+        let b = &mut self.buckets[(sec % SECONDS as u64) as usize];
+        if b.0 == sec {
+            b.2 = b.2.saturating_add_signed(delta);
+        }
+    }
+
+    /// Whether nothing is counted any more.
+    pub fn is_empty(&self, now_ms: u64) -> bool {
+        self.sum(now_ms) == (0, 0)
     }
 
     fn live(&self, now_ms: u64) -> impl Iterator<Item = &(u64, u64, u64)> {

@@ -141,7 +141,8 @@ struct Returning {
 
 impl Drop for Returning {
     fn drop(&mut self) {
-        if self.ended
+        // An empty body (a 204, `content-length: 0`) may never be polled.
+        if (self.ended || http_body::Body::is_end_stream(&self.inner))
             && let Some(s) = self.sender.take()
         {
             checkin(&self.authority, s);
