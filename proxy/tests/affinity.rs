@@ -57,6 +57,21 @@ async fn call(
         .await
 }
 
+/// Sends a chunk command to a session URL, with no key (as the GenAI SDK does).
+async fn chunk(url: &str, command: &str, body: &str) -> Reply {
+    Client::new()
+        .call(
+            Method::POST,
+            url,
+            &[
+                ("x-goog-upload-command", command),
+                ("x-goog-upload-offset", "0"),
+            ],
+            body.to_owned(),
+        )
+        .await
+}
+
 /// Starts a resumable upload through `p`; returns the session URL it answered.
 async fn start_upload(p: &ProxyProcess, version: &str) -> String {
     let r = call(
@@ -109,17 +124,7 @@ async fn uploads_files_and_caches_stay_with_their_project_across_proxies() {
     // Start on p1, send the bytes to p2 with no key: the session authorises them.
     let session = start_upload(&p1, "v1beta").await;
     let on_p2 = session.replace(&p1.url(), &p2.url());
-    let r = Client::new()
-        .call(
-            Method::POST,
-            &on_p2,
-            &[
-                ("x-goog-upload-command", "upload, finalize"),
-                ("x-goog-upload-offset", "0"),
-            ],
-            "hello world".to_owned(),
-        )
-        .await;
+    let r = chunk(&on_p2, "upload, finalize", "hello world").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-goog-upload-status"), Some("final"));
     let file = r.json()["file"]["name"].as_str().unwrap().to_owned();
@@ -209,6 +214,8 @@ async fn uploads_files_and_caches_stay_with_their_project_across_proxies() {
 
     // The GenAI SDK's /upload/v1 path works the same.
     let session = start_upload(&p2, "v1").await;
+    let to_p1 = session.replace(&p2.url(), &p1.url());
+    let r = chunk(&to_p1, "upload, finalize", "hello world").await;
     let r = Client::new()
         .call(
             Method::POST,
@@ -226,17 +233,7 @@ async fn uploads_files_and_caches_stay_with_their_project_across_proxies() {
     // authorises anything but its own chunks.
     // (p2 saw the end; p1 may trust its cache for a few seconds more, and Google refuses then.)
     for url in [&on_p2, &session] {
-        let r = Client::new()
-            .call(
-                Method::POST,
-                url,
-                &[
-                    ("x-goog-upload-command", "upload, finalize"),
-                    ("x-goog-upload-offset", "0"),
-                ],
-                "again".to_owned(),
-            )
-            .await;
+        let r = chunk(url, "upload, finalize", "again").await;
         assert_eq!(r.status, 404, "{}", r.text());
     }
     let r = Client::new()
