@@ -57,6 +57,12 @@ async fn call(
         .await
 }
 
+/// `generateContent` through `p` with the client's token.
+async fn generate(p: &ProxyProcess, body: &str) -> Reply {
+    let path = "/v1beta/models/gemini-2.5-flash:generateContent";
+    call(p, Method::POST, path, &[("x-goog-api-key", TOKEN)], body).await
+}
+
 /// Sends a chunk command to a session URL, with no key (as the GenAI SDK does).
 async fn chunk(url: &str, command: &str, body: &str) -> Reply {
     Client::new()
@@ -145,14 +151,7 @@ async fn uploads_files_and_caches_stay_with_their_project_across_proxies() {
     let key = [("x-goog-api-key", TOKEN)];
     for i in 0..8 {
         let p = if i % 2 == 0 { &p1 } else { &p2 };
-        let r = call(
-            p,
-            Method::POST,
-            "/v1beta/models/gemini-2.5-flash:generateContent",
-            &key,
-            &body,
-        )
-        .await;
+        let r = generate(p, &body).await;
         assert_eq!(r.status, 200, "request {i}: {}", r.text());
     }
     let r = call(&p2, Method::GET, &format!("/v1beta/{file}"), &key, "").await;
@@ -178,14 +177,7 @@ async fn uploads_files_and_caches_stay_with_their_project_across_proxies() {
     let body =
         format!(r#"{{"contents":[{{"parts":[{{"text":"q"}}]}}],"cachedContent":"{cache}"}}"#);
     for _ in 0..6 {
-        let r = call(
-            &p1,
-            Method::POST,
-            "/v1beta/models/gemini-2.5-flash:generateContent",
-            &key,
-            &body,
-        )
-        .await;
+        let r = generate(&p1, &body).await;
         assert_eq!(r.status, 200, "{}", r.text());
     }
     assert_eq!(
@@ -285,14 +277,7 @@ async fn uploads_files_and_caches_stay_with_their_project_across_proxies() {
     let body = format!(
         r#"{{"contents":[{{"parts":[{{"fileData":{{"mimeType":"text/plain","fileUri":"{uri}"}}}}]}}]}}"#
     );
-    let r = call(
-        &p1,
-        Method::POST,
-        "/v1beta/models/gemini-2.5-flash:generateContent",
-        &key,
-        &body,
-    )
-    .await;
+    let r = generate(&p1, &body).await;
     assert_eq!(r.status, 429, "{}", r.text());
     let after: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=30).contains(&after), "Retry-After {after}");

@@ -186,6 +186,10 @@ impl RedisStore {
         format!("{}{{g:{group}}}:{what}", self.prefix)
     }
 
+    fn binding_key(&self, resource: &str) -> String {
+        format!("{}aff:{resource}", self.prefix)
+    }
+
     fn index_key(&self, what: &str) -> String {
         format!("{}{{index}}:{what}", self.prefix)
     }
@@ -675,7 +679,7 @@ impl KeyStore for RedisStore {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let key = format!("{}aff:{resource}", self.prefix);
+            let key = self.binding_key(resource);
             let value = serde_json::to_string(binding).map_err(corrupt)?;
             let ms = ttl.as_millis().max(1) as u64;
             self.run(|mut c| async move { c.pset_ex::<_, _, ()>(&key, value, ms).await })
@@ -685,7 +689,7 @@ impl KeyStore for RedisStore {
 
     fn unbind<'a>(&'a self, resource: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let key = format!("{}aff:{resource}", self.prefix);
+            let key = self.binding_key(resource);
             self.run(|mut c| async move { c.del::<_, ()>(&key).await })
                 .await
         })
@@ -696,7 +700,7 @@ impl KeyStore for RedisStore {
         resource: &'a str,
     ) -> BoxFuture<'a, Result<Option<Binding>, StoreError>> {
         Box::pin(async move {
-            let key = format!("{}aff:{resource}", self.prefix);
+            let key = self.binding_key(resource);
             let raw: Option<String> = self.run(|mut c| async move { c.get(&key).await }).await?;
             raw.map(|r| serde_json::from_str(&r).map_err(corrupt))
                 .transpose()
