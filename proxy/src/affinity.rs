@@ -42,13 +42,16 @@ pub enum Creates {
     Batch,
 }
 
+const X_GOOG_UPLOAD_COMMAND: http::HeaderName =
+    http::HeaderName::from_static("x-goog-upload-command");
+
 impl Creates {
     pub fn of(method: &Method, path: &str, headers: &HeaderMap) -> Option<Self> {
         if method != Method::POST {
             return None;
         }
         let command = headers
-            .get("x-goog-upload-command")
+            .get(X_GOOG_UPLOAD_COMMAND)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         if path.starts_with("/upload/") && path.ends_with("/files") {
@@ -76,7 +79,7 @@ pub fn chunk_of_session<'q>(
     headers: &HeaderMap,
 ) -> Option<&'q str> {
     let command = headers
-        .get("x-goog-upload-command")
+        .get(X_GOOG_UPLOAD_COMMAND)
         .and_then(|v| v.to_str().ok())?
         .to_ascii_lowercase();
     let chunk = command
@@ -110,16 +113,11 @@ pub fn session_resource(upload_id: &str) -> String {
 /// The resource a path names: `/v1beta/files/abc`, `/download/v1beta/files/abc:download`,
 /// `/v1beta/cachedContents/x`, `/v1beta/batches/y:cancel` → `files/abc` ...
 pub fn named_in_path(path: &str) -> Option<&str> {
-    for kind in ["/files/", "/cachedContents/", "/batches/"] {
-        if let Some(i) = path.find(kind) {
-            let rest = &path[i + 1..];
-            let end = rest[kind.len() - 1..]
-                .find([':', '/'])
-                .map_or(rest.len(), |e| e + kind.len() - 1);
-            let name = &rest[..end];
-            if name.len() > kind.len() - 1 {
-                return Some(name);
-            }
+    for kind in ["files", "cachedContents", "batches"] {
+        if let Some(id) = crate::routes::segment_after(path, kind) {
+            // `kind/id`: `id` lies in `path` right after `kind/`.
+            let start = id.as_ptr() as usize - path.as_ptr() as usize - kind.len() - 1;
+            return Some(&path[start..start + kind.len() + 1 + id.len()]);
         }
     }
     None
@@ -131,8 +129,11 @@ pub fn named_in_path(path: &str) -> Option<&str> {
 pub fn named_in_body(body: &[u8]) -> Vec<String> {
     // Every field that can name a resource starts with `"file` or `"cached` (JSON keys are
     // quoted; a quote inside a string is escaped): two fast scans decide whether to parse.
-    let mentions = |needle: &[u8]| memchr::memmem::find(body, needle).is_some();
-    if !mentions(b"\"file") && !mentions(b"\"cached") {
+    static FIELDS: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 2]> =
+        std::sync::LazyLock::new(|| {
+            [b"\"file".as_slice(), b"\"cached"].map(memchr::memmem::Finder::new)
+        });
+    if !FIELDS.iter().any(|f| f.find(body).is_some()) {
         return Vec::new();
     }
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {

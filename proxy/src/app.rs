@@ -111,6 +111,8 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         .into_response()
 }
 
+pub const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 /// Request ids: the client's `x-request-id` when it is sane, else a fresh one.
 pub struct RequestIds {
     seed: u64,
@@ -128,7 +130,7 @@ impl Default for RequestIds {
 
 impl RequestIds {
     pub fn take(&self, headers: &HeaderMap) -> HeaderValue {
-        if let Some(v) = headers.get("x-request-id") {
+        if let Some(v) = headers.get(X_REQUEST_ID) {
             let b = v.as_bytes();
             if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
                 return v.clone();
@@ -142,6 +144,10 @@ impl RequestIds {
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^= z >> 31;
-        HeaderValue::from_str(&format!("{z:016x}")).unwrap_or(HeaderValue::from_static("0"))
+        let mut hex = [0u8; 16];
+        for (i, d) in hex.iter_mut().enumerate() {
+            *d = b"0123456789abcdef"[((z >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        HeaderValue::from_bytes(&hex).unwrap_or(HeaderValue::from_static("0"))
     }
 }

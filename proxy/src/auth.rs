@@ -5,6 +5,8 @@ use std::borrow::Cow;
 
 use http::{HeaderMap, HeaderName, header};
 
+pub const X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
+
 /// What a client presented.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Credential<'a> {
@@ -16,7 +18,7 @@ pub struct Credential<'a> {
 
 pub fn credential<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Credential<'a> {
     let goog = headers
-        .get("x-goog-api-key")
+        .get(X_GOOG_API_KEY)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty());

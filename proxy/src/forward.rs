@@ -99,14 +99,15 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
                 _ => "",
             },
             attempts: trace.attempts,
-            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            duration: elapsed,
         };
         match app.access_log.get() {
             Some(writer) => writer.write(&entry),
             None => access_log::via_tracing(&entry),
         }
     }
-    res.headers_mut().insert("x-request-id", request_id);
+    res.headers_mut()
+        .insert(crate::app::X_REQUEST_ID, request_id);
     res
 }
 
@@ -344,7 +345,7 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
         match api {
             Api::Native => up
                 .headers_mut()
-                .insert("x-goog-api-key", slot.native_auth.clone()),
+                .insert(auth::X_GOOG_API_KEY, slot.native_auth.clone()),
             Api::OpenAi => up
                 .headers_mut()
                 .insert(header::AUTHORIZATION, slot.bearer_auth.clone()),

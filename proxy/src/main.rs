@@ -166,11 +166,15 @@ async fn run(
     shutdown_signal().await;
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     let _ = stop.send(true);
-    tokio::task::spawn_blocking(move || workers.join())
-        .await
+    let joined = tokio::task::spawn_blocking(move || workers.join()).await;
+    proxy.stop();
+    // The last access lines, before the writer's guard drops.
+    if let Some(log) = proxy.app.access_log.get() {
+        log.flush();
+    }
+    joined
         .map_err(|e| format!("server threads: {e}"))?
         .map_err(|e| format!("server error: {e}"))?;
-    proxy.stop();
     tracing::info!("gemini-proxy stopped");
     Ok(())
 }

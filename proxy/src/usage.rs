@@ -3,43 +3,55 @@
 //! `"total_tokens"` (OpenAI layer) seen anywhere in the body, even across chunk boundaries, and
 //! likewise the prompt's `"promptTokenCount"` / `"prompt_tokens"` (what input-token quotas count).
 
-/// (needle, counts the prompt rather than the total)
-const NEEDLES: [(&[u8], bool); 4] = [
-    (b"\"totalTokenCount\"", false),
-    (b"\"total_tokens\"", false),
-    (b"\"promptTokenCount\"", true),
-    (b"\"prompt_tokens\"", true),
-];
+use std::sync::LazyLock;
+
+use memchr::memmem;
+
+/// Every needle is `"total` or `"prompt` and then one of these endings: a SIMD search for the
+/// endings, then a look at what precedes them, costs far less than stopping at every quote.
+const ENDINGS: [&[u8]; 2] = [b"TokenCount\"", b"_tokens\""];
 /// Enough to hold a needle, a colon, spaces and a number across a chunk boundary.
 const CARRY: usize = 48;
 
-#[derive(Default)]
 pub struct TokenScan {
-    carry: Vec<u8>,
+    /// The end of what came before (inline: no allocation per answer).
+    carry: [u8; CARRY],
+    carry_len: usize,
     best: u64,
     prompt: u64,
 }
 
+impl Default for TokenScan {
+    fn default() -> Self {
+        Self {
+            carry: [0; CARRY],
+            carry_len: 0,
+            best: 0,
+            prompt: 0,
+        }
+    }
+}
+
 impl TokenScan {
     pub fn feed(&mut self, chunk: &[u8]) {
-        if !self.carry.is_empty() {
-            let mut joint = std::mem::take(&mut self.carry);
-            joint.extend_from_slice(&chunk[..chunk.len().min(CARRY)]);
-            self.scan(&joint);
-            self.carry = joint;
+        // The carried tail and the start of this chunk, for needles split between them.
+        let n = self.carry_len;
+        let take = chunk.len().min(CARRY);
+        let mut joint = [0u8; 2 * CARRY];
+        joint[..n].copy_from_slice(&self.carry[..n]);
+        joint[n..n + take].copy_from_slice(&chunk[..take]);
+        if n > 0 {
+            self.scan(&joint[..n + take]);
         }
         self.scan(chunk);
-        if chunk.len() >= CARRY {
-            self.carry.clear();
-            self.carry.extend_from_slice(&chunk[chunk.len() - CARRY..]);
+        let tail = if chunk.len() >= CARRY {
+            &chunk[chunk.len() - CARRY..]
         } else {
-            // `carry` holds the old tail and the whole short chunk: keep its end.
-            let start = self.carry.len().saturating_sub(CARRY);
-            self.carry.drain(..start);
-            if self.carry.is_empty() {
-                self.carry.extend_from_slice(chunk);
-            }
-        }
+            let total = n + take;
+            &joint[total - total.min(CARRY)..total]
+        };
+        self.carry[..tail.len()].copy_from_slice(tail);
+        self.carry_len = tail.len();
     }
 
     /// The token count found so far (0 if none).
@@ -53,23 +65,19 @@ impl TokenScan {
     }
 
     fn scan(&mut self, buf: &[u8]) {
-        let mut i = 0;
-        while let Some(off) = memchr::memchr(b'"', &buf[i..]) {
-            let at = i + off;
-            i = at + 1;
-            // Every needle starts with `"t` or `"p`: most quotes are passed at once.
-            if !matches!(buf.get(at + 1), Some(b't' | b'p')) {
-                continue;
-            }
-            for (needle, prompt) in NEEDLES {
-                if buf[at..].starts_with(needle)
-                    && let Some(n) = number_after(&buf[at + needle.len()..])
-                {
-                    let best = if prompt {
-                        &mut self.prompt
-                    } else {
-                        &mut self.best
-                    };
+        static FINDERS: LazyLock<[memmem::Finder<'static>; 2]> =
+            LazyLock::new(|| ENDINGS.map(memmem::Finder::new));
+        for finder in FINDERS.iter() {
+            for at in finder.find_iter(buf) {
+                let head = &buf[..at];
+                let best = if head.ends_with(b"\"total") {
+                    &mut self.best
+                } else if head.ends_with(b"\"prompt") {
+                    &mut self.prompt
+                } else {
+                    continue;
+                };
+                if let Some(n) = number_after(&buf[at + finder.needle().len()..]) {
                     *best = (*best).max(n);
                 }
             }

@@ -114,3 +114,23 @@ fn models_are_found_in_path_and_body() {
     );
     assert_eq!(model_in_body(b"not json"), None);
 }
+
+#[test]
+fn segments_are_whole_and_their_ids_end_at_colon_or_slash() {
+    assert_eq!(segment_after("/v1beta/models/m:x", "models"), Some("m"));
+    assert_eq!(
+        segment_after("/v1beta/models/m/operations/o", "models"),
+        Some("m")
+    );
+    assert_eq!(segment_after("/v1beta/models/", "models"), None);
+    assert_eq!(segment_after("/v1beta/models", "models"), None);
+    assert_eq!(segment_after("/v1beta/tunedModels/t:x", "models"), None);
+    assert_eq!(segment_after("/v1beta/modelsx/t", "models"), None);
+    // An empty id is passed over for a later one.
+    assert_eq!(segment_after("/a/files//b/files/c", "files"), Some("c"));
+    assert_eq!(
+        model_in_path("models/m"),
+        None,
+        "a path starts with a slash"
+    );
+}
