@@ -1,182 +1,320 @@
 //! A lean HTTP/1.1 client for `http://` upstreams (a local gateway, the benchmark's canned
-//! server): one pool of idle connections per thread and authority, no locks, no task per
-//! request.
+//! server): one pool of idle connections per thread and authority, no locks, no task and no
+//! channel per request or per connection.
 //!
-//! hyper-util's pooled client spawns a task per HTTP/1 request to wait for the connection to
-//! become idle again; here the response body hands its connection back when it ends. A body
-//! dropped before its end takes the connection with it (it cannot carry another request).
+//! The request's own future writes the request and reads the answer's head; the answer's body
+//! reads the socket itself as the client takes it (so a stream is passed on chunk by chunk)
+//! and hands the connection back to the pool when it ends. A body dropped before its end
+//! takes the connection with it (it cannot carry another request). hyper's client, by
+//! contrast, runs every connection as a task of its own and talks to it through channels.
+
+mod wire;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use axum::body::Body;
-use bytes::Bytes;
-use http::{HeaderValue, Request, Response, Uri, header};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Request, Response};
 use http_body::Frame;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::UpstreamError;
-
-type Sender = SendRequest<Full<Bytes>>;
+use wire::{Chunked, Framing, Parsed, Step};
 
 /// Idle connections kept per thread and authority; more are closed when they come back.
 const MAX_IDLE: usize = 1024;
+/// The first read of an answer reserves this much; reads that fill the room double it.
+const READ_MIN: usize = 8 * 1024;
+const READ_MAX: usize = 256 * 1024;
 
 thread_local! {
-    static IDLE: RefCell<HashMap<Arc<str>, Vec<Sender>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<HashMap<Arc<str>, Vec<Conn>>> = RefCell::new(HashMap::new());
 }
 
-fn checkout(authority: &str) -> Option<Sender> {
+/// One connection to the upstream and what was read from it but not used yet.
+struct Conn {
+    io: TcpStream,
+    buf: BytesMut,
+    /// How much the next read may take.
+    room: usize,
+}
+
+impl Conn {
+    /// An idle connection is fit for a request when nothing arrived on it while it waited: no
+    /// close, no stray bytes. The runtime's readiness answers without a system call; only
+    /// when it reports something is the socket read to see what.
+    fn still_idle(&self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Reads what the socket has into `buf`; `Ok(0)` is the upstream's close.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < self.room / 2 {
+            self.buf.reserve(self.room);
+        }
+        let spare = self.buf.capacity() - self.buf.len();
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.buf
+        ))?;
+        if n == spare {
+            self.room = (self.room * 2).min(READ_MAX);
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    async fn fill(&mut self) -> std::io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+}
+
+fn checkout(authority: &str) -> Option<Conn> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
-        let senders = idle.get_mut(authority)?;
-        while let Some(s) = senders.pop() {
-            if !s.is_closed() {
-                return Some(s);
+        let conns = idle.get_mut(authority)?;
+        while let Some(c) = conns.pop() {
+            if c.still_idle() {
+                return Some(c);
             }
         }
         None
     })
 }
 
-fn checkin(authority: &Arc<str>, sender: Sender) {
-    if sender.is_closed() {
-        return;
-    }
+fn checkin(authority: &Arc<str>, mut conn: Conn) {
+    conn.room = READ_MIN;
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
-        let senders = idle.entry(authority.clone()).or_default();
-        if senders.len() < MAX_IDLE {
-            senders.push(sender);
+        let conns = idle.entry(authority.clone()).or_default();
+        if conns.len() < MAX_IDLE {
+            conns.push(conn);
         }
     });
 }
 
-async fn connect(authority: &str, connect_timeout: Duration) -> Result<Sender, UpstreamError> {
-    let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(authority)).await {
+async fn connect(authority: &str, connect_timeout: Duration) -> Result<Conn, UpstreamError> {
+    let io = match tokio::time::timeout(connect_timeout, TcpStream::connect(authority)).await {
         Err(_) => return Err(UpstreamError::Connect("connect timed out".into())),
         Ok(Err(e)) => return Err(UpstreamError::Connect(e.to_string())),
         Ok(Ok(s)) => s,
     };
-    let _ = stream.set_nodelay(true);
-    let (sender, conn) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| UpstreamError::Connect(e.to_string()))?;
-    // The connection's task runs on this thread's runtime, next to the requests that use it.
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
+    let _ = io.set_nodelay(true);
+    Ok(Conn {
+        io,
+        buf: BytesMut::new(),
+        room: READ_MIN,
+    })
 }
 
 /// Sends `req` (origin-form or absolute URI) to `authority` (`host:port`) over a pooled
-/// connection.
+/// connection, with `host` as its `Host`.
 pub async fn send(
     authority: &Arc<str>,
     host: &HeaderValue,
-    mut req: Request<Bytes>,
+    req: Request<Bytes>,
     connect_timeout: Duration,
 ) -> Result<Response<Body>, UpstreamError> {
-    // Origin-form on the wire, with the upstream's Host.
-    if req.uri().authority().is_some() {
-        let origin_form: Uri = req
-            .uri()
-            .path_and_query()
-            .map(|pq| Uri::from(pq.clone()))
-            .unwrap_or_else(|| Uri::from_static("/"));
-        *req.uri_mut() = origin_form;
-    }
-    req.headers_mut().insert(header::HOST, host.clone());
-    let mut req = Some(req.map(Full::new));
-    // A pooled connection may have been closed by the upstream meanwhile: then try a new one.
-    for fresh in [false, true] {
-        let mut sender = match (fresh, checkout(authority)) {
-            (false, Some(s)) => s,
-            (false, None) | (true, _) => connect(authority, connect_timeout).await?,
-        };
-        if sender.ready().await.is_err() {
-            continue;
-        }
-        let Some(r) = req.take() else {
-            break;
-        };
-        match sender.try_send_request(r).await {
-            Ok(res) => {
-                return Ok(res.map(|inner| {
-                    Body::new(Returning {
-                        inner,
-                        sender: Some(sender),
-                        authority: authority.clone(),
-                        ended: false,
-                    })
-                }));
+    let (parts, body) = req.into_parts();
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let head = wire::encode_request(&parts.method, target, host, &parts.headers, &body);
+    let rest = (body.len() > wire::INLINE_BODY).then_some(&body);
+
+    let (mut conn, mut reused) = match checkout(authority) {
+        Some(c) => (c, true),
+        None => (connect(authority, connect_timeout).await?, false),
+    };
+    loop {
+        match write_request(&mut conn.io, &head, rest).await {
+            Ok(()) => break,
+            // The idle connection was gone and the request did not leave: a new one.
+            Err(_) if reused => {
+                conn = connect(authority, connect_timeout).await?;
+                reused = false;
             }
-            Err(mut e) => match e.take_message() {
-                // Not sent at all: safe to try once more on a new connection.
-                Some(back) if !fresh => req = Some(back),
-                _ => return Err(UpstreamError::Other(e.into_error().to_string())),
-            },
+            Err(e) => return Err(UpstreamError::Other(format!("writing the request: {e}"))),
         }
     }
-    Err(UpstreamError::Other(
-        "the upstream closed the connection".into(),
-    ))
+    let head = loop {
+        match wire::parse_head(&mut conn.buf, &parts.method).map_err(UpstreamError::Other)? {
+            Parsed::Head(h) => break h,
+            Parsed::Informational => continue,
+            Parsed::Partial => {}
+        }
+        match conn.fill().await {
+            Ok(0) => {
+                return Err(UpstreamError::Other(
+                    "the upstream closed the connection before answering".into(),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => return Err(UpstreamError::Other(format!("reading the answer: {e}"))),
+        }
+    };
+
+    let mut res = Response::new(Body::empty());
+    *res.status_mut() = head.status;
+    *res.version_mut() = head.version;
+    *res.headers_mut() = head.headers;
+    let state = match head.framing {
+        Framing::Empty | Framing::Length(0) => State::Done,
+        Framing::Length(n) => State::Length(n),
+        Framing::Chunked => State::Chunked(Chunked::Size),
+        Framing::UntilClose => State::UntilClose,
+    };
+    let mut body = Answer {
+        conn: Some(conn),
+        state,
+        keep_alive: head.keep_alive,
+        authority: authority.clone(),
+    };
+    if body.state == State::Done {
+        body.finish();
+        return Ok(res);
+    }
+    *res.body_mut() = Body::new(body);
+    Ok(res)
 }
 
-/// A response body that gives its connection back to the pool when it ends.
-struct Returning {
-    inner: Incoming,
-    sender: Option<Sender>,
+async fn write_request(
+    io: &mut TcpStream,
+    head: &[u8],
+    rest: Option<&Bytes>,
+) -> std::io::Result<()> {
+    io.write_all(head).await?;
+    if let Some(body) = rest {
+        io.write_all(body).await?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// This many body bytes still to come.
+    Length(u64),
+    Chunked(Chunked),
+    UntilClose,
+    Done,
+}
+
+/// An answer's body, read from its connection as it is polled; the connection goes back to
+/// the pool at the body's end.
+struct Answer {
+    conn: Option<Conn>,
+    state: State,
+    keep_alive: bool,
     authority: Arc<str>,
-    ended: bool,
 }
 
-impl Drop for Returning {
-    fn drop(&mut self) {
-        // An empty body (a 204, `content-length: 0`) may never be polled.
-        if (self.ended || http_body::Body::is_end_stream(&self.inner))
-            && let Some(s) = self.sender.take()
+impl Answer {
+    /// The body is over: the connection goes back if it can carry another request (and holds
+    /// nothing more: a stray byte would be read as the next answer).
+    fn finish(&mut self) {
+        self.state = State::Done;
+        if let Some(conn) = self.conn.take()
+            && self.keep_alive
+            && conn.buf.is_empty()
         {
-            checkin(&self.authority, s);
+            checkin(&self.authority, conn);
         }
+    }
+
+    fn fail(&mut self, what: &str) -> std::io::Error {
+        self.conn = None;
+        self.state = State::Done;
+        std::io::Error::new(std::io::ErrorKind::UnexpectedEof, what.to_owned())
     }
 }
 
-impl http_body::Body for Returning {
+impl http_body::Body for Answer {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = std::io::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.ended = true,
-            Poll::Ready(Some(Err(_))) => self.sender = None,
-            _ => {
-                if self.inner.is_end_stream() {
-                    self.ended = true;
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let this = &mut *self;
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match &mut this.state {
+                State::Done => return Poll::Ready(None),
+                State::Length(left) => {
+                    if !conn.buf.is_empty() {
+                        let n = (conn.buf.len() as u64).min(*left) as usize;
+                        let data = conn.buf.split_to(n).freeze();
+                        *left -= n as u64;
+                        if *left == 0 {
+                            this.finish();
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                State::Chunked(decoder) => match decoder.step(&mut conn.buf) {
+                    Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Step::End) => {
+                        this.finish();
+                        return Poll::Ready(None);
+                    }
+                    Ok(Step::NeedMore) => {}
+                    Err(e) => return Poll::Ready(Some(Err(this.fail(&e)))),
+                },
+                State::UntilClose => {
+                    if !conn.buf.is_empty() {
+                        let data = conn.buf.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+            }
+            // The buffer is used up: read more.
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) if this.state == State::UntilClose => {
+                    this.conn = None;
+                    this.state = State::Done;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    return Poll::Ready(Some(Err(this.fail("the upstream's answer was cut off"))));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    this.conn = None;
+                    this.state = State::Done;
+                    return Poll::Ready(Some(Err(e)));
                 }
             }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.state == State::Done
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        match self.state {
+            State::Length(n) => http_body::SizeHint::with_exact(n),
+            State::Done => http_body::SizeHint::with_exact(0),
+            _ => http_body::SizeHint::default(),
+        }
     }
 }
 
