@@ -123,7 +123,7 @@ async fn operator_writes_the_group_and_a_real_proxy_serves_and_follows_a_secret_
     let url = format!("http://{}{MODEL_PATH}", listener.local_addr().unwrap());
     tokio::spawn(serve(
         listener,
-        proxy.router(),
+        proxy.service(),
         std::future::pending(),
         Duration::from_secs(1),
     ));

@@ -157,7 +157,7 @@ fn push_field(s: &mut Vec<u8>, key: &str, value: &str) {
     s.extend_from_slice(b"\":\"");
     let bytes = value.as_bytes();
     // Almost every value needs no escape: copy it whole.
-    if !bytes.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20) {
+    if !bytes.iter().any(|&b| ESCAPED[usize::from(b)]) {
         s.extend_from_slice(bytes);
         s.push(b'"');
         return;
@@ -183,6 +183,19 @@ fn push_field(s: &mut Vec<u8>, key: &str, value: &str) {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// Bytes a JSON string cannot hold as they are: control characters, `"` and `\\`.
+const ESCAPED: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = true;
+        b += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
 fn push_u64(s: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
@@ -199,10 +212,9 @@ fn push_u64(s: &mut Vec<u8>, mut n: u64) {
 
 /// `n` with at least `width` digits, zeros in front.
 fn push_padded(s: &mut Vec<u8>, n: u64, width: usize) {
-    let mut tmp = Vec::with_capacity(20);
-    push_u64(&mut tmp, n);
-    s.extend(std::iter::repeat_n(b'0', width.saturating_sub(tmp.len())));
-    s.extend_from_slice(&tmp);
+    let digits = n.checked_ilog10().map_or(1, |l| l as usize + 1);
+    s.extend(std::iter::repeat_n(b'0', width.saturating_sub(digits)));
+    push_u64(s, n);
 }
 
 /// Milliseconds with three decimals (microsecond precision), as `12.345`.

@@ -5,11 +5,17 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
+use tower::{Service, ServiceExt};
 
 use crate::forward;
 use crate::metrics::Metrics;
@@ -30,7 +36,8 @@ pub struct App {
     pub access_log: std::sync::OnceLock<crate::access_log::AccessLog>,
 }
 
-/// The router. No port is bound here, so tests drive it with `oneshot`.
+/// The router: probes, metrics, and everything else to the forwarder. No port is bound here,
+/// so tests drive it with `oneshot`.
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
@@ -38,6 +45,48 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(forward::handle)
         .with_state(app)
+}
+
+/// What the server threads run: requests to be proxied go straight to the forwarder, the
+/// probes and `/metrics` through [`router`]. Matching routes, boxing a cloned route service and
+/// running the extractors cost about a tenth of the proxy's own work per request; a proxied
+/// request needs none of it.
+#[derive(Clone)]
+pub struct Entry {
+    app: Arc<App>,
+    router: Router,
+}
+
+pub fn service(app: Arc<App>) -> Entry {
+    Entry {
+        router: router(app.clone()),
+        app,
+    }
+}
+
+/// Paths the router serves itself (everything else is forwarded).
+fn is_local(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics")
+}
+
+type EntryFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+impl Service<Request> for Entry {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = EntryFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> EntryFuture {
+        if is_local(req.uri().path()) {
+            return Box::pin(self.router.clone().oneshot(req));
+        }
+        let app = self.app.clone();
+        Box::pin(async move { Ok(forward::handle(State(app), req).await) })
+    }
 }
 
 /// Liveness: the process serves HTTP.
@@ -151,3 +200,6 @@ impl RequestIds {
         HeaderValue::from_bytes(&hex).unwrap_or(HeaderValue::from_static("0"))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -74,10 +74,7 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     let mut res = forward(&app, req, &mut trace).await;
     let status = res.status().as_u16();
     let group = trace.pool.as_ref().map(|p| p.name()).unwrap_or("");
-    app.metrics
-        .requests
-        .with_label_values(&[group, trace.route, crate::metrics::status_class(status)])
-        .inc();
+    app.metrics.count_request(group, trace.route, status);
     let elapsed = started.elapsed();
     if trace.attempts > 0 {
         app.metrics
@@ -192,7 +189,10 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
     };
 
     let query = auth::strip_key_from_query(parts.uri.query());
-    let Ok(uri) = pool.upstream.uri(&route.upstream_path, query.as_deref()) else {
+    let Ok(uri) = pool
+        .upstream
+        .uri_for(&parts.uri, &route.upstream_path, query.as_deref())
+    else {
         return envelope::error(
             api,
             StatusCode::BAD_REQUEST,
@@ -355,10 +355,7 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
         let result = pool.upstream.send(up).await;
         let took = sent.elapsed();
         trace.waited += took;
-        app.metrics
-            .upstream_seconds
-            .with_label_values(&[group])
-            .observe(took.as_secs_f64());
+        app.metrics.observe_upstream(group, took.as_secs_f64());
 
         let res = match result {
             Ok(res) => res,
@@ -650,6 +647,9 @@ fn transition(app: &App, pool: &Pool, members: &[usize], t: Transition) {
 
 fn clean_head(head: &mut http::response::Parts) {
     head.version = Version::HTTP_11;
+    if !head.headers.keys().any(auth::dropped_response_header) {
+        return;
+    }
     let drop: Vec<_> = head
         .headers
         .keys()

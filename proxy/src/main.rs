@@ -150,7 +150,7 @@ async fn run(
     let workers = Workers::spawn(
         settings.listen,
         worker_threads,
-        proxy.router(),
+        proxy.service(),
         stopped,
         settings.shutdown_grace,
     )

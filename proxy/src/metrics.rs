@@ -5,9 +5,32 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus::IntCounter;
+
 use crate::registry::Groups;
 
+/// Handles cached per thread and metrics set; the cache starts over when it holds this many
+/// (groups come and go, and each set of metrics in the process has its own entries).
+const HOT_MAX: usize = 256;
+
+#[derive(Default)]
+struct Hot {
+    /// (metrics set, group, route, status class) → counter
+    requests: Vec<(u64, Box<str>, &'static str, &'static str, IntCounter)>,
+    /// (metrics set, group) → upstream histogram
+    upstream: Vec<(u64, Box<str>, Histogram)>,
+}
+
+thread_local! {
+    static HOT: RefCell<Hot> = RefCell::new(Hot::default());
+}
+
 pub struct Metrics {
+    /// Tells this set of metrics from others in the process, for the per-thread handle cache.
+    id: u64,
     registry: Registry,
     /// Client requests by group, route (operation) and status class.
     pub requests: IntCounterVec,
@@ -124,7 +147,9 @@ impl Metrics {
         ] {
             must(registry.register(c));
         }
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             registry,
             requests,
             upstream_seconds,
@@ -138,6 +163,51 @@ impl Metrics {
             key_in_flight,
             store_up,
         }
+    }
+
+    /// Counts a client request. The counter's handle comes from a per-thread cache: resolving
+    /// labels (hashing them, a lock, a map) for every request cost more than counting.
+    pub fn count_request(&self, group: &str, route: &'static str, status: u16) {
+        let class = status_class(status);
+        HOT.with(|hot| {
+            let mut hot = hot.borrow_mut();
+            let found = hot.requests.iter().find(|(id, g, r, c, _)| {
+                *id == self.id && *r == route && *c == class && &**g == group
+            });
+            if let Some((.., counter)) = found {
+                counter.inc();
+                return;
+            }
+            let counter = self.requests.with_label_values(&[group, route, class]);
+            counter.inc();
+            if hot.requests.len() >= HOT_MAX {
+                hot.requests.clear();
+            }
+            hot.requests
+                .push((self.id, group.into(), route, class, counter));
+        });
+    }
+
+    /// Records an attempt's time to the upstream's response headers (cached like
+    /// [`Self::count_request`]).
+    pub fn observe_upstream(&self, group: &str, seconds: f64) {
+        HOT.with(|hot| {
+            let mut hot = hot.borrow_mut();
+            let found = hot
+                .upstream
+                .iter()
+                .find(|(id, g, _)| *id == self.id && &**g == group);
+            if let Some((.., h)) = found {
+                h.observe(seconds);
+                return;
+            }
+            let h = self.upstream_seconds.with_label_values(&[group]);
+            h.observe(seconds);
+            if hot.upstream.len() >= HOT_MAX {
+                hot.upstream.clear();
+            }
+            hot.upstream.push((self.id, group.into(), h));
+        });
     }
 
     /// The text exposition, with key gauges read fresh from the pools.

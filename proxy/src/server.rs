@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::ServiceExt as _;
 use axum::serve::ListenerExt;
 use keystore::KeyStore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::app::{App, RequestIds};
+use crate::app::{App, Entry, RequestIds};
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -71,6 +72,11 @@ impl Proxy {
         crate::app::router(self.app.clone())
     }
 
+    /// What a server runs (see [`Entry`]).
+    pub fn service(&self) -> Entry {
+        crate::app::service(self.app.clone())
+    }
+
     /// Background tasks stop when this proxy is dropped or stopped.
     pub fn stop(&self) {
         let _ = self.stop.send(true);
@@ -91,11 +97,11 @@ pub fn proxy_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves; then stops accepting and lets
+/// Serves `service` on `listener` until `shutdown` resolves; then stops accepting and lets
 /// in-flight requests and streams finish for at most `grace`.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    service: Entry,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> std::io::Result<()> {
@@ -103,7 +109,7 @@ pub async fn serve(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let server = axum::serve(listener, router)
+    let server = axum::serve(listener, service.into_make_service())
         .with_graceful_shutdown(async move {
             shutdown.await;
             let _ = fired.send(true);
@@ -136,7 +142,7 @@ impl Workers {
     pub fn spawn(
         addr: SocketAddr,
         count: usize,
-        router: Router,
+        service: Entry,
         stop: watch::Receiver<bool>,
         grace: Duration,
     ) -> std::io::Result<Self> {
@@ -144,7 +150,7 @@ impl Workers {
         let mut threads = Vec::with_capacity(count);
         for i in 0..count.max(1) {
             let (bound_tx, bound_rx) = std::sync::mpsc::channel();
-            let router = router.clone();
+            let service = service.clone();
             let mut stop = stop.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("gemini-proxy-{i}"))
@@ -164,7 +170,7 @@ impl Workers {
                         let shutdown = async move {
                             let _ = stop.wait_for(|s| *s).await;
                         };
-                        serve(listener, router, shutdown, grace).await
+                        serve(listener, service, shutdown, grace).await
                     })
                 })?;
             match bound_rx.recv() {

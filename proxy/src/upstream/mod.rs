@@ -130,6 +130,8 @@ enum Route {
 pub struct Upstream {
     route: Route,
     origin: String,
+    scheme: http::uri::Scheme,
+    authority: Option<http::uri::Authority>,
     path_prefix: String,
     pub timeout: Duration,
 }
@@ -171,9 +173,39 @@ impl Upstream {
         Ok(Self {
             route,
             origin,
+            scheme: parsed.scheme().cloned().unwrap_or(http::uri::Scheme::HTTPS),
+            authority: parsed.authority().cloned(),
             path_prefix,
             timeout: Duration::from_secs(spec.timeout_secs.max(1)),
         })
+    }
+
+    /// The upstream URI for a client path and (already filtered) query, reusing the client's
+    /// already parsed path and query when the request goes up unchanged (no base path, no
+    /// rewrite, no `key` taken out): the common case is then no parse and no copy.
+    pub fn uri_for(
+        &self,
+        client: &Uri,
+        path: &str,
+        query: Option<&str>,
+    ) -> Result<Uri, http::Error> {
+        if let Some(pq) = client.path_and_query()
+            && self.path_prefix.is_empty()
+            && pq.path() == path
+            && pq.query() == query
+        {
+            if matches!(self.route, Route::Plain(..)) {
+                return Ok(Uri::from(pq.clone()));
+            }
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(self.scheme.clone());
+            parts.authority = self.authority.clone();
+            parts.path_and_query = Some(pq.clone());
+            if let Ok(uri) = Uri::from_parts(parts) {
+                return Ok(uri);
+            }
+        }
+        self.uri(path, query)
     }
 
     /// The upstream URI for a client path and (already filtered) query.
@@ -249,3 +281,6 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests;

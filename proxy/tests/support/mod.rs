@@ -44,11 +44,11 @@ pub async fn start(yaml: &str, mock: &MockGemini) -> Running {
         .expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let (stop, stopped) = oneshot::channel::<()>();
-    let router = proxy.router();
+    let service = proxy.service();
     tokio::spawn(async move {
         let _ = serve(
             listener,
-            router,
+            service,
             async {
                 let _ = stopped.await;
             },

@@ -13,7 +13,7 @@ pub const INLINE_BODY: usize = 16 * 1024;
 /// A response head larger than this is refused.
 pub const MAX_HEAD: usize = 64 * 1024;
 /// Response headers beyond this many are refused.
-const MAX_HEADERS: usize = 128;
+const MAX_HEADERS: usize = 100;
 /// A chunk-size line (with extensions) or trailer line longer than this is refused.
 const MAX_LINE: usize = 8 * 1024;
 
@@ -127,6 +127,9 @@ pub enum Parsed {
 /// Parses a response head at the start of `buf`; on success the head's bytes are taken out of
 /// `buf` (header values keep pointing into them, not copied).
 pub fn parse_head(buf: &mut BytesMut, request_method: &Method) -> Result<Parsed, String> {
+    if buf.is_empty() {
+        return Ok(Parsed::Partial);
+    }
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut []);
     let parsed = httparse::ParserConfig::default()

@@ -1,0 +1,65 @@
+use super::*;
+
+fn upstream(url: &str) -> Upstream {
+    Upstream::new(&UpstreamSpec {
+        url: url.to_owned(),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn client(uri: &str) -> Uri {
+    uri.parse().unwrap()
+}
+
+#[test]
+fn unchanged_paths_are_reused_and_complete_for_each_route() {
+    let c = client("/v1beta/models/m:streamGenerateContent?alt=sse");
+    let plain = upstream("http://gw.internal:8080");
+    let uri = plain
+        .uri_for(
+            &c,
+            "/v1beta/models/m:streamGenerateContent",
+            Some("alt=sse"),
+        )
+        .unwrap();
+    assert_eq!(uri, "/v1beta/models/m:streamGenerateContent?alt=sse");
+    let direct = upstream("https://generativelanguage.googleapis.com");
+    let uri = direct
+        .uri_for(
+            &c,
+            "/v1beta/models/m:streamGenerateContent",
+            Some("alt=sse"),
+        )
+        .unwrap();
+    assert_eq!(
+        uri,
+        "https://generativelanguage.googleapis.com/v1beta/models/m:streamGenerateContent?alt=sse"
+    );
+}
+
+#[test]
+fn changed_paths_queries_and_base_paths_are_built_anew() {
+    let c = client("/v1/chat/completions?key=secret&x=1");
+    let direct = upstream("https://generativelanguage.googleapis.com");
+    // A rewritten path (the OpenAI alias) and a query without `key`.
+    let uri = direct
+        .uri_for(&c, "/v1beta/openai/chat/completions", Some("x=1"))
+        .unwrap();
+    assert_eq!(
+        uri,
+        "https://generativelanguage.googleapis.com/v1beta/openai/chat/completions?x=1"
+    );
+    let uri = direct.uri_for(&c, "/v1/chat/completions", None).unwrap();
+    assert_eq!(
+        uri,
+        "https://generativelanguage.googleapis.com/v1/chat/completions"
+    );
+    // A base path in the upstream URL comes first.
+    let based = upstream("http://gw.internal:8080/gemini/");
+    let c = client("/v1beta/models");
+    assert_eq!(
+        based.uri_for(&c, "/v1beta/models", None).unwrap(),
+        "/gemini/v1beta/models"
+    );
+}
