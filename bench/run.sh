@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
-# Benchmark (not a test): wrk through gemini-proxy and through nginx proxy_pass, both in front of
-# the same fast upstream (nginx returning a canned generateContent answer), in one run.
-# Prints requests/s, p50 and p99 for each.
+# Benchmark (not a test): gemini-proxy and nginx proxy_pass, both in front of the same fast
+# upstream (nginx returning a canned generateContent answer), in one run on this machine.
+#
+# 1. Throughput (closed loop): wrk keeps 64 connections busy; req/s, p50 and p99, and the CPU
+#    time each proxy spends per request (user+system, from /proc: steadier than req/s on a
+#    machine whose speed drifts).
+# 2. Latency at fixed rates (open loop, target/release/rate-load): requests sent on a schedule
+#    at fractions of nginx's measured throughput, latency counted from when each was due
+#    (wrk's p99 at saturation is mostly queueing: by Little's law 64 busy connections at
+#    25k req/s wait 2.6 ms on average, whatever the server).
+# Rounds alternate between the targets, so that a slow spell of the machine hits both.
 #
 #   bash bench/run.sh                 # 64 connections, 3 rounds of 10 s per target
 #   CONNS=128 DURATION=20 bash bench/run.sh
 #   STORE=redis bash bench/run.sh     # gemini-proxy with the Redis store (needs redis-server)
 #   BASELINE=/tmp/gemini-proxy-old bash bench/run.sh   # also another build, same config (A/B)
+#   RATES="0.25 0.5" bash bench/run.sh   # open-loop rates, as fractions of nginx's req/s
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,13 +26,15 @@ THREADS=${THREADS:-2}
 STORE=${STORE:-memory}
 GP_ARGS=${GP_ARGS:-}
 BASELINE=${BASELINE:-}
+RATES=${RATES:-0.25 0.5 0.75}
+RATE_SECONDS=${RATE_SECONDS:-10}
 OUT=${OUT:-$(mktemp -d)}
 
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need wrk || ! need nginx; then
   apt-get update -qq && apt-get install -y -qq wrk nginx >/dev/null
 fi
-cargo build --release --quiet --bin gemini-proxy
+cargo build --release --quiet --bin gemini-proxy --bin rate-load
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(free_port); NGX=$(free_port); GP=$(free_port); BASE=$(free_port)
@@ -124,16 +135,34 @@ wrk.headers["Content-Type"] = "application/json"
 LUA
 
 PATH_="/v1beta/models/gemini-2.5-flash:generateContent"
-run() { # name port round
-  wrk -t1 -c"$CONNS" -d1s -s "$OUT/post.lua" "http://127.0.0.1:$2$PATH_" >/dev/null   # warm the pools
-  wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency -s "$OUT/post.lua" \
-    "http://127.0.0.1:$2$PATH_" > "$OUT/$1.$3.txt"
+port_of() { case "$1" in nginx) echo "$NGX" ;; gemini-proxy) echo "$GP" ;; baseline) echo "$BASE" ;; esac; }
+pids_of() { # the processes doing a target's work: nginx's workers, or the proxy
+  case "$1" in
+    nginx) pgrep -P "$(cat "$OUT/ngx/nginx.pid")" | tr '\n' ' ' ;;
+    gemini-proxy) echo "$GP_PID" ;;
+    baseline) echo "$BASE_PID" ;;
+  esac
 }
-# Rounds alternate between the two targets, so that a slow spell of the machine hits both.
+cpu_ticks() { # user+system clock ticks of every thread of these processes
+  local t=0 p f
+  for p in $1; do
+    for f in /proc/"$p"/task/*/stat; do
+      t=$((t + $(awk '{print $14 + $15}' "$f")))
+    done
+  done
+  echo "$t"
+}
+run() { # name round
+  local port pids before
+  port=$(port_of "$1"); pids=$(pids_of "$1")
+  wrk -t1 -c"$CONNS" -d1s -s "$OUT/post.lua" "http://127.0.0.1:$port$PATH_" >/dev/null   # warm the pools
+  before=$(cpu_ticks "$pids")
+  wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency -s "$OUT/post.lua" \
+    "http://127.0.0.1:$port$PATH_" > "$OUT/$1.$2.txt"
+  echo $(( $(cpu_ticks "$pids") - before )) > "$OUT/$1.$2.cpu"
+}
 for r in $(seq "$ROUNDS"); do
-  run nginx "$NGX" "$r"
-  run gemini-proxy "$GP" "$r"
-  [ -n "$BASELINE" ] && run baseline "$BASE" "$r"
+  for t in $TARGETS; do run "$t" "$r"; done
 done
 
 to_ms() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v/=1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v*=1000 } printf "%.2f\n", v }'; }
@@ -145,20 +174,40 @@ stat() { # target what
       rps) awk '/Requests\/sec/ {print $2}' "$f" ;;
       p50) awk '$1=="50%" {print $2}' "$f" | to_ms ;;
       p99) awk '$1=="99%" {print $2}' "$f" | to_ms ;;
+      cpu) awk -v t="$(cat "$OUT/$1.$r.cpu")" -v hz="$(getconf CLK_TCK)" \
+             '/requests in/ {printf "%.1f\n", t / hz / $1 * 1e6}' "$f" ;;
     esac
   done | median
 }
 
 printf '\nwrk -t%s -c%s -d%ss x %s rounds (medians), POST generateContent, %s cores, store=%s\n' \
   "$THREADS" "$CONNS" "$DURATION" "$ROUNDS" "$(nproc)" "$STORE"
-printf '%-14s %12s %10s %10s   %s\n' target req/s p50_ms p99_ms "req/s per round"
+printf '%-14s %10s %8s %8s %12s   %s\n' target req/s p50_ms p99_ms cpu_us/req "req/s per round"
 for t in $TARGETS; do
   rounds=$(for r in $(seq "$ROUNDS"); do awk '/Requests\/sec/ {printf "%d ", $2}' "$OUT/$t.$r.txt"; done)
-  printf '%-14s %12s %10s %10s   %s\n' "$t" "$(stat "$t" rps)" "$(stat "$t" p50)" "$(stat "$t" p99)" "$rounds"
+  printf '%-14s %10s %8s %8s %12s   %s\n' "$t" "$(stat "$t" rps)" "$(stat "$t" p50)" "$(stat "$t" p99)" "$(stat "$t" cpu)" "$rounds"
   cat "$OUT"/$t.*.txt | awk '/Non-2xx|Socket errors/ {print "  " $0}'
 done
 ratio=$(awk -v a="$(stat gemini-proxy rps)" -v b="$(stat nginx rps)" 'BEGIN {printf "%.2f", a/b}')
 printf 'gemini-proxy / nginx throughput: %sx\n' "$ratio"
-curl -s "http://127.0.0.1:$GP/metrics" | awk '/^gemini_proxy_added_latency_seconds_(sum|count)/ {print}' > "$OUT/added.txt"
-awk '/_sum/ {s=$2} /_count/ {c=$2} END { if (c > 0) printf "gemini-proxy mean added latency: %.1f us over %d requests\n", s/c*1e6, c }' "$OUT/added.txt"
+
+# Latency at fixed rates (open loop), the targets alternating at each rate.
+nginx_rps=$(stat nginx rps)
+printf '\nopen loop, %s connections, %s s per rate and target: latency from when each request was due (ms)\n' "$CONNS" "$RATE_SECONDS"
+printf '%-14s %8s %9s %7s %7s %7s %7s %7s %7s\n' target rate achieved p50 p90 p99 p99.9 max errors
+for f in $RATES; do
+  rate=$(awk -v r="$nginx_rps" -v f="$f" 'BEGIN {printf "%d", int(r * f / 500 + 0.5) * 500}')
+  [ "$rate" -gt 0 ] || continue
+  for t in $TARGETS; do
+    line=$(./target/release/rate-load "http://127.0.0.1:$(port_of "$t")$PATH_" "$rate" "$RATE_SECONDS" "$CONNS")
+    echo "$line" > "$OUT/$t.rate$rate.txt"
+    echo "$line" | awk -v t="$t" '{for (i = 1; i < NF; i++) v[$i] = $(i + 1);
+      printf "%-14s %8s %9s %7s %7s %7s %7s %7s %7s\n", t, v["rate"], v["achieved"], v["p50"], v["p90"], v["p99"], v["p99.9"], v["max"], v["errors"]}'
+  done
+done
+curl -s "http://127.0.0.1:$GP/metrics" | awk '/^gemini_proxy_added_latency_seconds/ {print}' > "$OUT/added.txt"
+# The mean, and the histogram bucket the 99th percentile falls in.
+awk '/_sum/ {s=$2} /_count/ {c=$2} /_bucket/ {match($0, /le="[^"]*"/); le[++n]=substr($0, RSTART+4, RLENGTH-5); cum[n]=$2}
+  END { if (c == 0) exit; for (i = 1; i <= n; i++) if (cum[i] >= 0.99 * c) { p99 = le[i]; break }
+        printf "gemini-proxy added latency (its own work, upstream wait excluded): mean %.1f us, p99 <= %s s, over %d requests\n", s/c*1e6, p99, c }' "$OUT/added.txt"
 echo "raw output: $OUT"
