@@ -26,8 +26,8 @@ THREADS=${THREADS:-2}
 STORE=${STORE:-memory}
 GP_ARGS=${GP_ARGS:-}
 BASELINE=${BASELINE:-}
-RATES=${RATES:-0.25 0.5 0.75}
-RATE_SECONDS=${RATE_SECONDS:-10}
+RATES=${RATES:-0.1 0.25 0.5 0.75}
+RATE_SECONDS=${RATE_SECONDS:-8}
 OUT=${OUT:-$(mktemp -d)}
 
 need() { command -v "$1" >/dev/null 2>&1; }
