@@ -196,7 +196,8 @@ const ESCAPED: [bool; 256] = {
     t
 };
 
-fn push_u64(s: &mut Vec<u8>, mut n: u64) {
+/// A number in decimal, without `core::fmt` (this runs for every request).
+pub(crate) fn push_u64(s: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {

@@ -1,7 +1,8 @@
 //! gemini-proxy: spreads Gemini API traffic over many API keys.
 //!
 //! The layers of a request, outside in:
-//! - [`app`]: the axum router (probes, metrics, the fallback to the forwarder);
+//! - [`app`]: the entry service (proxied requests straight to the forwarder) and the axum
+//!   router (probes, metrics);
 //! - [`routes`] and [`auth`]: which API a path speaks, the client's token, what goes upstream;
 //! - [`registry`]: token to group, from an atomically swapped snapshot;
 //! - [`pool`]: key choice per rotation strategy, per-key state and health;

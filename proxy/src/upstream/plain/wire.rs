@@ -66,7 +66,7 @@ pub fn encode_request(
         );
     if bodied {
         out.extend_from_slice(b"content-length: ");
-        push_decimal(&mut out, body.len() as u64);
+        crate::access_log::push_u64(&mut out, body.len() as u64);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -74,20 +74,6 @@ pub fn encode_request(
         out.extend_from_slice(body);
     }
     out
-}
-
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
 }
 
 /// How the body of a response ends.
