@@ -51,14 +51,22 @@ struct Shared {
 }
 
 impl Shared {
+    /// Takes the lines out of `batch`, leaving room for the next ones.
+    fn take(batch: &mut Vec<u8>) -> Vec<u8> {
+        std::mem::replace(batch, Vec::with_capacity(BATCH_BYTES + 512))
+    }
+
+    /// Hands lines to the writer thread (outside the lock).
+    fn send(&self, lines: &[u8]) {
+        let _ = self.writer.clone().write_all(lines);
+    }
+
     fn flush(&self) {
-        let full = match self.batch.lock() {
-            Ok(mut b) if !b.is_empty() => {
-                std::mem::replace(&mut *b, Vec::with_capacity(BATCH_BYTES + 512))
-            }
+        let lines = match self.batch.lock() {
+            Ok(mut b) if !b.is_empty() => Self::take(&mut b),
             _ => return,
         };
-        let _ = self.writer.clone().write_all(&full);
+        self.send(&lines);
     }
 }
 
@@ -94,9 +102,9 @@ impl AccessLog {
             if b.len() < BATCH_BYTES {
                 return;
             }
-            std::mem::replace(&mut *b, Vec::with_capacity(BATCH_BYTES + 512))
+            Shared::take(&mut b)
         };
-        let _ = self.shared.writer.clone().write_all(&full);
+        self.shared.send(&full);
     }
 
     /// Hands every waiting line to the writer (at shutdown).

@@ -113,21 +113,10 @@ pub fn session_resource(upload_id: &str) -> String {
 /// The resource a path names: `/v1beta/files/abc`, `/download/v1beta/files/abc:download`,
 /// `/v1beta/cachedContents/x`, `/v1beta/batches/y:cancel` → `files/abc` ...
 pub fn named_in_path(path: &str) -> Option<&str> {
-    // One pass over the segments: this runs for every request of a group with several
-    // projects.
-    let mut rest = path;
-    while let Some(i) = rest.find('/') {
-        rest = &rest[i + 1..];
-        for kind in ["files/", "cachedContents/", "batches/"] {
-            if let Some(after) = rest.strip_prefix(kind) {
-                let end = after.find([':', '/']).unwrap_or(after.len());
-                if end > 0 {
-                    return Some(&rest[..kind.len() + end]);
-                }
-            }
-        }
-    }
-    None
+    let (kind, id) = crate::routes::segment_after(path, &["files", "cachedContents", "batches"])?;
+    // `kind/id` lies in `path` right before and including `id`.
+    let end = id.as_ptr() as usize - path.as_ptr() as usize + id.len();
+    Some(&path[end - id.len() - kind.len() - 1..end])
 }
 
 /// The resources a request body names: `fileData.fileUri` (a URI or `files/ID`),

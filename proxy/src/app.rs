@@ -1,13 +1,12 @@
 //! The HTTP application: probes, metrics, and everything else to the forwarder.
 
 use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use std::convert::Infallible;
 use std::future::Future;
+use std::hash::BuildHasher;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use axum::Router;

@@ -1,14 +1,12 @@
 //! Prometheus metrics. Labels carry group names, routes, reasons and key ids, never keys.
 
-use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
-};
-
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use prometheus::IntCounter;
+use prometheus::{
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 use crate::registry::Groups;
 

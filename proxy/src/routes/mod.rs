@@ -133,27 +133,29 @@ fn native_operation(path: &str) -> &'static str {
 
 /// The model a native request names in its path (`/v1beta/models/{model}:method`).
 pub fn model_in_path(path: &str) -> Option<&str> {
-    segment_after(path, "models")
+    segment_after(path, &["models"]).map(|(_, id)| id)
 }
 
-/// The id after the first `/{kind}/` in `path` that is followed by one: up to the next `:` or
-/// `/` (`/v1beta/files/abc:download`, `files` → `abc`). Scans from slash to slash, without
-/// building a substring searcher (this runs on every request).
-pub fn segment_after<'a>(path: &'a str, kind: &str) -> Option<&'a str> {
+/// The first `/{kind}/{id}` in `path` with one of `kinds` and a non-empty id, the id running up
+/// to the next `:` or `/` (`/v1beta/files/abc:download`, `files` → `abc`): `(kind, id)`. One
+/// pass from slash to slash, without substring searchers (this runs on every request).
+pub fn segment_after<'a, 'k>(path: &'a str, kinds: &[&'k str]) -> Option<(&'k str, &'a str)> {
     let bytes = path.as_bytes();
     let mut i = 0;
     while let Some(off) = memchr::memchr(b'/', &bytes[i..]) {
         let start = i + off + 1;
         let rest = &bytes[start..];
-        if rest.len() > kind.len() + 1
-            && rest.starts_with(kind.as_bytes())
-            && rest[kind.len()] == b'/'
-        {
-            let id = &rest[kind.len() + 1..];
-            let end = memchr::memchr2(b':', b'/', id).unwrap_or(id.len());
-            if end > 0 {
-                let from = start + kind.len() + 1;
-                return Some(&path[from..from + end]);
+        for &kind in kinds {
+            if rest.len() > kind.len() + 1
+                && rest.starts_with(kind.as_bytes())
+                && rest[kind.len()] == b'/'
+            {
+                let id = &rest[kind.len() + 1..];
+                let end = memchr::memchr2(b':', b'/', id).unwrap_or(id.len());
+                if end > 0 {
+                    let from = start + kind.len() + 1;
+                    return Some((kind, &path[from..from + end]));
+                }
             }
         }
         i = start;

@@ -117,17 +117,20 @@ fn models_are_found_in_path_and_body() {
 
 #[test]
 fn segments_are_whole_and_their_ids_end_at_colon_or_slash() {
-    assert_eq!(segment_after("/v1beta/models/m:x", "models"), Some("m"));
-    assert_eq!(
-        segment_after("/v1beta/models/m/operations/o", "models"),
-        Some("m")
-    );
-    assert_eq!(segment_after("/v1beta/models/", "models"), None);
-    assert_eq!(segment_after("/v1beta/models", "models"), None);
-    assert_eq!(segment_after("/v1beta/tunedModels/t:x", "models"), None);
-    assert_eq!(segment_after("/v1beta/modelsx/t", "models"), None);
+    let id = |path, kind| segment_after(path, &[kind]).map(|(_, id)| id);
+    assert_eq!(id("/v1beta/models/m:x", "models"), Some("m"));
+    assert_eq!(id("/v1beta/models/m/operations/o", "models"), Some("m"));
+    assert_eq!(id("/v1beta/models/", "models"), None);
+    assert_eq!(id("/v1beta/models", "models"), None);
+    assert_eq!(id("/v1beta/tunedModels/t:x", "models"), None);
+    assert_eq!(id("/v1beta/modelsx/t", "models"), None);
     // An empty id is passed over for a later one.
-    assert_eq!(segment_after("/a/files//b/files/c", "files"), Some("c"));
+    assert_eq!(id("/a/files//b/files/c", "files"), Some("c"));
+    // Of several kinds, the first in the path wins.
+    assert_eq!(
+        segment_after("/v1beta/batches/b/files/f", &["files", "batches"]),
+        Some(("batches", "b"))
+    );
     assert_eq!(
         model_in_path("models/m"),
         None,

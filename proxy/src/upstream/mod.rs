@@ -209,7 +209,7 @@ impl Upstream {
     }
 
     /// The upstream URI for a client path and (already filtered) query.
-    pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+    fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
         let mut s = String::with_capacity(
             self.origin.len()
                 + self.path_prefix.len()

@@ -239,9 +239,14 @@ impl Answer {
         }
     }
 
-    fn fail(&mut self, what: &str) -> std::io::Error {
+    /// The body is over and its connection cannot carry another request.
+    fn close(&mut self) {
         self.conn = None;
         self.state = State::Done;
+    }
+
+    fn fail(&mut self, what: &str) -> std::io::Error {
+        self.close();
         std::io::Error::new(std::io::ErrorKind::UnexpectedEof, what.to_owned())
     }
 }
@@ -294,8 +299,7 @@ impl http_body::Body for Answer {
             };
             match ready!(conn.poll_fill(cx)) {
                 Ok(0) if this.state == State::UntilClose => {
-                    this.conn = None;
-                    this.state = State::Done;
+                    this.close();
                     return Poll::Ready(None);
                 }
                 Ok(0) => {
@@ -303,8 +307,7 @@ impl http_body::Body for Answer {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    this.conn = None;
-                    this.state = State::Done;
+                    this.close();
                     return Poll::Ready(Some(Err(e)));
                 }
             }
