@@ -99,6 +99,22 @@ pub trait KeyStore: Send + Sync + 'static {
         window: &'a UsageWindow,
     ) -> BoxFuture<'a, Result<UsageCounts, StoreError>>;
 
+    /// The counters of a group summed over several windows (one round trip where the store
+    /// can batch; the operator reads the last hour's 60 minutes this way).
+    fn usage_sum<'a>(
+        &'a self,
+        group: &'a str,
+        windows: &'a [UsageWindow],
+    ) -> BoxFuture<'a, Result<UsageCounts, StoreError>> {
+        Box::pin(async move {
+            let mut sum = UsageCounts::default();
+            for w in windows {
+                sum.merge(&self.usage(group, w).await?);
+            }
+            Ok(sum)
+        })
+    }
+
     /// Marks a proxy alive for `ttl`.
     fn heartbeat<'a>(
         &'a self,

@@ -67,6 +67,22 @@ pub struct UsageCounts {
 }
 
 impl UsageCounts {
+    /// Adds another window's counters.
+    pub fn merge(&mut self, other: &UsageCounts) {
+        for (k, c) in &other.keys {
+            self.keys
+                .entry(k.clone())
+                .or_default()
+                .add(c.requests, c.tokens);
+        }
+        for (s, c) in &other.scopes {
+            self.scopes
+                .entry(s.clone())
+                .or_default()
+                .add(c.requests, c.tokens);
+        }
+    }
+
     pub fn add(&mut self, d: &UsageDelta) {
         self.keys
             .entry(d.key.clone())

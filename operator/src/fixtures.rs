@@ -4,11 +4,12 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::crd::{
-    Access, AccessMode, GeminiKeyGroup, GeminiKeyGroupSpec, KeyRef, SecretKeyRef, SecretRef,
+    Access, AccessMode, GeminiKeyGroup, GeminiKeyGroupSpec, KeyRef, KeySelector, SecretRef,
 };
+use crate::plan::OPT_IN_LABEL;
 
 pub struct GroupFixture(GeminiKeyGroup);
 
@@ -28,10 +29,8 @@ impl GroupFixture {
 
     pub fn key(mut self, secret: &str, entry: &str) -> Self {
         self.0.spec.keys.push(KeyRef {
-            secret_ref: SecretKeyRef {
-                name: secret.into(),
-                key: entry.into(),
-            },
+            secret: secret.into(),
+            entry: entry.into(),
             project: None,
             weight: None,
             disabled: false,
@@ -47,7 +46,7 @@ impl GroupFixture {
     }
 
     pub fn selector(mut self, label: &str, value: &str) -> Self {
-        self.0.spec.key_selector = Some(LabelSelector {
+        self.0.spec.key_selector = Some(KeySelector {
             match_labels: Some(BTreeMap::from([(label.to_owned(), value.to_owned())])),
             match_expressions: None,
         });
@@ -100,12 +99,13 @@ impl GroupFixture {
     }
 }
 
-/// A Secret with string entries.
+/// A Secret with string entries that opted in (label `gemini-proxy.io/opt-in: "true"`).
 pub fn secret(namespace: &str, name: &str, entries: &[(&str, &str)]) -> Secret {
     Secret {
         metadata: ObjectMeta {
             name: Some(name.into()),
             namespace: Some(namespace.into()),
+            labels: Some(BTreeMap::from([(OPT_IN_LABEL.to_owned(), "true".to_owned())])),
             ..ObjectMeta::default()
         },
         data: Some(
@@ -116,6 +116,14 @@ pub fn secret(namespace: &str, name: &str, entries: &[(&str, &str)]) -> Secret {
         ),
         ..Secret::default()
     }
+}
+
+/// The same Secret without the opt-in label (the operator must not read it).
+pub fn not_opted_in(mut s: Secret) -> Secret {
+    if let Some(l) = s.metadata.labels.as_mut() {
+        l.remove(OPT_IN_LABEL);
+    }
+    s
 }
 
 /// The same Secret with a label.

@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::core::{Selector, SelectorExt};
 use keystore::{
     AccessMode as StoreAccess, AccessSpec, AuditEvent, AuditKind, ClientEntry,
     ClientLimits as StoreClientLimits, CooldownReason, GroupSnapshot, HealthReport, KeyEntry,
@@ -13,8 +14,39 @@ use keystore::{
 };
 
 use crate::crd::{
-    AccessMode, GeminiKeyGroup, GeminiKeyGroupStatus, KeyCounts, KeyStatusEntry, Strategy,
+    AccessMode, GeminiKeyGroup, GeminiKeyGroupStatus, GroupCondition, KeyCounts, KeySelector,
+    KeyStatusEntry, Strategy, bounds,
 };
+
+/// The label a Secret carries to become readable by the operator (as keys, client tokens or an
+/// egress proxy URL). The operator watches only Secrets with `gemini-proxy.io/opt-in: "true"`, so
+/// the right to create a group is not the right to read every Secret of its namespace.
+pub const OPT_IN_LABEL: &str = "gemini-proxy.io/opt-in";
+/// The label selector of opted-in Secrets, as the operator's watch sends it.
+pub const OPT_IN_SELECTOR: &str = "gemini-proxy.io/opt-in=true";
+
+/// Whether a Secret opted in.
+pub fn opted_in(secret: &Secret) -> bool {
+    secret
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(OPT_IN_LABEL))
+        .is_some_and(|v| v == "true")
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary), for the status's bounded fields.
+pub fn bounded(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max.saturating_sub(3);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("...");
+    }
+    text
+}
 
 /// The store's name of a group: `namespace/name`.
 pub fn store_name(namespace: &str, name: &str) -> String {
@@ -50,26 +82,18 @@ fn find<'a>(secrets: &'a [Secret], name: &str) -> Option<&'a Secret> {
         .find(|s| s.metadata.name.as_deref() == Some(name))
 }
 
-/// Whether `labels` match `selector` (matchLabels and matchExpressions).
-pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let labels_ok = selector
-        .match_labels
-        .as_ref()
-        .is_none_or(|m| m.iter().all(|(k, v)| labels.get(k) == Some(v)));
-    let exprs_ok = selector.match_expressions.as_ref().is_none_or(|exprs| {
-        exprs.iter().all(|e| {
-            let values = e.values.clone().unwrap_or_default();
-            let have = labels.get(&e.key);
-            match e.operator.as_str() {
-                "In" => have.is_some_and(|v| values.contains(v)),
-                "NotIn" => have.is_none_or(|v| !values.contains(v)),
-                "Exists" => have.is_some(),
-                "DoesNotExist" => have.is_none(),
-                _ => false,
-            }
-        })
-    });
-    labels_ok && exprs_ok
+/// Whether `labels` match `selector` (matchLabels and matchExpressions, by kube's matcher). An
+/// empty selector (refused at admission) selects nothing.
+pub fn selects(selector: &KeySelector, labels: &BTreeMap<String, String>) -> bool {
+    let empty = selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
+        && selector
+            .match_expressions
+            .as_ref()
+            .is_none_or(|e| e.is_empty());
+    if empty {
+        return false;
+    }
+    Selector::try_from(selector.to_label_selector()).is_ok_and(|s| s.matches(labels))
 }
 
 /// The names of the Secrets a group reads by name.
@@ -78,7 +102,7 @@ pub fn referenced_secrets(g: &GeminiKeyGroup) -> HashSet<String> {
         .spec
         .keys
         .iter()
-        .map(|k| k.secret_ref.name.clone())
+        .map(|k| k.secret.clone())
         .collect();
     names.extend(
         g.spec
@@ -95,7 +119,7 @@ pub fn referenced_secrets(g: &GeminiKeyGroup) -> HashSet<String> {
 
 /// Whether a Secret event concerns a group (named by it, or selected by its keySelector).
 pub fn concerns(g: &GeminiKeyGroup, secret: &Secret) -> bool {
-    if g.metadata.namespace != secret.metadata.namespace {
+    if g.metadata.namespace != secret.metadata.namespace || !opted_in(secret) {
         return false;
     }
     let name = secret.metadata.name.clone().unwrap_or_default();
@@ -110,8 +134,10 @@ pub fn concerns(g: &GeminiKeyGroup, secret: &Secret) -> bool {
 }
 
 /// Builds the snapshot. `secrets` holds the Secrets of the group's namespace that were found
-/// (by name, or by the selector).
+/// (by name, or by the selector); Secrets that did not opt in are ignored as if absent.
 pub fn plan(g: &GeminiKeyGroup, namespace: &str, secrets: &[Secret]) -> Plan {
+    let secrets: Vec<Secret> = secrets.iter().filter(|s| opted_in(s)).cloned().collect();
+    let secrets = secrets.as_slice();
     let name = store_name(namespace, g.metadata.name.as_deref().unwrap_or_default());
     let mut missing = Vec::new();
     let mut keys: Vec<KeyEntry> = Vec::new();
@@ -131,18 +157,20 @@ pub fn plan(g: &GeminiKeyGroup, namespace: &str, secrets: &[Secret]) -> Plan {
         keys.push(k);
     };
     for k in &g.spec.keys {
-        let r = &k.secret_ref;
-        match find(secrets, &r.name) {
-            None => missing.push(format!("Secret {:?} not found", r.name)),
-            Some(s) => match secret_value(s, &r.key) {
+        match find(secrets, &k.secret) {
+            None => missing.push(format!(
+                "Secret {:?} not found (or not labelled {OPT_IN_LABEL}=true)",
+                k.secret
+            )),
+            Some(s) => match secret_value(s, &k.entry) {
                 None => missing.push(format!(
                     "Secret {:?} has no usable entry {:?}",
-                    r.name, r.key
+                    k.secret, k.entry
                 )),
                 Some(v) => push(
                     &mut keys,
                     v,
-                    format!("{}/{}", r.name, r.key),
+                    format!("{}/{}", k.secret, k.entry),
                     k.project.clone(),
                     k.weight.unwrap_or(1),
                     k.disabled,
@@ -158,7 +186,9 @@ pub fn plan(g: &GeminiKeyGroup, namespace: &str, secrets: &[Secret]) -> Plan {
             .collect();
         selected.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         if selected.is_empty() {
-            missing.push("no Secret matches spec.keySelector".to_owned());
+            missing.push(format!(
+                "no Secret labelled {OPT_IN_LABEL}=true matches spec.keySelector"
+            ));
         }
         for s in selected {
             let sname = s.metadata.name.clone().unwrap_or_default();
@@ -190,7 +220,7 @@ pub fn plan(g: &GeminiKeyGroup, namespace: &str, secrets: &[Secret]) -> Plan {
             Some(v) => Some(SecretValue::new(v)),
             None => {
                 missing.push(format!(
-                    "egress proxy: Secret {:?} entry {:?} not found",
+                    "egress proxy: Secret {:?} entry {:?} not found (the Secret needs the label {OPT_IN_LABEL}=true)",
                     r.name, r.key
                 ));
                 None
@@ -202,7 +232,10 @@ pub fn plan(g: &GeminiKeyGroup, namespace: &str, secrets: &[Secret]) -> Plan {
     if g.spec.access.mode == AccessMode::Token {
         for r in &g.spec.access.client_secret_refs {
             match find(secrets, &r.name) {
-                None => missing.push(format!("client Secret {:?} not found", r.name)),
+                None => missing.push(format!(
+                    "client Secret {:?} not found (or not labelled {OPT_IN_LABEL}=true)",
+                    r.name
+                )),
                 Some(s) => {
                     for entry in entries(s) {
                         if let Some(v) = secret_value(s, &entry) {
@@ -288,7 +321,7 @@ fn condition(
     generation: Option<i64>,
     previous: Option<&GeminiKeyGroupStatus>,
     now: &Time,
-) -> Condition {
+) -> GroupCondition {
     let status = if ok { "True" } else { "False" }.to_owned();
     // The transition time moves only when the status does.
     let since = previous
@@ -296,14 +329,67 @@ fn condition(
         .filter(|c| c.status == status)
         .map(|c| c.last_transition_time.clone())
         .unwrap_or_else(|| now.clone());
-    Condition {
+    GroupCondition {
         type_: type_.to_owned(),
         status,
         reason: reason.to_owned(),
-        message,
+        message: bounded(message, bounds::MESSAGE),
         observed_generation: generation,
         last_transition_time: since,
     }
+}
+
+/// The condition that says whether the key-state store answered the last reconcile.
+pub const STORE_REACHABLE: &str = "StoreReachable";
+
+/// The status when the store cannot be reached: what was known stays (counts, keys), but the
+/// group is no longer reported Ready (its state cannot be seen or written), and the conditions
+/// say why.
+pub fn store_unreachable(
+    g: &GeminiKeyGroup,
+    previous: Option<&GeminiKeyGroupStatus>,
+    error: &str,
+    now_ms: u64,
+) -> GeminiKeyGroupStatus {
+    let now = Time(jiff::Timestamp::from_millisecond(now_ms as i64).unwrap_or_default());
+    let generation = g.metadata.generation;
+    let mut status = previous.cloned().unwrap_or_default();
+    let message = bounded(
+        format!("the key-state store cannot be reached: {error}"),
+        bounds::MESSAGE,
+    );
+    let ready = condition(
+        "Ready",
+        false,
+        "StoreUnavailable",
+        message.clone(),
+        generation,
+        previous,
+        &now,
+    );
+    let store = condition(
+        STORE_REACHABLE,
+        false,
+        "StoreUnavailable",
+        message,
+        generation,
+        previous,
+        &now,
+    );
+    for c in [ready, store] {
+        match status.conditions.iter_mut().find(|x| x.type_ == c.type_) {
+            Some(x) => *x = c,
+            None => status.conditions.push(c),
+        }
+    }
+    status
+}
+
+/// Whether a status says the store was reachable (a missing condition counts as reachable).
+pub fn store_was_reachable(status: Option<&GeminiKeyGroupStatus>) -> bool {
+    status
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == STORE_REACHABLE))
+        .is_none_or(|c| c.status == "True")
 }
 
 /// The status for a plan and what the store holds. `previous` keeps condition times stable, so
@@ -319,6 +405,10 @@ pub fn status(
     let now = Time(jiff::Timestamp::from_millisecond(now_ms as i64).unwrap_or_default());
     let mut counts = KeyCounts::default();
     let mut entries = Vec::with_capacity(plan.snapshot.keys.len());
+    let mut health_by_key: HashMap<&KeyId, Vec<&keystore::KeyHealth>> = HashMap::new();
+    for h in observed.reports.iter().flat_map(|r| r.keys.iter()) {
+        health_by_key.entry(&h.id).or_default().push(h);
+    }
     for k in &plan.snapshot.keys {
         let st = observed.statuses.get(&k.id).cloned().unwrap_or_default();
         let state = st.state(k.disabled, now_ms);
@@ -346,28 +436,30 @@ pub fn status(
             }
             KeyState::Disabled => (Some("disabled in spec".to_owned()), None),
         };
-        let healths: Vec<&keystore::KeyHealth> = observed
-            .reports
-            .iter()
-            .flat_map(|r| r.keys.iter().filter(|h| h.id == k.id))
-            .collect();
+        let healths: &[&keystore::KeyHealth] =
+            health_by_key.get(&k.id).map(Vec::as_slice).unwrap_or(&[]);
         let health_score = (!healths.is_empty()).then(|| {
             let avg = healths.iter().map(|h| h.score).sum::<f64>() / healths.len() as f64;
-            (avg * 1000.0).round() / 1000.0
+            // Two decimals: the status stays the same while a score wobbles.
+            (avg * 100.0).round() / 100.0
         });
         let last_error = healths.iter().find_map(|h| h.last_error.clone());
         entries.push(KeyStatusEntry {
             id: k.id.to_string(),
-            source: k.source.clone(),
-            project: k.project.clone(),
+            source: bounded(k.source.clone(), bounds::MESSAGE),
+            project: k.project.clone().map(|p| bounded(p, bounds::PROJECT)),
             state: state.name().to_owned(),
-            reason,
+            reason: reason.map(|r| bounded(r, bounds::SHORT)),
             until,
             health_score,
             requests_last_hour: observed.requests_last_hour.get(&k.id).copied().unwrap_or(0),
-            last_error,
+            last_error: last_error.map(|e| bounded(e, bounds::MESSAGE)),
         });
     }
+    // The list is capped: keys that need attention first (in spec order), then active ones.
+    entries.sort_by_key(|e| e.state == "Active");
+    let omitted = entries.len().saturating_sub(bounds::KEY_STATUSES);
+    entries.truncate(bounds::KEY_STATUSES);
     let generation = g.metadata.generation;
     let usable = counts.active + counts.cooling_down;
     let resolved = plan.missing.is_empty();
@@ -422,6 +514,15 @@ pub fn status(
             previous,
             &now,
         ),
+        condition(
+            STORE_REACHABLE,
+            true,
+            "Reachable",
+            "the key-state store answers".to_owned(),
+            generation,
+            previous,
+            &now,
+        ),
     ];
     let proxies: HashSet<&str> = observed
         .reports
@@ -433,6 +534,7 @@ pub fn status(
         conditions,
         keys: counts,
         key_statuses: entries,
+        key_statuses_omitted: omitted as u32,
         proxies: proxies.len() as u32,
         last_sync_time: synced_at.or_else(|| previous.and_then(|p| p.last_sync_time.clone())),
         store_version: previous.and_then(|p| p.store_version),
@@ -450,22 +552,27 @@ pub struct KeyEvent {
 
 /// Recoveries seen between two statuses: a key that was cooling is active again. (No one
 /// changes a key when its cooldown simply runs out, so the operator notices and records it.)
+/// Each comes with a token naming the episode it ends, the same for every operator replica.
 pub fn recoveries(
     previous: Option<&GeminiKeyGroupStatus>,
     next: &GeminiKeyGroupStatus,
-) -> Vec<KeyId> {
+) -> Vec<(KeyId, String)> {
     let before: HashMap<&str, &KeyStatusEntry> = previous
         .map(|p| p.key_statuses.iter().map(|k| (k.id.as_str(), k)).collect())
         .unwrap_or_default();
     next.key_statuses
         .iter()
         .filter(|k| k.state == "Active")
-        .filter(|k| {
-            before
-                .get(k.id.as_str())
-                .is_some_and(|o| o.state == "CoolingDown" || o.state == "Invalid")
+        .filter_map(|k| {
+            let old = before.get(k.id.as_str())?;
+            (old.state == "CoolingDown" || old.state == "Invalid").then(|| {
+                let episode = old.until.as_deref().or(old.reason.as_deref()).unwrap_or("");
+                (
+                    KeyId::from_raw(k.id.clone()),
+                    format!("recovered/{}/{episode}", k.id),
+                )
+            })
         })
-        .map(|k| KeyId::from_raw(k.id.clone()))
         .collect()
 }
 

@@ -27,7 +27,8 @@ fn crd_has_the_contract_names_columns_and_descriptions() {
         "name: Cooling",
         "name: Proxies",
         "x-kubernetes-list-type: map",
-        "description: Keys named one by one",
+        "- secret\n                - entry",
+        "Keys named one by one",
         "status: {}",
     ] {
         assert!(y.contains(needle), "{needle} missing from the CRD:\n{y}");
@@ -66,30 +67,35 @@ fn a_valid_group_passes() {
 
 #[test]
 fn cel_rules_reject_with_readable_messages() {
+    let key = serde_json::json!([{"secret": "s", "entry": "k"}]);
     let cases = [
         (
             serde_json::json!({"access": {"mode": "Open"}}),
             "give at least one key",
         ),
         (
-            serde_json::json!({"keys": [{"secretRef": {"name": "s", "key": "k"}}], "upstream": {"url": "ftp://x"}, "access": {"mode": "Open"}}),
+            serde_json::json!({"keys": key, "upstream": {"url": "ftp://x"}, "access": {"mode": "Open"}}),
             "upstream.url must start with https:// or http://",
         ),
         (
-            serde_json::json!({"keys": [{"secretRef": {"name": "s", "key": "k"}}], "access": {"mode": "Open", "clientSecretRefs": [{"name": "t"}]}}),
+            serde_json::json!({"keys": key, "access": {"mode": "Open", "clientSecretRefs": [{"name": "t"}]}}),
             "access.mode Open takes no clientSecretRefs",
         ),
         (
-            serde_json::json!({"keys": [{"secretRef": {"name": "s", "key": "k"}}]}),
-            "access.mode Token (the default) needs clientSecretRefs",
+            serde_json::json!({"keys": key, "access": {"mode": "Token"}}),
+            "access.mode Token needs clientSecretRefs",
         ),
         (
-            serde_json::json!({"keys": [{"secretRef": {"name": "s", "key": "k"}}, {"secretRef": {"name": "s", "key": "k"}}], "access": {"mode": "Open"}}),
-            "each secretRef (name and key) may appear only once",
-        ),
-        (
-            serde_json::json!({"keys": [{"secretRef": {"name": "s", "key": "k"}}], "upstream": {"egressProxy": "ftp://p"}, "access": {"mode": "Open"}}),
+            serde_json::json!({"keys": key, "upstream": {"egressProxy": "ftp://p"}, "access": {"mode": "Open"}}),
             "upstream.egressProxy must be an http://, https:// or socks5:// URL",
+        ),
+        (
+            serde_json::json!({"keySelector": {}, "access": {"mode": "Open"}}),
+            "keySelector must not be empty",
+        ),
+        (
+            serde_json::json!({"keySelector": {"matchExpressions": [{"key": "pool", "operator": "In"}]}, "access": {"mode": "Open"}}),
+            "In and NotIn need values",
         ),
     ];
     for (spec, message) in cases {
@@ -99,4 +105,51 @@ fn cel_rules_reject_with_readable_messages() {
             "{spec}: expected {message:?}, got {errs:?}"
         );
     }
+}
+
+/// Every string, list and map of the schema has a bound: what a current API server's CEL cost
+/// estimator needs, and what keeps one object from growing without limit.
+#[test]
+fn every_list_string_and_map_is_bounded() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+        JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+    };
+    fn walk(s: &JSONSchemaProps, path: &str, unbounded: &mut Vec<String>) {
+        match s.type_.as_deref() {
+            Some("string")
+                if s.max_length.is_none()
+                    && s.enum_.is_none()
+                    && s.format.as_deref() != Some("date-time") =>
+            {
+                unbounded.push(format!("string {path}"))
+            }
+            Some("array") if s.max_items.is_none() => unbounded.push(format!("list {path}")),
+            Some("object") if s.additional_properties.is_some() && s.max_properties.is_none() => {
+                unbounded.push(format!("map {path}"))
+            }
+            _ => {}
+        }
+        for (k, p) in s.properties.iter().flatten() {
+            walk(p, &format!("{path}.{k}"), unbounded);
+        }
+        if let Some(JSONSchemaPropsOrArray::Schema(i)) = &s.items {
+            walk(i, &format!("{path}[]"), unbounded);
+        }
+        if let Some(JSONSchemaPropsOrBool::Schema(a)) = &s.additional_properties {
+            walk(a, &format!("{path}{{}}"), unbounded);
+        }
+    }
+    let crd = gemini_proxy_operator::crd();
+    let schema = crd.spec.versions[0]
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .expect("a schema");
+    let mut unbounded = Vec::new();
+    walk(schema, "", &mut unbounded);
+    assert_eq!(unbounded, Vec::<String>::new(), "unbounded parts of the schema");
+    assert!(
+        !crd_yaml().contains("uint"),
+        "integer formats must be Kubernetes' own"
+    );
 }

@@ -241,7 +241,6 @@ async fn listen(
     events: broadcast::Sender<StoreEvent>,
     subscribed: Arc<AtomicBool>,
 ) {
-    let mut first = true;
     loop {
         let link = async {
             let client = conn.pubsub_client().await?;
@@ -257,10 +256,10 @@ async fn listen(
         match link {
             Ok(mut ps) => {
                 subscribed.store(true, Ordering::Relaxed);
-                if !first {
-                    let _ = events.send(StoreEvent::Resync);
-                }
-                first = false;
+                // Whatever was published before the subscription took hold (a group made while
+                // a proxy was starting, or during an outage) is read again: without this, a new
+                // group would wait for the next periodic reload.
+                let _ = events.send(StoreEvent::Resync);
                 let mut stream = ps.on_message();
                 while let Some(msg) = stream.next().await {
                     let Ok(payload) = msg.get_payload::<String>() else {
@@ -273,9 +272,30 @@ async fn listen(
                 subscribed.store(false, Ordering::Relaxed);
             }
             Err(_) => {
-                first = false;
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
+        }
+    }
+}
+
+/// Adds a usage hash's fields (`k:ID:req`, `s:SCOPE:tok`, ...) to `counts`.
+fn add_usage_fields(counts: &mut UsageCounts, raw: HashMap<String, u64>) {
+    for (field, n) in raw {
+        let Some((kind, rest)) = field.split_once(':') else {
+            continue;
+        };
+        let Some((name, what)) = rest.rsplit_once(':') else {
+            continue;
+        };
+        let counter: &mut Counter = match kind {
+            "k" => counts.keys.entry(KeyId::from_raw(name)).or_default(),
+            "s" => counts.scopes.entry(name.to_owned()).or_default(),
+            _ => continue,
+        };
+        match what {
+            "req" => counter.requests += n,
+            "tok" => counter.tokens += n,
+            _ => {}
         }
     }
 }
@@ -545,23 +565,31 @@ impl KeyStore for RedisStore {
                 .run(|mut c| async move { c.hgetall(&key).await })
                 .await?;
             let mut counts = UsageCounts::default();
-            for (field, n) in raw {
-                let Some((kind, rest)) = field.split_once(':') else {
-                    continue;
-                };
-                let Some((name, what)) = rest.rsplit_once(':') else {
-                    continue;
-                };
-                let counter: &mut Counter = match kind {
-                    "k" => counts.keys.entry(KeyId::from_raw(name)).or_default(),
-                    "s" => counts.scopes.entry(name.to_owned()).or_default(),
-                    _ => continue,
-                };
-                match what {
-                    "req" => counter.requests += n,
-                    "tok" => counter.tokens += n,
-                    _ => {}
-                }
+            add_usage_fields(&mut counts, raw);
+            Ok(counts)
+        })
+    }
+
+    fn usage_sum<'a>(
+        &'a self,
+        group: &'a str,
+        windows: &'a [UsageWindow],
+    ) -> BoxFuture<'a, Result<UsageCounts, StoreError>> {
+        Box::pin(async move {
+            let mut counts = UsageCounts::default();
+            if windows.is_empty() {
+                return Ok(counts);
+            }
+            // One pipeline: the windows of a group share its hash tag (one Cluster slot).
+            let mut pipe = redis::pipe();
+            for w in windows {
+                pipe.hgetall(self.group_key(group, &format!("usage:{}", w.tag())));
+            }
+            let raws: Vec<HashMap<String, u64>> = self
+                .run(|mut c| async move { pipe.query_async(&mut c).await })
+                .await?;
+            for raw in raws {
+                add_usage_fields(&mut counts, raw);
             }
             Ok(counts)
         })

@@ -80,7 +80,7 @@ fn a_missing_secret_or_entry_is_named_and_the_rest_still_serves() {
         p.missing,
         vec![
             "Secret \"keys\" has no usable entry \"nope\"".to_owned(),
-            "Secret \"gone\" not found".to_owned(),
+            "Secret \"gone\" not found (or not labelled gemini-proxy.io/opt-in=true)".to_owned(),
         ]
     );
     let st = status(&g, &p, &Observed::default(), None, None, now_ms());
@@ -230,13 +230,22 @@ fn status_counts_states_and_never_holds_a_key() {
         }
     );
     assert_eq!(st.proxies, 1);
-    assert_eq!(st.key_statuses[0].requests_last_hour, 42);
-    assert_eq!(st.key_statuses[0].health_score, Some(0.5));
+    let entry = |k: &str| {
+        let id = KeyId::of(k);
+        st.key_statuses
+            .iter()
+            .find(|e| e.id == id.as_str())
+            .unwrap_or_else(|| panic!("{k} not listed"))
+    };
+    assert_eq!(entry("fake-a").requests_last_hour, 42);
+    assert_eq!(entry("fake-a").health_score, Some(0.5));
     assert_eq!(
-        st.key_statuses[1].reason.as_deref(),
+        entry("fake-b").reason.as_deref(),
         Some("PerDayQuota (gemini-2.5-pro)")
     );
-    assert!(st.key_statuses[1].until.is_some());
+    assert!(entry("fake-b").until.is_some());
+    // Keys that need attention come first.
+    assert_eq!(st.key_statuses[2].id, KeyId::of("fake-a").as_str());
     let degraded = st
         .conditions
         .iter()
