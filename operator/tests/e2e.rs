@@ -21,12 +21,9 @@ const MODEL_PATH: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
 
 type Events = Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
 
-/// Answers every request like an API server that holds `secrets` and `group`; keeps the Events
-/// posted to it.
-fn api_server(
-    secrets: Vec<k8s_openapi::api::core::v1::Secret>,
-    group: serde_json::Value,
-) -> (kube::Client, Events) {
+/// Answers every request like an API server that holds `group`; keeps the Events posted to it.
+/// (Secrets come from the operator's cache, filled by the test.)
+fn api_server(group: serde_json::Value) -> (kube::Client, Events) {
     let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
     let events = Events::default();
     let posted = events.clone();
@@ -49,15 +46,10 @@ fn api_server(
                 );
                 continue;
             }
-            let body = match path.rsplit_once("/secrets/") {
-                Some((_, name)) => secrets
-                    .iter()
-                    .find(|s| s.metadata.name.as_deref() == Some(name))
-                    .map(|s| (StatusCode::OK, serde_json::to_vec(s).unwrap())),
-                None if path.contains("/geminikeygroups/") => {
-                    Some((StatusCode::OK, serde_json::to_vec(&group).unwrap()))
-                }
-                None => Some((StatusCode::OK, b"{}".to_vec())),
+            let body = if path.contains("/geminikeygroups/") {
+                Some((StatusCode::OK, serde_json::to_vec(&group).unwrap()))
+            } else {
+                Some((StatusCode::OK, b"{}".to_vec()))
             };
             let (status, bytes) = body.unwrap_or((
                 StatusCode::NOT_FOUND,
@@ -99,19 +91,12 @@ async fn operator_writes_the_group_and_a_real_proxy_serves_and_follows_a_secret_
 
     // The operator reconciles the group with the Secret's first value.
     let echo = serde_json::to_value(&*group).unwrap();
-    let (client, _) = api_server(
-        vec![secret(
-            "team-a",
-            "gemini-keys",
-            &[("key-1", "fake-first-value")],
-        )],
-        echo.clone(),
+    let (client, _) = api_server(echo.clone());
+    let ctx = Arc::new(
+        Context::new(client, operator_store.clone(), Arc::new(Metrics::new())).with_secrets(vec![
+            secret("team-a", "gemini-keys", &[("key-1", "fake-first-value")]),
+        ]),
     );
-    let ctx = Arc::new(Context::new(
-        client,
-        operator_store.clone(),
-        Arc::new(Metrics::new()),
-    ));
     reconcile(group.clone(), ctx).await.unwrap();
 
     // A proxy pod: no groups of its own, state from Redis, the group as its default.
@@ -134,21 +119,17 @@ async fn operator_writes_the_group_and_a_real_proxy_serves_and_follows_a_secret_
 
     // The Secret changes; the next reconcile publishes it; the running proxy follows.
     let second = || {
-        api_server(
-            vec![secret(
-                "team-a",
-                "gemini-keys",
-                &[("key-1", "fake-second-value")],
-            )],
-            echo.clone(),
-        )
+        vec![secret(
+            "team-a",
+            "gemini-keys",
+            &[("key-1", "fake-second-value")],
+        )]
     };
-    let (client, _) = second();
-    let ctx = Arc::new(Context::new(
-        client,
-        operator_store.clone(),
-        Arc::new(Metrics::new()),
-    ));
+    let (client, _) = api_server(echo.clone());
+    let ctx = Arc::new(
+        Context::new(client, operator_store.clone(), Arc::new(Metrics::new()))
+            .with_secrets(second()),
+    );
     reconcile(group.clone(), ctx).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
@@ -196,12 +177,10 @@ async fn operator_writes_the_group_and_a_real_proxy_serves_and_follows_a_secret_
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (client, events) = second();
-    let ctx = Arc::new(Context::new(
-        client,
-        operator_store,
-        Arc::new(Metrics::new()),
-    ));
+    let (client, events) = api_server(echo.clone());
+    let ctx = Arc::new(
+        Context::new(client, operator_store, Arc::new(Metrics::new())).with_secrets(second()),
+    );
     reconcile(group, ctx).await.unwrap();
     let events = events.lock().unwrap().clone();
     let retired = events

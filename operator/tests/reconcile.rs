@@ -1,6 +1,6 @@
 //! The controller's API calls against a mocked API server (tower-test): the finalizer is added
-//! first, the store gets the group, events are published, and status is patched only when it
-//! changed.
+//! first (server-side apply), the store gets the group, events are published, and status is
+//! patched only when it changed. Secrets come from the operator's watch cache, not from GETs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,11 +16,14 @@ use tower_test::mock::{self, Handle};
 
 type ApiServer = Handle<Request<Body>, Response<Body>>;
 
-fn context(store: Arc<dyn KeyStore>) -> (Arc<Context>, ApiServer) {
+fn context(
+    store: Arc<dyn KeyStore>,
+    secrets: Vec<k8s_openapi::api::core::v1::Secret>,
+) -> (Arc<Context>, ApiServer) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "default");
     (
-        Arc::new(Context::new(client, store, Arc::new(Metrics::new()))),
+        Arc::new(Context::new(client, store, Arc::new(Metrics::new())).with_secrets(secrets)),
         handle,
     )
 }
@@ -62,26 +65,6 @@ async fn no_more_requests(api: &mut ApiServer) {
 const GROUP_PATH: &str = "/apis/gemini-proxy.io/v1alpha1/namespaces/team-a/geminikeygroups/gemini";
 const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/team-a/events";
 
-/// The reads of the group's Secrets, in the controller's order: "gone" is missing, "keys" exists.
-async fn read_secrets(api: &mut ApiServer, keys: &k8s_openapi::api::core::v1::Secret) {
-    expect(
-        api,
-        "GET",
-        "/api/v1/namespaces/team-a/secrets/gone",
-        StatusCode::NOT_FOUND,
-        not_found("secrets \"gone\""),
-    )
-    .await;
-    expect(
-        api,
-        "GET",
-        "/api/v1/namespaces/team-a/secrets/keys",
-        StatusCode::OK,
-        serde_json::to_value(keys).unwrap(),
-    )
-    .await;
-}
-
 fn not_found(what: &str) -> serde_json::Value {
     serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
         "message": format!("{what} not found"), "reason": "NotFound", "code": 404})
@@ -90,64 +73,77 @@ fn not_found(what: &str) -> serde_json::Value {
 #[tokio::test]
 async fn the_finalizer_is_added_before_anything_else() {
     let store = Arc::new(MemoryStore::new());
-    let (ctx, mut api) = context(store.clone());
+    let (ctx, mut api) = context(
+        store.clone(),
+        vec![secret("team-a", "keys", &[("k1", "fake-operator-key")])],
+    );
     let g = GroupFixture::new("team-a", "gemini")
         .key("keys", "k1")
         .build();
     let mut with_finalizer = g.clone();
     with_finalizer.metadata.finalizers = Some(vec!["gemini-proxy.io/store-cleanup".into()]);
+    let seen = store.clone();
     let server = tokio::spawn(async move {
-        let patch = expect(
-            &mut api,
-            "PATCH",
-            GROUP_PATH,
-            StatusCode::OK,
-            serde_json::to_value(&with_finalizer).unwrap(),
-        )
-        .await;
+        let (req, send) = api.next_request().await.expect("a request");
+        assert_eq!(req.method(), "PATCH");
+        assert_eq!(req.uri().path(), GROUP_PATH);
         assert!(
-            patch.to_string().contains("gemini-proxy.io/store-cleanup"),
+            req.uri().query().unwrap_or("").contains("fieldManager=gemini-proxy-operator"),
+            "server-side apply by the operator: {}",
+            req.uri()
+        );
+        assert_eq!(
+            req.headers()["content-type"],
+            "application/apply-patch+yaml",
+            "a patch of the finalizer alone, not a replace"
+        );
+        let bytes = req.into_body().collect_bytes().await.unwrap();
+        let patch: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            patch["metadata"]["finalizers"],
+            serde_json::json!(["gemini-proxy.io/store-cleanup"]),
             "{patch}"
         );
-        no_more_requests(&mut api).await;
+        assert!(patch.get("spec").is_none(), "only the finalizer: {patch}");
+        assert!(
+            seen.groups().await.unwrap().is_empty(),
+            "nothing is written to the store before the finalizer is in place"
+        );
+        send.send_response(
+            Response::builder()
+                .status(StatusCode::OK)
+                .body(Body::from(serde_json::to_vec(&with_finalizer).unwrap()))
+                .unwrap(),
+        );
+        // Then the group is applied: events and the status, whatever their order.
+        while let Ok(Some((_, send))) =
+            tokio::time::timeout(Duration::from_millis(300), api.next_request()).await
+        {
+            send.send_response(
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .body(Body::from(serde_json::to_vec(&with_finalizer).unwrap()))
+                    .unwrap(),
+            );
+        }
     });
     reconcile(Arc::new(g), ctx).await.unwrap();
     server.await.unwrap();
-    assert!(
-        store.groups().await.unwrap().is_empty(),
-        "nothing is written before the finalizer is in place"
-    );
+    assert_eq!(store.groups().await.unwrap().len(), 1, "then the group is written");
 }
 
 #[tokio::test]
 async fn apply_writes_the_store_publishes_events_and_patches_status_once() {
     let store = Arc::new(MemoryStore::new());
-    let (ctx, mut api) = context(store.clone());
+    let keys = secret("team-a", "keys", &[("k1", "fake-operator-key")]);
+    let (ctx, mut api) = context(store.clone(), vec![keys.clone()]);
     let g = GroupFixture::new("team-a", "gemini")
         .key("keys", "k1")
         .key("gone", "k")
         .finalized()
         .build();
-    let keys = secret("team-a", "keys", &[("k1", "fake-operator-key")]);
     let mut patched: GeminiKeyGroup = g.clone();
     let server = tokio::spawn(async move {
-        read_secrets(&mut api, &keys).await;
-        let event = expect(
-            &mut api,
-            "POST",
-            EVENTS_PATH,
-            StatusCode::CREATED,
-            serde_json::json!({}),
-        )
-        .await;
-        assert_eq!(event["type"], "Warning");
-        assert_eq!(event["reason"], "KeysUnresolved");
-        assert!(
-            event["note"]
-                .as_str()
-                .unwrap()
-                .contains("Secret \"gone\" not found")
-        );
         // The store's audit trail: the key the publish added.
         let added = expect(
             &mut api,
@@ -165,6 +161,22 @@ async fn apply_writes_the_store_publishes_events_and_patches_status_once() {
             "{note}"
         );
         assert!(!note.contains("fake-operator-key"), "a key in an event");
+        let event = expect(
+            &mut api,
+            "POST",
+            EVENTS_PATH,
+            StatusCode::CREATED,
+            serde_json::json!({}),
+        )
+        .await;
+        assert_eq!(event["type"], "Warning");
+        assert_eq!(event["reason"], "KeysUnresolved");
+        assert!(
+            event["note"]
+                .as_str()
+                .unwrap()
+                .contains("Secret \"gone\" not found")
+        );
         let echo = serde_json::to_value(&patched).unwrap();
         let patch = expect(
             &mut api,
@@ -203,11 +215,9 @@ async fn apply_writes_the_store_publishes_events_and_patches_status_once() {
     assert_eq!(groups[0].name, "team-a/gemini");
     assert_eq!(groups[0].keys[0].secret.expose(), "fake-operator-key");
 
-    // Reconciling again with that status: the same secrets, no event, no patch.
-    let (ctx, mut api) = context(store.clone());
-    let keys = secret("team-a", "keys", &[("k1", "fake-operator-key")]);
+    // Reconciling again with that status: the same secrets, no event, no patch, no read.
+    let (ctx, mut api) = context(store.clone(), vec![keys]);
     let server = tokio::spawn(async move {
-        read_secrets(&mut api, &keys).await;
         no_more_requests(&mut api).await;
     });
     reconcile(Arc::new(patched), ctx).await.unwrap();
@@ -220,7 +230,7 @@ async fn deletion_removes_the_group_from_the_store_and_the_finalizer() {
     let mut snapshot = keystore::GroupSnapshot::for_test("team-a/gemini", &["fake-k"]);
     snapshot.version = 0;
     store.publish_group(snapshot).await.unwrap();
-    let (ctx, mut api) = context(store.clone());
+    let (ctx, mut api) = context(store.clone(), Vec::new());
     let mut g = GroupFixture::new("team-a", "gemini")
         .key("keys", "k1")
         .finalized()
