@@ -63,6 +63,10 @@ struct RunArgs {
     /// Namespace of the Lease (the operator's own).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
+    /// How long a Lease holds without renewal: a standby replica takes over within about this
+    /// long after the leader dies.
+    #[arg(long, env = "GEMINI_PROXY_OPERATOR_LEASE_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(4..=300))]
+    lease_seconds: u64,
     #[command(flatten)]
     redis: RedisArgs,
 }
@@ -143,6 +147,8 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let manager = kube_lease_manager::LeaseManagerBuilder::new(client, &args.lease_name)
         .with_namespace(&args.lease_namespace)
         .with_identity(&identity)
+        .with_duration(args.lease_seconds)
+        .with_grace(2)
         .build()
         .await
         .map_err(|e| format!("lease: {e}"))?;

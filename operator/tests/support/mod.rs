@@ -1,0 +1,5 @@
+//! Shared set-up of the operator's integration tests against real API servers.
+
+#![allow(dead_code)]
+
+pub mod k8s;
