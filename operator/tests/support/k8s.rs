@@ -377,8 +377,8 @@ impl OperatorProcess {
         let err = out.try_clone().expect("log");
         let port = gemini_proxy_tests::process::free_port();
         let probe: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        // Flags before the (default) `run` command, as clap takes them.
         let child = Command::new(env!("CARGO_BIN_EXE_gemini-proxy-operator"))
-            .arg("run")
             .args(args)
             .env("KUBECONFIG", cluster.kubeconfig(who))
             .env("GEMINI_PROXY_OPERATOR_LISTEN", probe.to_string())
@@ -408,6 +408,9 @@ impl OperatorProcess {
 
     /// The HTTP status of `/readyz` (0 when it does not answer).
     pub async fn readyz(&self) -> u16 {
+        if tokio::net::TcpStream::connect(self.probe).await.is_err() {
+            return 0;
+        }
         let client = gemini_proxy_tests::Client::new();
         let url = format!("http://{}/readyz", self.probe);
         match tokio::time::timeout(
