@@ -340,7 +340,11 @@ async fn remove_finalizer(api: &Api<GeminiKeyGroup>, g: &GeminiKeyGroup) -> Resu
 pub fn error_policy(g: Arc<GeminiKeyGroup>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = plan::store_name(&g.namespace().unwrap_or_default(), &g.name_any());
     let n = ctx.failed_again(&key);
-    let delay = backoff(n, &key);
+    // A store outage is retried at least every 30 s, so that its end shows soon in the status.
+    let delay = match error {
+        Error::Store(_) => backoff(n, &key).min(jittered(Duration::from_secs(30), &key)),
+        _ => backoff(n, &key),
+    };
     tracing::warn!(group = %key, error = %error, failures = n, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
     ctx.metrics.failed(error.label());
     Action::requeue(delay)
