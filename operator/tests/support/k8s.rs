@@ -424,6 +424,28 @@ impl OperatorProcess {
         }
     }
 
+    /// A counter or gauge from `/metrics` (0 when absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let client = gemini_proxy_tests::Client::new();
+        let url = format!("http://{}/metrics", self.probe);
+        let text = client.call(http::Method::GET, &url, &[], "").await.text();
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Resident memory in KiB (VmRSS).
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.id().unwrap_or(0);
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// SIGKILL: the process dies without a chance to release anything.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
