@@ -38,14 +38,15 @@ start() {
     || die "openssl failed"
 
   # Token users: an admin, and identities the tests bind RBAC to (as ServiceAccounts would be).
-  local admin operator trimmed tenant
+  local admin operator trimmed tenant uninstall
   admin=$(openssl rand -hex 16); operator=$(openssl rand -hex 16)
-  trimmed=$(openssl rand -hex 16); tenant=$(openssl rand -hex 16)
+  trimmed=$(openssl rand -hex 16); tenant=$(openssl rand -hex 16); uninstall=$(openssl rand -hex 16)
   {
     echo "$admin,admin,uid-admin,\"system:masters\""
     echo "$operator,system:serviceaccount:gemini-proxy:gemini-proxy-operator,uid-operator,\"system:serviceaccounts,system:serviceaccounts:gemini-proxy\""
     echo "$trimmed,system:serviceaccount:gemini-proxy:trimmed-operator,uid-trimmed,\"system:serviceaccounts,system:serviceaccounts:gemini-proxy\""
     echo "$tenant,tenant,uid-tenant,\"tenants\""
+    echo "$uninstall,system:serviceaccount:gemini-proxy:gemini-proxy-uninstall,uid-uninstall,\"system:serviceaccounts,system:serviceaccounts:gemini-proxy\""
   } >"$dir/tokens.csv"
   # Audit: every write (and who made it), metadata only.
   printf '%s\n' 'apiVersion: audit.k8s.io/v1' 'kind: Policy' 'omitStages: ["RequestReceived"]' 'rules:' \
@@ -100,7 +101,7 @@ start() {
     || { cat "$dir/nginx-error.log" "$dir/nginx.log" >&2; die "the nginx router did not answer"; }
 
   local url="https://127.0.0.1:$router_port" who token
-  for who in admin:$admin operator:$operator trimmed:$trimmed tenant:$tenant; do
+  for who in admin:$admin operator:$operator trimmed:$trimmed tenant:$tenant uninstall:$uninstall; do
     token=${who#*:}
     {
       echo "apiVersion: v1"

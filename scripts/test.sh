@@ -34,6 +34,17 @@ if [ ! -x .tools/helm ]; then
 fi
 .tools/helm version --short
 
+# Real Kubernetes API servers (kube-apiserver 1.20, apiextensions-apiserver 1.36, etcd, an nginx
+# path router): built once from Debian's packages and cached outside the clone (keyed by
+# version), started here for the whole run on loopback ports, stopped on exit.
+log "Kubernetes API servers (build once, cached in ~/.cache/gemini-proxy/k8s)"
+bash scripts/k8s-servers.sh build
+K8S_DIR=$(mktemp -d "${TMPDIR:-/tmp}/gp-k8s.XXXXXX")
+trap 'bash scripts/k8s-servers.sh stop "$K8S_DIR"' EXIT
+bash scripts/k8s-servers.sh start "$K8S_DIR"
+export GEMINI_PROXY_K8S="$K8S_DIR"
+export HELM="$PWD/.tools/helm"
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -41,6 +52,8 @@ log "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 log "cargo test"
+# The binaries first: the real-server tests run the proxy binary of the workspace.
+cargo build --workspace --locked --bins
 cargo test --workspace --locked
 
 log "chart, manifests, Dockerfiles (pytest)"

@@ -311,7 +311,7 @@ async fn add_finalizer(api: &Api<GeminiKeyGroup>, g: &GeminiKeyGroup) -> Result<
 }
 
 /// Removes the finalizer with a JSON patch that first tests the entry is where the copy says.
-async fn remove_finalizer(api: &Api<GeminiKeyGroup>, g: &GeminiKeyGroup) -> Result<(), Error> {
+pub async fn remove_finalizer(api: &Api<GeminiKeyGroup>, g: &GeminiKeyGroup) -> Result<(), Error> {
     let Some(i) = g.finalizers().iter().position(|f| f == FINALIZER) else {
         return Ok(());
     };

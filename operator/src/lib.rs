@@ -5,6 +5,7 @@
 //! - [`plan`]: pure planning: spec + Secrets → snapshot; store state → status and events;
 //! - [`controller`]: watches and their caches, reconcile, finalizer, error policy;
 //! - [`events`]: one Event per thing that happened, named so that none is published twice;
+//! - [`release`]: the uninstall hook: stop the operator, take its finalizer off every group;
 //! - [`metrics`]: reconciles, failures, durations.
 
 pub mod controller;
@@ -14,6 +15,7 @@ pub mod events;
 pub mod fixtures;
 pub mod metrics;
 pub mod plan;
+pub mod release;
 
 use kube::CustomResourceExt;
 

@@ -36,6 +36,17 @@ enum Command {
     Crd,
     /// Run the controller (the default).
     Run,
+    /// Before an uninstall (the chart's pre-delete hook): stop the operator (delete its
+    /// Deployment, wait for its pods) and take its finalizer off every GeminiKeyGroup in scope,
+    /// so that groups, namespaces and the CRD can be deleted without it. The groups stay.
+    Release {
+        /// The operator's Deployment, in POD_NAMESPACE (none: only the finalizers).
+        #[arg(long)]
+        deployment: Option<String>,
+        /// Label selector of the operator's pods, to wait until they are gone.
+        #[arg(long, default_value = "app.kubernetes.io/component=operator")]
+        pods: String,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -77,6 +88,10 @@ fn main() -> ExitCode {
         print!("{}", crd_yaml());
         return ExitCode::SUCCESS;
     }
+    let release = match cli.command {
+        Some(Command::Release { deployment, pods }) => Some((deployment, pods)),
+        _ => None,
+    };
     tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
@@ -96,6 +111,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some((deployment, pods)) = release {
+        return match rt.block_on(release_groups(&cli.run, deployment, &pods)) {
+            Ok(n) => {
+                println!("released {n} GeminiKeyGroups");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("gemini-proxy-operator release: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match rt.block_on(run(cli.run)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -103,6 +130,26 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+async fn release_groups(
+    args: &RunArgs,
+    deployment: Option<String>,
+    pods: &str,
+) -> Result<usize, String> {
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("kubernetes client: {e}"))?;
+    let operator = deployment
+        .as_deref()
+        .map(|d| gemini_proxy_operator::release::Operator {
+            namespace: &args.lease_namespace,
+            deployment: d,
+            pods,
+        });
+    gemini_proxy_operator::release::release(client, args.namespace.as_deref(), operator)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 struct Probe {

@@ -113,13 +113,18 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
             pool.members.len()
         ));
     }
-    let ready = groups.loaded && usable_groups > 0;
+    // Ready means "can answer": the groups are loaded (from the store or the config file). A
+    // group without usable keys is the group's state, shown below, in metrics and in the
+    // GeminiKeyGroup status; taking every pod out of the Service for it would turn the clients'
+    // 429/503 answers (in their SDK's envelope) into refused connections, and would keep
+    // `helm install --wait` hanging until the first group exists.
+    let ready = groups.loaded;
     let head = if !groups.loaded {
         "not ready: no group snapshot loaded yet".to_owned()
-    } else if ready {
+    } else if usable_groups > 0 || lines.is_empty() {
         "ready".to_owned()
     } else {
-        "not ready: no group has a usable key".to_owned()
+        "ready (no group has a usable key)".to_owned()
     };
     let mut body = head;
     body.push_str(&match (app.store.kind, app.store.is_up()) {

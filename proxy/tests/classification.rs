@@ -195,7 +195,7 @@ async fn dead_keys_are_retired_and_never_used_again() {
 }
 
 #[tokio::test]
-async fn every_key_dead_is_503_and_not_ready() {
+async fn every_key_dead_is_503_and_readyz_says_so() {
     let mock = MockGemini::start().await;
     mock.key("dead", Behaviour::Invalid);
     let p = start(&open_group(&["dead"], ""), &mock).await;
@@ -205,7 +205,14 @@ async fn every_key_dead_is_503_and_not_ready() {
     let r = p.generate().await;
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["error"]["status"], "UNAVAILABLE");
-    assert_eq!(p.get("/readyz", &[]).await.status, 503);
+    // The pod still answers (503 in the client's envelope beats a refused connection).
+    let ready = p.get("/readyz", &[]).await;
+    assert_eq!(ready.status, 200);
+    assert!(
+        ready.text().contains("no group has a usable key") && ready.text().contains("0 of 1 keys usable"),
+        "{}",
+        ready.text()
+    );
 }
 
 #[tokio::test]

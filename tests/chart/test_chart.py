@@ -248,7 +248,7 @@ def test_examples_validate(path, tmp_path):
 def test_a_bad_example_is_caught_by_the_crd_schema():
     schema = crd_schema()
     bad = {"apiVersion": "gemini-proxy.io/v1alpha1", "kind": "GeminiKeyGroup", "metadata": {"name": "x"},
-           "spec": {"keys": [{"secretRef": {"name": "s"}}], "rotation": {"strategy": "Random"}}}
+           "spec": {"keys": [{"secret": "s"}], "rotation": {"strategy": "Random"}}}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
 

@@ -4,9 +4,11 @@
 #
 #   bash tests/e2e/kind.sh
 #
-# Builds both images, installs the chart with the bundled Redis, runs the mock Gemini upstream in
-# the cluster, applies a GeminiKeyGroup and checks: the group becomes Ready with its key Active,
-# a request through the Service reaches the mock with the key, and `helm test` passes.
+# Builds both images, installs the chart with the bundled Redis (`--wait` returns: proxies are
+# ready once they have loaded the store, with or without groups), runs the mock Gemini upstream
+# in the cluster, applies a GeminiKeyGroup and checks: the group becomes Ready with its key
+# Active, a request through the Service reaches the mock with the key, `helm test` passes, and
+# an uninstall with the group still present leaves nothing stuck.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CLUSTER=${CLUSTER:-gemini-proxy-e2e}
@@ -37,13 +39,14 @@ helm install gemini-proxy charts/gemini-proxy --namespace gemini-proxy --create-
 kubectl create namespace team-a
 kubectl -n team-a run mock-gemini --image=mock-gemini:$TAG --port 9000 --expose
 kubectl -n team-a create secret generic gemini-keys --from-literal=key-1=fake-e2e-key
+kubectl -n team-a label secret gemini-keys gemini-proxy.io/opt-in=true
 kubectl apply -f - <<'YAML'
 apiVersion: gemini-proxy.io/v1alpha1
 kind: GeminiKeyGroup
 metadata: {name: gemini, namespace: team-a}
 spec:
   upstream: {url: "http://mock-gemini.team-a.svc:9000"}
-  keys: [{secretRef: {name: gemini-keys, key: key-1}}]
+  keys: [{secret: gemini-keys, entry: key-1}]
   access: {mode: Open}
 YAML
 kubectl -n team-a wait gkg/gemini --for=condition=Ready --timeout=120s
@@ -52,4 +55,8 @@ kubectl -n team-a run caller --rm -i --restart=Never --image=docker.io/curlimage
   curl --fail -s -X POST -d '{}' \
   http://gemini-proxy.gemini-proxy.svc:8080/v1beta/models/gemini-2.5-flash:generateContent
 helm test gemini-proxy -n gemini-proxy
+# Uninstall with a group still present: the pre-delete hook stops the operator and takes its
+# finalizer off, so the namespace and the group can be deleted afterwards.
+helm uninstall gemini-proxy -n gemini-proxy --wait --timeout 2m
+kubectl delete namespace team-a --timeout=60s
 echo "e2e passed"

@@ -28,6 +28,8 @@ pub enum Who {
     Trimmed,
     /// `tenant`: no rights at all.
     Tenant,
+    /// `system:serviceaccount:gemini-proxy:gemini-proxy-uninstall`: the chart's uninstall hook.
+    Uninstall,
 }
 
 impl Who {
@@ -37,6 +39,7 @@ impl Who {
             Who::Operator => "operator",
             Who::Trimmed => "trimmed",
             Who::Tenant => "tenant",
+            Who::Uninstall => "uninstall",
         }
     }
 }
