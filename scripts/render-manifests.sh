@@ -13,7 +13,11 @@ HELM=${HELM:-helm}
 #   kubectl -n gemini-proxy create secret generic gemini-proxy-state-key \
 #     --from-literal=key="$(head -c 32 /dev/urandom | base64)"
 #   kubectl apply -f manifests/install.yaml
+# To uninstall: delete your GeminiKeyGroups first (the operator removes their finalizers), or
+# delete the operator and then run `gemini-proxy-operator release` (what the chart's pre-delete
+# hook does), then `kubectl delete -f manifests/install.yaml`.
 HEAD
-  "$HELM" template gemini-proxy charts/gemini-proxy --namespace gemini-proxy \
+  # No hooks: a plain apply has no uninstall phase (and would run the pre-delete Job at once).
+  "$HELM" template gemini-proxy charts/gemini-proxy --namespace gemini-proxy --no-hooks \
     --set stateKey.existingSecret=gemini-proxy-state-key
 } > manifests/install.yaml
