@@ -206,6 +206,31 @@ async fn contract(store: Arc<dyn KeyStore>) {
         assert_eq!(u.scopes["proj-1"].requests, 4, "{w:?}");
         assert_eq!(u.scopes["proj-1"].tokens, 150, "{w:?}");
     }
+    // Summed over windows (the operator's last hour, one round trip): an empty and an earlier
+    // minute add nothing; the same minute twice counts twice.
+    store
+        .record_usage(vec![delta(&ids[1], "proj-2", 5, 10)])
+        .await
+        .unwrap();
+    let minute = UsageWindow::minute_of(at);
+    let windows = [
+        minute.clone(),
+        UsageWindow::minute_of(at.saturating_sub(3_600_000)),
+        minute,
+    ];
+    let sum = store.usage_sum("team-a/keys", &windows).await.unwrap();
+    assert_eq!(sum.keys[&ids[0]].requests, 6);
+    assert_eq!(sum.keys[&ids[1]].requests, 10);
+    assert_eq!(sum.keys[&ids[1]].tokens, 20);
+    assert_eq!(sum.scopes["proj-1"].requests, 8);
+    assert!(
+        store
+            .usage_sum("team-a/keys", &[])
+            .await
+            .unwrap()
+            .keys
+            .is_empty()
+    );
 
     // Scheduling counters: each proxy adds its share and reads the others'.
     let slot = RateWindow::slot_of(at);

@@ -174,7 +174,9 @@ pub fn jittered(base: Duration, salt: &str) -> Duration {
 
 /// The delay after the `n`th failure in a row: 2 s doubling to 5 minutes, jittered.
 pub fn backoff(n: u32, salt: &str) -> Duration {
-    let secs = 2u64.saturating_mul(1 << n.saturating_sub(1).min(16)).min(300);
+    let secs = 2u64
+        .saturating_mul(1 << n.saturating_sub(1).min(16))
+        .min(300);
     jittered(Duration::from_secs(secs), salt)
 }
 
@@ -258,7 +260,9 @@ async fn report_audit(
         let summary = Note {
             warning: false,
             reason: "KeyEvents",
-            note: format!("{extra} more key events; see the store's audit trail or the proxies' logs"),
+            note: format!(
+                "{extra} more key events; see the store's audit trail or the proxies' logs"
+            ),
             dedup: format!("more/{next_cursor}"),
         };
         ctx.events.publish(g, &summary).await;
@@ -413,7 +417,9 @@ async fn apply(g: &GeminiKeyGroup, ns: &str, ctx: &Context) -> Result<Action, Er
     let synced = match tokio::time::timeout(STORE_TIMEOUT, sync_store(g, &plan, before, ctx)).await
     {
         Ok(r) => r,
-        Err(_) => Err(StoreError::Unavailable("the store did not answer in time".into())),
+        Err(_) => Err(StoreError::Unavailable(
+            "the store did not answer in time".into(),
+        )),
     };
     let status = match synced {
         Ok(status) => status,

@@ -84,7 +84,10 @@ impl EventSink {
     pub async fn publish(&self, g: &GeminiKeyGroup, note: &Note) {
         let ns = g.namespace().unwrap_or_else(|| "default".into());
         let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
-        match api.create(&PostParams::default(), &self.event(g, note)).await {
+        match api
+            .create(&PostParams::default(), &self.event(g, note))
+            .await
+        {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 409 => {}
             Err(e) => {

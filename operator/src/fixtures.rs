@@ -105,7 +105,10 @@ pub fn secret(namespace: &str, name: &str, entries: &[(&str, &str)]) -> Secret {
         metadata: ObjectMeta {
             name: Some(name.into()),
             namespace: Some(namespace.into()),
-            labels: Some(BTreeMap::from([(OPT_IN_LABEL.to_owned(), "true".to_owned())])),
+            labels: Some(BTreeMap::from([(
+                OPT_IN_LABEL.to_owned(),
+                "true".to_owned(),
+            )])),
             ..ObjectMeta::default()
         },
         data: Some(

@@ -21,8 +21,8 @@ use kube::CustomResourceExt;
 
 /// The CRD as the API server gets it. Integer formats are Kubernetes' own (`int32`, `int64`):
 /// schemars writes `uint32`/`uint64`, which a current API server warns about as unknown.
-pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition
-{
+pub fn crd()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
     let mut crd = crd::GeminiKeyGroup::crd();
     for v in &mut crd.spec.versions {
         if let Some(schema) = v

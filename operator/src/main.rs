@@ -242,8 +242,7 @@ async fn spawn_probes(addr: SocketAddr, probe: Arc<Probe>) -> Result<(), String>
         .route(
             "/readyz",
             get(|State(p): State<Arc<Probe>>| async move {
-                let synced =
-                    p.standby.load(Ordering::Relaxed) || p.ctx.is_synced();
+                let synced = p.standby.load(Ordering::Relaxed) || p.ctx.is_synced();
                 match (p.store_ok.load(Ordering::Relaxed), synced) {
                     (true, true) => (StatusCode::OK, "ready\n"),
                     (false, _) => (

@@ -5,13 +5,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::core::{Selector, SelectorExt};
 use keystore::{
     AccessMode as StoreAccess, AccessSpec, AuditEvent, AuditKind, ClientEntry,
     ClientLimits as StoreClientLimits, CooldownReason, GroupSnapshot, HealthReport, KeyEntry,
     KeyId, KeyState, KeyStatus, QuotaLimits, RetrySpec, RotationStrategy, Secret as SecretValue,
     TokenDigest, UpstreamSpec,
 };
+use kube::core::{Selector, SelectorExt};
 
 use crate::crd::{
     AccessMode, GeminiKeyGroup, GeminiKeyGroupStatus, GroupCondition, KeyCounts, KeySelector,
@@ -98,12 +98,7 @@ pub fn selects(selector: &KeySelector, labels: &BTreeMap<String, String>) -> boo
 
 /// The names of the Secrets a group reads by name.
 pub fn referenced_secrets(g: &GeminiKeyGroup) -> HashSet<String> {
-    let mut names: HashSet<String> = g
-        .spec
-        .keys
-        .iter()
-        .map(|k| k.secret.clone())
-        .collect();
+    let mut names: HashSet<String> = g.spec.keys.iter().map(|k| k.secret.clone()).collect();
     names.extend(
         g.spec
             .access

@@ -71,12 +71,10 @@ pub async fn release(
         }
         let api: Api<GeminiKeyGroup> =
             Api::namespaced(client.clone(), &g.namespace().unwrap_or_default());
-        remove_finalizer(&api, &g)
-            .await
-            .map_err(|e| match e {
-                crate::controller::Error::Kube(k) => k,
-                other => kube::Error::Service(other.to_string().into()),
-            })?;
+        remove_finalizer(&api, &g).await.map_err(|e| match e {
+            crate::controller::Error::Kube(k) => k,
+            other => kube::Error::Service(other.to_string().into()),
+        })?;
         tracing::info!(group = %g.name_any(), namespace = ?g.namespace(), "finalizer removed");
         released += 1;
     }

@@ -147,7 +147,11 @@ fn every_list_string_and_map_is_bounded() {
         .expect("a schema");
     let mut unbounded = Vec::new();
     walk(schema, "", &mut unbounded);
-    assert_eq!(unbounded, Vec::<String>::new(), "unbounded parts of the schema");
+    assert_eq!(
+        unbounded,
+        Vec::<String>::new(),
+        "unbounded parts of the schema"
+    );
     assert!(
         !crd_yaml().contains("uint"),
         "integer formats must be Kubernetes' own"

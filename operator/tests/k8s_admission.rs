@@ -56,7 +56,10 @@ async fn the_crd_installs_and_admission_enforces_every_rule_and_bound() {
         .await
         .expect("a minimal Open group is valid");
     let spec = serde_json::to_value(&minimal.spec).expect("spec");
-    assert_eq!(spec["upstream"]["url"], "https://generativelanguage.googleapis.com");
+    assert_eq!(
+        spec["upstream"]["url"],
+        "https://generativelanguage.googleapis.com"
+    );
     assert_eq!(spec["upstream"]["timeoutSeconds"], 600);
     assert_eq!(spec["rotation"]["strategy"], "RoundRobin");
     assert_eq!(spec["retry"]["maxAttempts"], 3);
@@ -98,8 +101,14 @@ async fn the_crd_installs_and_admission_enforces_every_rule_and_bound() {
     // Invalid groups are refused (422) with the rule's own message.
     let long = "x".repeat(254);
     let cases: Vec<(serde_json::Value, &str)> = vec![
-        (json!({"access": {"mode": "Open"}}), "give at least one key: spec.keys or spec.keySelector"),
-        (json!({"keys": [key("s", "k")]}), "spec.access: Required value"),
+        (
+            json!({"access": {"mode": "Open"}}),
+            "give at least one key: spec.keys or spec.keySelector",
+        ),
+        (
+            json!({"keys": [key("s", "k")]}),
+            "spec.access: Required value",
+        ),
         (
             json!({"keys": [key("s", "k")], "access": {"mode": "Token"}}),
             "access.mode Token needs clientSecretRefs",
@@ -227,7 +236,9 @@ async fn the_crd_installs_and_admission_enforces_every_rule_and_bound() {
         .collect();
     assert_eq!(
         columns,
-        ["Name", "Ready", "Keys", "Active", "Cooling", "Invalid", "Proxies", "Age"]
+        [
+            "Name", "Ready", "Keys", "Active", "Cooling", "Invalid", "Proxies", "Age"
+        ]
     );
     assert_eq!(table["rows"].as_array().map(Vec::len), Some(5));
 
@@ -254,7 +265,10 @@ async fn the_status_the_operator_writes_fits_the_schema() {
     let mut g = api
         .create(
             &PostParams::default(),
-            &group("big", json!({"keys": [key("s", "k")], "access": {"mode": "Open"}})),
+            &group(
+                "big",
+                json!({"keys": [key("s", "k")], "access": {"mode": "Open"}}),
+            ),
         )
         .await
         .expect("create");

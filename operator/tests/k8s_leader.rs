@@ -17,10 +17,14 @@ use support::k8s::{
 };
 
 async fn ready(cluster: &Cluster, ns: &str, name: &str) {
-    wait_for(Duration::from_secs(60), &format!("{name} Ready"), || async {
-        let st = status_of(cluster, ns, name).await?;
-        (condition(&st, "Ready").map(|c| c.0) == Some("True".into())).then_some(())
-    })
+    wait_for(
+        Duration::from_secs(60),
+        &format!("{name} Ready"),
+        || async {
+            let st = status_of(cluster, ns, name).await?;
+            (condition(&st, "Ready").map(|c| c.0) == Some("True".into())).then_some(())
+        },
+    )
     .await;
 }
 
@@ -61,7 +65,12 @@ async fn a_standby_replica_takes_over_when_the_leader_is_killed() {
         .await;
     }
     cluster
-        .put_secret(&ns, "keys", &[("k1", "fake-leader-1"), ("k2", "fake-leader-2")], true)
+        .put_secret(
+            &ns,
+            "keys",
+            &[("k1", "fake-leader-1"), ("k2", "fake-leader-2")],
+            true,
+        )
         .await;
     cluster
         .create_group(
@@ -72,7 +81,10 @@ async fn a_standby_replica_takes_over_when_the_leader_is_killed() {
         )
         .await;
     ready(&cluster, &ns, "before").await;
-    assert!(!b.logs().contains("leading"), "the standby reconciled while op-a led");
+    assert!(
+        !b.logs().contains("leading"),
+        "the standby reconciled while op-a led"
+    );
 
     // The leader dies without releasing the Lease; a group is created at that moment.
     a.kill().await;
@@ -88,7 +100,11 @@ async fn a_standby_replica_takes_over_when_the_leader_is_killed() {
     let took = killed.elapsed();
     println!("handover: the new group was Ready {took:?} after the leader was killed (lease 6 s)");
     assert!(took < Duration::from_secs(20), "handover took {took:?}");
-    let holder = leases.get(&lease).await.ok().and_then(|l| l.spec?.holder_identity);
+    let holder = leases
+        .get(&lease)
+        .await
+        .ok()
+        .and_then(|l| l.spec?.holder_identity);
     assert_eq!(holder.as_deref(), Some("op-b"));
     assert!(b.running());
 
@@ -107,11 +123,18 @@ async fn a_standby_replica_takes_over_when_the_leader_is_killed() {
             assert!(e.series.is_none(), "{e:?}");
         }
         let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-        assert!(twice.is_empty(), "{group}: Events published twice: {twice:?}");
+        assert!(
+            twice.is_empty(),
+            "{group}: Events published twice: {twice:?}"
+        );
         let added = events
             .iter()
             .filter(|e| e.reason.as_deref() == Some("KeyAdded"))
             .count();
-        assert_eq!(added, if group == "before" { 2 } else { 1 }, "{group}: {events:?}");
+        assert_eq!(
+            added,
+            if group == "before" { 2 } else { 1 },
+            "{group}: {events:?}"
+        );
     }
 }

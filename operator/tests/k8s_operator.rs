@@ -43,24 +43,40 @@ async fn the_operator_with_the_charts_rbac_runs_groups_end_to_end() {
     let rbac = cluster
         .apply_chart_rbac(&[&format!("operator.watchNamespace={ns}")])
         .await;
-    assert!(rbac.iter().any(|d| d["kind"] == "Role" && d["metadata"]["namespace"] == ns.as_str()));
+    assert!(
+        rbac.iter()
+            .any(|d| d["kind"] == "Role" && d["metadata"]["namespace"] == ns.as_str())
+    );
 
     let redis = RedisServer::start();
     let store = store_env(redis.url());
     let mock = MockGemini::start().await;
     mock.accept_any_key(Behaviour::Ok);
-    cluster.put_secret(&ns, "gemini-keys", &[("key-1", "fake-e2e-one")], true).await;
-    cluster.put_secret(&ns, "apps", &[("alice", "tok-alice-e2e")], true).await;
-    cluster.put_secret(&ns, "other", &[("k", "fake-e2e-not-opted-in")], false).await;
+    cluster
+        .put_secret(&ns, "gemini-keys", &[("key-1", "fake-e2e-one")], true)
+        .await;
+    cluster
+        .put_secret(&ns, "apps", &[("alice", "tok-alice-e2e")], true)
+        .await;
+    cluster
+        .put_secret(&ns, "other", &[("k", "fake-e2e-not-opted-in")], false)
+        .await;
 
-    let operator =
-        OperatorProcess::start(&cluster, Who::Operator, "op-e2e", &store, &["--namespace", &ns])
-            .await;
+    let operator = OperatorProcess::start(
+        &cluster,
+        Who::Operator,
+        "op-e2e",
+        &store,
+        &["--namespace", &ns],
+    )
+    .await;
     // Ready once both caches listed (it never was before: two waiters on one readiness signal).
     let started = Instant::now();
-    wait_for(Duration::from_secs(20), "the operator's /readyz", || async {
-        (operator.readyz().await == 200).then_some(())
-    })
+    wait_for(
+        Duration::from_secs(20),
+        "the operator's /readyz",
+        || async { (operator.readyz().await == 200).then_some(()) },
+    )
     .await;
     println!("operator ready after {:?}", started.elapsed());
 
@@ -90,9 +106,11 @@ async fn the_operator_with_the_charts_rbac_runs_groups_end_to_end() {
                    "access": {"mode": "Token", "clientSecretRefs": [{"name": "apps"}]}}),
         )
         .await;
-    wait_for(Duration::from_secs(10), "the proxy serving the new group", || async {
-        (call(&http, &proxy, "tok-alice-e2e").await == 200).then_some(())
-    })
+    wait_for(
+        Duration::from_secs(10),
+        "the proxy serving the new group",
+        || async { (call(&http, &proxy, "tok-alice-e2e").await == 200).then_some(()) },
+    )
     .await;
     let served_after = created.elapsed();
     println!("new group served {served_after:?} after its creation");
@@ -116,27 +134,50 @@ async fn the_operator_with_the_charts_rbac_runs_groups_end_to_end() {
     assert_eq!(st.keys.total, 1);
     let one = KeyId::of("fake-e2e-one");
     assert_eq!(st.key_statuses[0].id, one.as_str());
-    let g = cluster.groups(&ns).await.get("gemini").await.expect("group");
-    assert_eq!(g.metadata.finalizers, Some(vec!["gemini-proxy.io/store-cleanup".into()]));
+    let g = cluster
+        .groups(&ns)
+        .await
+        .get("gemini")
+        .await
+        .expect("group");
+    assert_eq!(
+        g.metadata.finalizers,
+        Some(vec!["gemini-proxy.io/store-cleanup".into()])
+    );
 
     // Rotation: a new value in the Secret reaches the running proxy.
     let rotated = Instant::now();
-    cluster.put_secret(&ns, "gemini-keys", &[("key-1", "fake-e2e-two")], true).await;
-    wait_for(Duration::from_secs(10), "the proxy using the rotated key", || async {
-        assert_eq!(call(&http, &proxy, "tok-alice-e2e").await, 200);
-        (mock.count("fake-e2e-two") > 0).then_some(())
-    })
+    cluster
+        .put_secret(&ns, "gemini-keys", &[("key-1", "fake-e2e-two")], true)
+        .await;
+    wait_for(
+        Duration::from_secs(10),
+        "the proxy using the rotated key",
+        || async {
+            assert_eq!(call(&http, &proxy, "tok-alice-e2e").await, 200);
+            (mock.count("fake-e2e-two") > 0).then_some(())
+        },
+    )
     .await;
     println!("rotation reached the proxy after {:?}", rotated.elapsed());
     let before = mock.count("fake-e2e-one");
     for _ in 0..5 {
         assert_eq!(call(&http, &proxy, "tok-alice-e2e").await, 200);
     }
-    assert_eq!(mock.count("fake-e2e-one"), before, "the old key is still used");
+    assert_eq!(
+        mock.count("fake-e2e-one"),
+        before,
+        "the old key is still used"
+    );
 
     // Update: a second key, a missing Secret and one that did not opt in.
     cluster
-        .put_secret(&ns, "gemini-keys", &[("key-1", "fake-e2e-two"), ("key-2", "fake-e2e-three")], true)
+        .put_secret(
+            &ns,
+            "gemini-keys",
+            &[("key-1", "fake-e2e-two"), ("key-2", "fake-e2e-three")],
+            true,
+        )
         .await;
     let patch = json!({"spec": {"keys": [
         {"secret": "gemini-keys", "entry": "key-1"},
@@ -149,11 +190,16 @@ async fn the_operator_with_the_charts_rbac_runs_groups_end_to_end() {
         .patch("gemini", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .expect("update the group");
-    let st = wait_for(Duration::from_secs(15), "KeysResolved=False for generation 2", || async {
-        let st = status_of(&cluster, &ns, "gemini").await?;
-        (condition(&st, "KeysResolved") == Some(("False".into(), "SecretMissing".into(), Some(2))))
+    let st = wait_for(
+        Duration::from_secs(15),
+        "KeysResolved=False for generation 2",
+        || async {
+            let st = status_of(&cluster, &ns, "gemini").await?;
+            (condition(&st, "KeysResolved")
+                == Some(("False".into(), "SecretMissing".into(), Some(2))))
             .then_some(st)
-    })
+        },
+    )
     .await;
     let message = st
         .conditions
@@ -161,11 +207,18 @@ async fn the_operator_with_the_charts_rbac_runs_groups_end_to_end() {
         .find(|c| c.type_ == "KeysResolved")
         .map(|c| c.message.clone())
         .unwrap_or_default();
-    assert!(message.contains("\"gone\"") && message.contains("\"other\""), "{message}");
+    assert!(
+        message.contains("\"gone\"") && message.contains("\"other\""),
+        "{message}"
+    );
     assert_eq!(st.keys.total, 2, "the two resolvable keys serve");
     assert_eq!(condition(&st, "Ready").map(|c| c.0), Some("True".into()));
     for _ in 0..4 {
-        assert_eq!(call(&http, &proxy, "tok-alice-e2e").await, 200, "the rest still serves");
+        assert_eq!(
+            call(&http, &proxy, "tok-alice-e2e").await,
+            200,
+            "the rest still serves"
+        );
     }
     let text = serde_json::to_string(&st).expect("status");
     assert!(!text.contains("fake-e2e"), "a key in the status");
@@ -190,14 +243,27 @@ async fn the_operator_with_the_charts_rbac_runs_groups_end_to_end() {
     let all = serde_json::to_string(&events).expect("events");
     assert!(!all.contains("fake-e2e"), "a key in an Event");
     for e in &events {
-        assert_eq!(e.reporting_controller.as_deref(), Some("gemini-proxy-operator"));
-        assert!(e.series.is_none(), "Events are not folded into series: {e:?}");
+        assert_eq!(
+            e.reporting_controller.as_deref(),
+            Some("gemini-proxy-operator")
+        );
+        assert!(
+            e.series.is_none(),
+            "Events are not folded into series: {e:?}"
+        );
     }
 
     // Delete: the finalizer cleans the store, then the object goes.
     cluster.delete_group(&ns, "gemini").await;
     wait_for(Duration::from_secs(15), "the group gone", || async {
-        cluster.groups(&ns).await.get_opt("gemini").await.ok()?.is_none().then_some(())
+        cluster
+            .groups(&ns)
+            .await
+            .get_opt("gemini")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
     })
     .await;
     // The snapshot (the sealed keys), the key states and the health reports are gone; what
@@ -220,15 +286,23 @@ async fn the_operator_with_the_charts_rbac_runs_groups_end_to_end() {
         .filter(|(k, _)| k.ends_with("{index}:groups"))
         .map(|(_, v)| v)
         .collect();
-    assert!(!index.iter().any(|v| v.contains(&format!("{ns}/gemini"))), "{index:?}");
-    wait_for(Duration::from_secs(15), "the proxy to stop serving the deleted group", || async {
-        (call(&http, &proxy, "tok-alice-e2e").await == 401).then_some(())
-    })
+    assert!(
+        !index.iter().any(|v| v.contains(&format!("{ns}/gemini"))),
+        "{index:?}"
+    );
+    wait_for(
+        Duration::from_secs(15),
+        "the proxy to stop serving the deleted group",
+        || async { (call(&http, &proxy, "tok-alice-e2e").await == 401).then_some(()) },
+    )
     .await;
 
     let logs = operator.logs();
     assert!(!logs.contains("failed to add finalizer"), "{logs}");
-    assert!(!logs.contains("\"code\":422") && !logs.contains("422 Invalid"), "{logs}");
+    assert!(
+        !logs.contains("\"code\":422") && !logs.contains("422 Invalid"),
+        "{logs}"
+    );
     assert!(!logs.contains("fake-e2e"), "a key in the operator's log");
 }
 
@@ -242,7 +316,9 @@ async fn a_missing_verb_in_the_rbac_is_seen() {
     let rbac = support::k8s::render_chart(&[&format!("operator.watchNamespace={ns}")]);
     for mut doc in rbac.into_iter().filter(|d| {
         d["apiVersion"] == "rbac.authorization.k8s.io/v1"
-            && d["metadata"]["name"].as_str().is_some_and(|n| n.contains("operator"))
+            && d["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.contains("operator"))
     }) {
         doc["metadata"]["name"] = json!(format!(
             "trimmed-{}",
@@ -256,7 +332,10 @@ async fn a_missing_verb_in_the_rbac_is_seen() {
             }
         }
         if let Some(role) = doc.get_mut("roleRef") {
-            role["name"] = json!(format!("trimmed-{}", role["name"].as_str().unwrap_or_default()));
+            role["name"] = json!(format!(
+                "trimmed-{}",
+                role["name"].as_str().unwrap_or_default()
+            ));
         }
         if let Some(subjects) = doc.get_mut("subjects").and_then(|s| s.as_array_mut()) {
             for s in subjects.iter_mut() {
@@ -267,10 +346,17 @@ async fn a_missing_verb_in_the_rbac_is_seen() {
     }
     let redis = RedisServer::start();
     let store = store_env(redis.url());
-    cluster.put_secret(&ns, "keys", &[("k", "fake-trimmed")], true).await;
-    let operator =
-        OperatorProcess::start(&cluster, Who::Trimmed, "op-trimmed", &store, &["--namespace", &ns])
-            .await;
+    cluster
+        .put_secret(&ns, "keys", &[("k", "fake-trimmed")], true)
+        .await;
+    let operator = OperatorProcess::start(
+        &cluster,
+        Who::Trimmed,
+        "op-trimmed",
+        &store,
+        &["--namespace", &ns],
+    )
+    .await;
     cluster
         .create_group(
             &ns,
@@ -278,9 +364,14 @@ async fn a_missing_verb_in_the_rbac_is_seen() {
             json!({"keys": [{"secret": "keys", "entry": "k"}], "access": {"mode": "Open"}}),
         )
         .await;
-    wait_for(Duration::from_secs(20), "a forbidden status patch in the log", || async {
-        operator.logs().contains("forbidden").then_some(())
-    })
+    wait_for(
+        Duration::from_secs(20),
+        "a forbidden status patch in the log",
+        || async { operator.logs().contains("forbidden").then_some(()) },
+    )
     .await;
-    assert!(status_of(&cluster, &ns, "g").await.is_none(), "a status was written without the verb");
+    assert!(
+        status_of(&cluster, &ns, "g").await.is_none(),
+        "a status was written without the verb"
+    );
 }

@@ -42,9 +42,14 @@ async fn a_thousand_groups_and_a_thousand_keys() {
     let entries: Vec<(String, String)> = (0..KEYS)
         .map(|i| (format!("k{i}"), format!("fake-scale-{i:04}")))
         .collect();
-    let refs: Vec<(&str, &str)> = entries.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let refs: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
     cluster.put_secret(&ns, "many", &refs, true).await;
-    cluster.put_secret(&ns, "one", &[("k", "fake-scale-one")], true).await;
+    cluster
+        .put_secret(&ns, "one", &[("k", "fake-scale-one")], true)
+        .await;
     // The big group selects "many" by a label of its own.
     let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
         kube::Api::namespaced(cluster.admin().await, &ns);
@@ -57,9 +62,14 @@ async fn a_thousand_groups_and_a_thousand_keys() {
         .await
         .expect("label");
 
-    let operator =
-        OperatorProcess::start(&cluster, Who::Operator, "op-scale", &store, &["--namespace", &ns])
-            .await;
+    let operator = OperatorProcess::start(
+        &cluster,
+        Who::Operator,
+        "op-scale",
+        &store,
+        &["--namespace", &ns],
+    )
+    .await;
     let rss_idle = {
         wait_for(Duration::from_secs(20), "operator ready", || async {
             (operator.readyz().await == 200).then_some(())
@@ -110,7 +120,9 @@ async fn a_thousand_groups_and_a_thousand_keys() {
     })
     .await;
     let rss_busy = operator.rss_kib();
-    let reconciles = operator.metric("gemini_proxy_operator_reconciles_total").await;
+    let reconciles = operator
+        .metric("gemini_proxy_operator_reconciles_total")
+        .await;
     let requests = operator_writes(&cluster, &ns) - writes_before;
     let big = api.get("big").await.expect("big group");
     let st = big.status.expect("status");
@@ -119,13 +131,21 @@ async fn a_thousand_groups_and_a_thousand_keys() {
 
     // Settled: over 30 s, the periodic passes write nothing (no traffic, nothing changed).
     let audit_before = cluster.apiext_audit().len() + cluster.kube_audit().len();
-    let reconciles_before = operator.metric("gemini_proxy_operator_reconciles_total").await;
+    let reconciles_before = operator
+        .metric("gemini_proxy_operator_reconciles_total")
+        .await;
     tokio::time::sleep(Duration::from_secs(30)).await;
     let writes = cluster.apiext_audit().len() + cluster.kube_audit().len() - audit_before;
-    let settled = operator.metric("gemini_proxy_operator_reconciles_total").await - reconciles_before;
+    let settled = operator
+        .metric("gemini_proxy_operator_reconciles_total")
+        .await
+        - reconciles_before;
     let rss_settled = operator.rss_kib();
 
-    println!("scale: {} groups created in {created:?}; all Ready after {all_ready:?}", GROUPS + 1);
+    println!(
+        "scale: {} groups created in {created:?}; all Ready after {all_ready:?}",
+        GROUPS + 1
+    );
     println!(
         "scale: {reconciles} reconciles until all Ready, {requests} API writes by the operator \
          (finalizers, statuses, Events), {:.2} per reconcile; reads come from its two watches",
@@ -150,6 +170,12 @@ async fn a_thousand_groups_and_a_thousand_keys() {
     assert!(size < 64 * 1024, "a 1,000-key status of {size} bytes");
     // About one pass per group per 15 s (±20 % jitter): no storm.
     let expected = (GROUPS + 1) as f64 * 30.0 / 15.0;
-    assert!(settled < expected * 1.5, "{settled} reconciles in 30 s (expected about {expected})");
-    assert!(writes < 20, "{writes} API writes in 30 s with nothing changing");
+    assert!(
+        settled < expected * 1.5,
+        "{settled} reconciles in 30 s (expected about {expected})"
+    );
+    assert!(
+        writes < 20,
+        "{writes} API writes in 30 s with nothing changing"
+    );
 }

@@ -18,10 +18,14 @@ const MODEL: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
 const OPERATOR: &str = "system:serviceaccount:gemini-proxy:gemini-proxy-operator";
 
 async fn ready(cluster: &Cluster, ns: &str, name: &str) {
-    wait_for(Duration::from_secs(30), &format!("{name} Ready"), || async {
-        let st = status_of(cluster, ns, name).await?;
-        (condition(&st, "Ready").map(|c| c.0) == Some("True".into())).then_some(())
-    })
+    wait_for(
+        Duration::from_secs(30),
+        &format!("{name} Ready"),
+        || async {
+            let st = status_of(cluster, ns, name).await?;
+            (condition(&st, "Ready").map(|c| c.0) == Some("True".into())).then_some(())
+        },
+    )
     .await;
 }
 
@@ -61,11 +65,25 @@ async fn status_patches_stay_calm_under_steady_traffic() {
     let mock = MockGemini::start().await;
     mock.accept_any_key(Behaviour::Ok);
     cluster
-        .put_secret(&ns, "keys", &[("a", "fake-calm-a"), ("b", "fake-calm-b"), ("c", "fake-calm-c")], true)
+        .put_secret(
+            &ns,
+            "keys",
+            &[
+                ("a", "fake-calm-a"),
+                ("b", "fake-calm-b"),
+                ("c", "fake-calm-c"),
+            ],
+            true,
+        )
         .await;
-    let _operator =
-        OperatorProcess::start(&cluster, Who::Operator, "op-calm", &store, &["--namespace", &ns])
-            .await;
+    let _operator = OperatorProcess::start(
+        &cluster,
+        Who::Operator,
+        "op-calm",
+        &store,
+        &["--namespace", &ns],
+    )
+    .await;
     cluster
         .create_group(
             &ns,
@@ -102,10 +120,20 @@ async fn status_patches_stay_calm_under_steady_traffic() {
     }
     let (status_after, other_after) = writes(&cluster, &ns, "calm");
     let patches = status_after - status_before;
-    println!("{sent} requests in 60 s: {patches} status patches, {} other writes", other_after - other_before);
-    assert!(patches <= 5, "{patches} status patches in 60 s (at most about one per 15 s)");
+    println!(
+        "{sent} requests in 60 s: {patches} status patches, {} other writes",
+        other_after - other_before
+    );
+    assert!(
+        patches <= 5,
+        "{patches} status patches in 60 s (at most about one per 15 s)"
+    );
     assert!(patches >= 1, "the status never showed the traffic");
-    assert_eq!(other_after - other_before, 0, "the group itself was written under traffic");
+    assert_eq!(
+        other_after - other_before,
+        0,
+        "the group itself was written under traffic"
+    );
     let st = status_of(&cluster, &ns, "calm").await.expect("status");
     let served: u64 = st.key_statuses.iter().map(|k| k.requests_last_hour).sum();
     assert!(served > 0, "requests in the last hour are reported: {st:?}");
@@ -122,10 +150,17 @@ async fn an_unreachable_store_shows_in_the_status_and_an_event() {
         .await;
     let mut redis = RedisServer::start();
     let store = store_env(redis.url());
-    cluster.put_secret(&ns, "keys", &[("a", "fake-storeless")], true).await;
-    let _operator =
-        OperatorProcess::start(&cluster, Who::Operator, "op-storeless", &store, &["--namespace", &ns])
-            .await;
+    cluster
+        .put_secret(&ns, "keys", &[("a", "fake-storeless")], true)
+        .await;
+    let _operator = OperatorProcess::start(
+        &cluster,
+        Who::Operator,
+        "op-storeless",
+        &store,
+        &["--namespace", &ns],
+    )
+    .await;
     cluster
         .create_group(
             &ns,
@@ -136,28 +171,36 @@ async fn an_unreachable_store_shows_in_the_status_and_an_event() {
     ready(&cluster, &ns, "g").await;
 
     redis.kill();
-    let st = wait_for(Duration::from_secs(40), "Ready=False for the store", || async {
-        let st = status_of(&cluster, &ns, "g").await?;
-        (condition(&st, "Ready").map(|c| (c.0, c.1))
-            == Some(("False".into(), "StoreUnavailable".into())))
-        .then_some(st)
-    })
+    let st = wait_for(
+        Duration::from_secs(40),
+        "Ready=False for the store",
+        || async {
+            let st = status_of(&cluster, &ns, "g").await?;
+            (condition(&st, "Ready").map(|c| (c.0, c.1))
+                == Some(("False".into(), "StoreUnavailable".into())))
+            .then_some(st)
+        },
+    )
     .await;
     assert_eq!(
         condition(&st, "StoreReachable").map(|c| c.0),
         Some("False".into())
     );
     assert_eq!(st.keys.total, 1, "what was known stays");
-    wait_for(Duration::from_secs(10), "a StoreUnavailable Warning", || async {
-        events_of(&cluster, &ns, "g")
-            .await
-            .iter()
-            .any(|e| {
-                e.reason.as_deref() == Some("StoreUnavailable")
-                    && e.type_.as_deref() == Some("Warning")
-            })
-            .then_some(())
-    })
+    wait_for(
+        Duration::from_secs(10),
+        "a StoreUnavailable Warning",
+        || async {
+            events_of(&cluster, &ns, "g")
+                .await
+                .iter()
+                .any(|e| {
+                    e.reason.as_deref() == Some("StoreUnavailable")
+                        && e.type_.as_deref() == Some("Warning")
+                })
+                .then_some(())
+        },
+    )
     .await;
 
     // Redis returns (empty): the group is written again and Ready again.
@@ -166,13 +209,24 @@ async fn an_unreachable_store_shows_in_the_status_and_an_event() {
     ready(&cluster, &ns, "g").await;
     println!("Ready again {:?} after the store returned", back.elapsed());
     let st = status_of(&cluster, &ns, "g").await.expect("status");
-    assert_eq!(condition(&st, "StoreReachable").map(|c| c.0), Some("True".into()));
+    assert_eq!(
+        condition(&st, "StoreReachable").map(|c| c.0),
+        Some("True".into())
+    );
     assert!(
-        redis.dump().iter().any(|(k, _)| k.ends_with(&format!("{{g:{ns}/g}}:group"))),
+        redis
+            .dump()
+            .iter()
+            .any(|(k, _)| k.ends_with(&format!("{{g:{ns}/g}}:group"))),
         "the group is back in the store"
     );
     let events = events_of(&cluster, &ns, "g").await;
-    assert!(events.iter().any(|e| e.reason.as_deref() == Some("StoreReachable")), "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("StoreReachable")),
+        "{events:?}"
+    );
     let down = events
         .iter()
         .filter(|e| e.reason.as_deref() == Some("StoreUnavailable"))

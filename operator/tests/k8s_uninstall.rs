@@ -31,13 +31,19 @@ async fn the_uninstall_hook_stops_the_operator_and_releases_the_groups() {
                 && d["apiVersion"] == "rbac.authorization.k8s.io/v1"
         })
         .collect();
-    assert_eq!(hook.len(), 4, "the hook's Role, ClusterRole/Role and bindings");
+    assert_eq!(
+        hook.len(),
+        4,
+        "the hook's Role, ClusterRole/Role and bindings"
+    );
     for d in hook {
         cluster.apply_rbac(d).await;
     }
     let job = docs
         .iter()
-        .find(|d| d["kind"] == "Job" && d["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete")
+        .find(|d| {
+            d["kind"] == "Job" && d["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
+        })
         .expect("the hook's Job");
     let args: Vec<String> = job["spec"]["template"]["spec"]["containers"][0]["args"]
         .as_array()
@@ -62,12 +68,23 @@ async fn the_uninstall_hook_stops_the_operator_and_releases_the_groups() {
 
     let redis = RedisServer::start();
     let store = store_env(redis.url());
-    cluster.put_secret(&ns, "keys", &[("k", "fake-uninstall")], true).await;
-    let mut operator =
-        OperatorProcess::start(&cluster, Who::Operator, "op-uninstall", &store, &["--namespace", &ns])
-            .await;
     cluster
-        .create_group(&ns, "g", json!({"keys": [{"secret": "keys", "entry": "k"}], "access": {"mode": "Open"}}))
+        .put_secret(&ns, "keys", &[("k", "fake-uninstall")], true)
+        .await;
+    let mut operator = OperatorProcess::start(
+        &cluster,
+        Who::Operator,
+        "op-uninstall",
+        &store,
+        &["--namespace", &ns],
+    )
+    .await;
+    cluster
+        .create_group(
+            &ns,
+            "g",
+            json!({"keys": [{"secret": "keys", "entry": "k"}], "access": {"mode": "Open"}}),
+        )
         .await;
     wait_for(Duration::from_secs(20), "the group Ready", || async {
         let st = status_of(&cluster, &ns, "g").await?;
@@ -96,16 +113,35 @@ async fn the_uninstall_hook_stops_the_operator_and_releases_the_groups() {
     assert!(out.status.success(), "the hook failed: {text}");
     assert!(text.contains("released 1 GeminiKeyGroups"), "{text}");
     assert!(
-        deployments.get_opt("gemini-proxy-operator").await.expect("get").is_none(),
+        deployments
+            .get_opt("gemini-proxy-operator")
+            .await
+            .expect("get")
+            .is_none(),
         "the operator's Deployment is still there"
     );
-    let g = cluster.groups(&ns).await.get("g").await.expect("the group stays");
-    assert_eq!(g.metadata.finalizers.unwrap_or_default(), Vec::<String>::new());
+    let g = cluster
+        .groups(&ns)
+        .await
+        .get("g")
+        .await
+        .expect("the group stays");
+    assert_eq!(
+        g.metadata.finalizers.unwrap_or_default(),
+        Vec::<String>::new()
+    );
 
     // With no operator left, the group can still be deleted.
     cluster.delete_group(&ns, "g").await;
     wait_for(Duration::from_secs(10), "the group deleted", || async {
-        cluster.groups(&ns).await.get_opt("g").await.ok()?.is_none().then_some(())
+        cluster
+            .groups(&ns)
+            .await
+            .get_opt("g")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
     })
     .await;
 }

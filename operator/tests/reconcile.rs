@@ -65,11 +65,6 @@ async fn no_more_requests(api: &mut ApiServer) {
 const GROUP_PATH: &str = "/apis/gemini-proxy.io/v1alpha1/namespaces/team-a/geminikeygroups/gemini";
 const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/team-a/events";
 
-fn not_found(what: &str) -> serde_json::Value {
-    serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": format!("{what} not found"), "reason": "NotFound", "code": 404})
-}
-
 #[tokio::test]
 async fn the_finalizer_is_added_before_anything_else() {
     let store = Arc::new(MemoryStore::new());
@@ -88,7 +83,10 @@ async fn the_finalizer_is_added_before_anything_else() {
         assert_eq!(req.method(), "PATCH");
         assert_eq!(req.uri().path(), GROUP_PATH);
         assert!(
-            req.uri().query().unwrap_or("").contains("fieldManager=gemini-proxy-operator"),
+            req.uri()
+                .query()
+                .unwrap_or("")
+                .contains("fieldManager=gemini-proxy-operator"),
             "server-side apply by the operator: {}",
             req.uri()
         );
@@ -129,7 +127,11 @@ async fn the_finalizer_is_added_before_anything_else() {
     });
     reconcile(Arc::new(g), ctx).await.unwrap();
     server.await.unwrap();
-    assert_eq!(store.groups().await.unwrap().len(), 1, "then the group is written");
+    assert_eq!(
+        store.groups().await.unwrap().len(),
+        1,
+        "then the group is written"
+    );
 }
 
 #[tokio::test]

@@ -209,7 +209,8 @@ async fn every_key_dead_is_503_and_readyz_says_so() {
     let ready = p.get("/readyz", &[]).await;
     assert_eq!(ready.status, 200);
     assert!(
-        ready.text().contains("no group has a usable key") && ready.text().contains("0 of 1 keys usable"),
+        ready.text().contains("no group has a usable key")
+            && ready.text().contains("0 of 1 keys usable"),
         "{}",
         ready.text()
     );

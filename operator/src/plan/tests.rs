@@ -302,3 +302,63 @@ fn audit_trail_entries_become_events_except_per_minute_cooldowns() {
         assert_eq!(audit_event(&event(kind, "x")).unwrap().reason, reason);
     }
 }
+
+#[test]
+fn the_whole_selector_applies_and_only_opted_in_secrets_count() {
+    use crate::crd::{KeySelector, SelectorOperator, SelectorRequirement};
+    use crate::fixtures::not_opted_in;
+    let req = |key: &str, operator, values: &[&str]| SelectorRequirement {
+        key: key.into(),
+        operator,
+        values: (!values.is_empty()).then(|| values.iter().map(|v| (*v).to_owned()).collect()),
+    };
+    let mut g = GroupFixture::new(NS, "g").build();
+    g.spec.key_selector = Some(KeySelector {
+        match_labels: Some([("pool".to_owned(), "a".to_owned())].into()),
+        match_expressions: Some(vec![
+            req("tier", SelectorOperator::In, &["gold", "silver"]),
+            req("region", SelectorOperator::NotIn, &["eu"]),
+            req("owner", SelectorOperator::Exists, &[]),
+            req("retired", SelectorOperator::DoesNotExist, &[]),
+        ]),
+    });
+    let with = |name: &str, labels: &[(&str, &str)]| {
+        labels.iter().fold(
+            secret(NS, name, &[("k", &format!("fake-{name}"))]),
+            |s, (k, v)| labelled(s, k, v),
+        )
+    };
+    let good = [
+        ("pool", "a"),
+        ("tier", "gold"),
+        ("region", "us"),
+        ("owner", "x"),
+    ];
+    let secrets = [
+        with("match", &good),
+        with("no-owner", &[("pool", "a"), ("tier", "gold")]),
+        with(
+            "wrong-tier",
+            &[("pool", "a"), ("tier", "bronze"), ("owner", "x")],
+        ),
+        with(
+            "eu",
+            &[
+                ("pool", "a"),
+                ("tier", "gold"),
+                ("region", "eu"),
+                ("owner", "x"),
+            ],
+        ),
+        with(
+            "retired",
+            &[good.as_slice(), &[("retired", "yes")]].concat(),
+        ),
+        not_opted_in(with("not-opted-in", &good)),
+    ];
+    let p = plan(&g, NS, &secrets);
+    let sources: Vec<&str> = p.snapshot.keys.iter().map(|k| k.source.as_str()).collect();
+    assert_eq!(sources, ["match/k"]);
+    // An empty selector selects nothing (and is refused at admission).
+    assert!(!selects(&KeySelector::default(), &Default::default()));
+}

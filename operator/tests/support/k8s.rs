@@ -174,7 +174,12 @@ impl Cluster {
     }
 
     /// Creates a group from its spec (JSON).
-    pub async fn create_group(&self, ns: &str, name: &str, spec: serde_json::Value) -> GeminiKeyGroup {
+    pub async fn create_group(
+        &self,
+        ns: &str,
+        name: &str,
+        spec: serde_json::Value,
+    ) -> GeminiKeyGroup {
         let g = json!({"apiVersion": "gemini-proxy.io/v1alpha1", "kind": "GeminiKeyGroup",
             "metadata": {"name": name, "namespace": ns}, "spec": spec});
         self.groups(ns)
@@ -219,7 +224,10 @@ impl Cluster {
                         .is_some_and(|n| n.contains("operator"))
             })
             .collect();
-        assert!(rbac.len() >= 4, "the chart renders the operator's RBAC: {rbac:?}");
+        assert!(
+            rbac.len() >= 4,
+            "the chart renders the operator's RBAC: {rbac:?}"
+        );
         for doc in &rbac {
             self.apply_rbac(doc).await;
         }
@@ -230,7 +238,9 @@ impl Cluster {
     pub async fn apply_rbac(&self, doc: &serde_json::Value) {
         let kind = doc["kind"].as_str().expect("kind");
         let name = doc["metadata"]["name"].as_str().expect("name");
-        let ns = doc["metadata"]["namespace"].as_str().unwrap_or("gemini-proxy");
+        let ns = doc["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("gemini-proxy");
         let client = self.admin().await;
         let pp = PatchParams::apply("gemini-proxy-tests").force();
         use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
@@ -313,7 +323,10 @@ pub fn random_suffix() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    format!("{:x}", (nanos ^ u128::from(std::process::id()) << 20) & 0xff_ffff_ffff)
+    format!(
+        "{:x}",
+        (nanos ^ u128::from(std::process::id()) << 20) & 0xff_ffff_ffff
+    )
 }
 
 /// Polls `probe` until it gives a value; panics after `limit` naming `what`.
@@ -327,7 +340,10 @@ where
         if let Some(v) = probe().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -494,8 +510,7 @@ pub async fn events_of(
     ns: &str,
     name: &str,
 ) -> Vec<k8s_openapi::api::events::v1::Event> {
-    let api: Api<k8s_openapi::api::events::v1::Event> =
-        Api::namespaced(cluster.admin().await, ns);
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(cluster.admin().await, ns);
     api.list(&Default::default())
         .await
         .expect("list events")
