@@ -23,7 +23,15 @@ pub const BATCH_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// A resumable upload session, and a cached content without a readable `expireTime`.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(48 * 3600);
 /// A store lookup on a request's path gives up after this (the request then routes normally).
+/// Writes of bindings (after an answer, off the critical first byte) wait at most this long.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
+/// Lookups on the request path wait at most this long in all, however many names a request
+/// holds (they run concurrently).
+pub const PATH_LOOKUP_TIMEOUT: Duration = Duration::from_millis(200);
+/// After a store error or timeout, lookups of names not in the cache skip the store this long
+/// (and the failed names are remembered as unknown), so a hung store costs one bounded wait,
+/// not one per request.
+const STORE_TROUBLE_FOR: Duration = Duration::from_secs(2);
 const CACHE_MAX: usize = 100_000;
 /// A name the store does not know is not asked for again for this long.
 const MISS_FOR: Duration = Duration::from_secs(5);
@@ -229,6 +237,8 @@ pub struct Affinity {
     store: Arc<dyn KeyStore>,
     /// resource → (binding, or none known; until when this is trusted, Unix ms).
     cache: Mutex<HashMap<String, (Option<Binding>, u64)>>,
+    /// Until when (Unix ms) the store is taken as unreachable by lookups.
+    trouble_until: std::sync::atomic::AtomicU64,
 }
 
 impl Affinity {
@@ -236,41 +246,115 @@ impl Affinity {
         Self {
             store,
             cache: Mutex::new(HashMap::new()),
+            trouble_until: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    fn store_in_trouble(&self, now: u64) -> bool {
+        self.trouble_until
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > now
+    }
+
+    fn mark_trouble(&self, names: &[&str]) {
+        let now = now_ms();
+        self.trouble_until.store(
+            now + STORE_TROUBLE_FOR.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        for n in names {
+            self.remember(n, None, STORE_TROUBLE_FOR);
+        }
+    }
+
+    /// The first of `names` (in order) that has a binding for which `fits` holds. Cached names
+    /// answer at once; the others are asked of the store concurrently, within
+    /// [`PATH_LOOKUP_TIMEOUT`] in all. A store that fails or does not answer in time means "no
+    /// binding" (the request routes normally) and is not asked again for a while.
+    pub async fn first_bound(
+        &self,
+        names: &[String],
+        fits: impl Fn(&Binding) -> bool,
+    ) -> Option<(usize, Binding)> {
+        let now = now_ms();
+        let mut known: Vec<Option<Option<Binding>>> = Vec::with_capacity(names.len());
+        let mut ask: Vec<usize> = Vec::new();
+        {
+            let cache = self.cache();
+            for (i, n) in names.iter().enumerate() {
+                match cache.get(n.as_str()) {
+                    Some((b, exp)) if *exp > now => known.push(Some(b.clone())),
+                    _ => {
+                        known.push(None);
+                        ask.push(i);
+                    }
+                }
+            }
+        }
+        if !ask.is_empty() && !self.store_in_trouble(now) {
+            let mut lookups = tokio::task::JoinSet::new();
+            for &i in &ask {
+                let store = self.store.clone();
+                let name = names[i].clone();
+                lookups.spawn(async move { (i, store.bound(&name).await) });
+            }
+            let answered = tokio::time::timeout(PATH_LOOKUP_TIMEOUT, async {
+                let mut failed = false;
+                while let Some(joined) = lookups.join_next().await {
+                    match joined {
+                        Ok((i, Ok(b))) => {
+                            let ttl = if b.is_some() {
+                                cached_for(&names[i])
+                            } else {
+                                MISS_FOR
+                            };
+                            self.remember(&names[i], b.as_ref(), ttl);
+                            known[i] = Some(b);
+                        }
+                        Ok((_, Err(e))) => {
+                            tracing::warn!(error = %e, "affinity lookup failed; routing without it");
+                            failed = true;
+                        }
+                        Err(_) => failed = true,
+                    }
+                }
+                failed
+            })
+            .await;
+            let unanswered: Vec<&str> = ask
+                .iter()
+                .filter(|&&i| known[i].is_none())
+                .map(|&i| names[i].as_str())
+                .collect();
+            match answered {
+                Ok(false) => {}
+                Ok(true) => self.mark_trouble(&unanswered),
+                Err(_) => {
+                    tracing::warn!(
+                        wait_ms = PATH_LOOKUP_TIMEOUT.as_millis() as u64,
+                        "affinity lookups timed out; routing without them"
+                    );
+                    self.mark_trouble(&unanswered);
+                }
+            }
+        }
+        known
+            .into_iter()
+            .enumerate()
+            .find_map(|(i, b)| b.flatten().filter(|b| fits(b)).map(|b| (i, b)))
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Option<Binding>, u64)>> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The binding of `resource`: from the cache, else from the store (bounded wait; a store
-    /// that does not answer means no binding, and the request routes normally).
+    /// The binding of `resource`: from the cache, else from the store (see [`first_bound`]).
+    ///
+    /// [`first_bound`]: Self::first_bound
     pub async fn lookup(&self, resource: &str) -> Option<Binding> {
-        let now = now_ms();
-        if let Some((b, exp)) = self.cache().get(resource)
-            && *exp > now
-        {
-            return b.clone();
-        }
-        match tokio::time::timeout(LOOKUP_TIMEOUT, self.store.bound(resource)).await {
-            Ok(Ok(Some(b))) => {
-                // Cached briefly: the store holds the real lifetime.
-                self.remember(resource, Some(&b), cached_for(resource));
-                Some(b)
-            }
-            Ok(Ok(None)) => {
-                self.remember(resource, None, MISS_FOR);
-                None
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "affinity lookup failed; routing without it");
-                None
-            }
-            Err(_) => {
-                tracing::warn!("affinity lookup timed out; routing without it");
-                None
-            }
-        }
+        self.first_bound(&[resource.to_owned()], |_| true)
+            .await
+            .map(|(_, b)| b)
     }
 
     fn remember(&self, resource: &str, binding: Option<&Binding>, ttl: Duration) {

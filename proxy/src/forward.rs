@@ -133,7 +133,11 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
     // The chunks of a resumable upload carry no key: the session is their credential.
     let session = affinity::chunk_of_session(parts.uri.path(), parts.uri.query(), &parts.headers);
     let session_binding = match session {
-        Some(id) => app.affinity.lookup(&affinity::session_resource(id)).await,
+        Some(id) => app
+            .affinity
+            .first_bound(&[affinity::session_resource(id)], |_| true)
+            .await
+            .map(|(_, b)| b),
         None => None,
     };
     let client = match &session_binding {
@@ -257,14 +261,17 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
         }
         names.dedup();
         names.truncate(affinity::MAX_NAMES);
-        for name in names {
-            if let Some(b) = app.affinity.lookup(&name).await
-                && b.group == pool.name()
-                && let Some(i) = pool.index_of(&b.key)
-            {
-                pinned = Some((pool.members[i].scope.clone(), name));
-                break;
-            }
+        // Concurrently, bounded in all (a hung store costs at most PATH_LOOKUP_TIMEOUT once).
+        let found = app
+            .affinity
+            .first_bound(&names, |b| {
+                b.group == pool.name() && pool.index_of(&b.key).is_some()
+            })
+            .await;
+        if let Some((n, b)) = found
+            && let Some(i) = pool.index_of(&b.key)
+        {
+            pinned = Some((pool.members[i].scope.clone(), names.swap_remove(n)));
         }
     }
     let creates = Creates::of(&parts.method, &route.upstream_path, &parts.headers);
@@ -279,6 +286,12 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
         scope: pinned.as_ref().map(|(s, _)| &**s),
     };
 
+    // Attempt budget: `retry.maxAttempts` bounds the failures that are not about a key (5xx,
+    // network, timeouts, deadlines). A verdict about a key or its project (429 quota, invalid,
+    // leaked, suspended, blocked) moves on to another key without spending it: each key is
+    // tried at most once (and a project-wide 429 cools every key of the project), so a request
+    // fails for want of keys only when no healthy key is left.
+    let mut failures = 0u32;
     let mut tried: Vec<usize> = Vec::with_capacity(max_attempts as usize);
     let mut last: Option<(http::response::Parts, Bytes)> = None;
     let mut last_error: Option<UpstreamError> = None;
@@ -369,7 +382,8 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
                 tracing::warn!(group, key_id = %slot.id, error = %e, "upstream attempt failed");
                 retry_reason = e.kind();
                 last_error = Some(e);
-                if trace.attempts >= max_attempts {
+                failures += 1;
+                if failures >= max_attempts {
                     break;
                 }
                 continue;
@@ -412,7 +426,8 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
                 slot.record_failure("network");
                 retry_reason = "network";
                 last_error = Some(UpstreamError::Other("error body cut off".into()));
-                if trace.attempts >= max_attempts {
+                failures += 1;
+                if failures >= max_attempts {
                     break;
                 }
                 continue;
@@ -431,8 +446,8 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
                 let before = slot.record_rate_limit("429 RESOURCE_EXHAUSTED", bare);
                 let cooldown = classify::cooldown_for(&limit, now_ms(), before);
                 if let Some(learned) = limit.stated_limit()
-                    // Counted under the request's model name, so learn under it too.
-                    && let Some(m) = model.get().or(limit.model.as_deref())
+                    // The same model as the cooldown: the one Google names, else the request's.
+                    && let Some(m) = cooldown.model.as_deref().or(model.get())
                     && pool
                         .book
                         .learn(&member.scope, m, learned, now_ms(), Some(cooldown.until_ms))
@@ -484,7 +499,8 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
             }
             Verdict::ServerError => {
                 retry_reason = "server_error";
-                if trace.attempts < max_attempts {
+                failures += 1;
+                if failures < max_attempts {
                     let wait = (BACKOFF_BASE * 2u32.saturating_pow(backoffs)).min(BACKOFF_MAX);
                     backoffs += 1;
                     tokio::time::sleep(wait).await;
@@ -496,11 +512,12 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
                     return buffered(head, bytes);
                 }
                 deadline_retries += 1;
+                failures += 1;
                 retry_reason = "deadline";
             }
         }
         last = Some((head, bytes));
-        if trace.attempts >= max_attempts {
+        if failures >= max_attempts {
             break;
         }
     }

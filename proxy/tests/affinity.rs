@@ -283,3 +283,67 @@ async fn uploads_files_and_caches_stay_with_their_project_across_proxies() {
     assert!((1..=30).contains(&after), "Retry-After {after}");
     assert_eq!(projects_seen(&mock, |_| true), HashSet::from([owner]));
 }
+
+/// With Redis hung (SIGSTOP), the request path never waits long on it: requests that name no
+/// resource are not delayed at all, and those that do wait at most the lookup bound (200 ms)
+/// once, after which lookups skip the store for a while.
+#[tokio::test]
+async fn a_hung_store_delays_resource_requests_by_a_bounded_time_only() {
+    let redis = RedisServer::start();
+    let shared = Shared::new(&redis);
+    let mock = mock().await;
+    let p = shared
+        .proxy_with(&shared.config_with(&mock, &group()))
+        .await;
+    let plain = r#"{"contents":[{"parts":[{"text":"hi"}]}]}"#;
+    assert_eq!(generate(&p, plain).await.status, 200);
+    let naming = |i: usize| {
+        format!(
+            r#"{{"contents":[{{"parts":[{{"fileData":{{"fileUri":"https://generativelanguage.googleapis.com/v1beta/files/hung-{i}"}}}}]}}]}}"#
+        )
+    };
+    redis.pause();
+    let timed = |body: String| {
+        let p = &p;
+        async move {
+            let started = std::time::Instant::now();
+            let r = generate(p, &body).await;
+            (r.status, started.elapsed())
+        }
+    };
+    let mut plain_worst = std::time::Duration::ZERO;
+    let mut naming_worst = std::time::Duration::ZERO;
+    let mut naming_total = std::time::Duration::ZERO;
+    for i in 0..20 {
+        let (status, took) = timed(plain.to_owned()).await;
+        assert_eq!(status, 200);
+        plain_worst = plain_worst.max(took);
+        let (status, took) = timed(naming(i)).await;
+        // The mock knows no such file: Google's own 403 passes through; what matters is that
+        // the request went upstream at all, and when.
+        assert!(
+            status == 200 || status == 403,
+            "a request naming a file got {status} while the store hung"
+        );
+        naming_worst = naming_worst.max(took);
+        naming_total += took;
+    }
+    redis.resume();
+    println!(
+        "store hung: plain requests worst {plain_worst:?}; naming a file worst {naming_worst:?}, \
+         20 in {naming_total:?}"
+    );
+    assert!(
+        plain_worst < std::time::Duration::from_millis(150),
+        "{plain_worst:?}"
+    );
+    assert!(
+        naming_worst < std::time::Duration::from_millis(400),
+        "{naming_worst:?}"
+    );
+    // One bounded wait, then the store is skipped: not 20 waits.
+    assert!(
+        naming_total < std::time::Duration::from_millis(1200),
+        "{naming_total:?}"
+    );
+}

@@ -93,6 +93,26 @@ impl RedisServer {
         }
     }
 
+    /// SIGSTOP: the server hangs (connections stay open, nothing is answered).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`pause`](Self::pause).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis running").id();
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill {sig} {pid} failed");
+    }
+
     /// Starts again on the same port (empty: no persistence).
     pub fn restart(&mut self) {
         self.kill();
