@@ -313,7 +313,9 @@ pub struct ClientLimits {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Retry {
-    /// Upstream attempts per request, the first included.
+    /// Attempts per request that may fail for reasons not about a key (5xx, network,
+    /// timeouts), the first included. A quota 429 or a dead key moves on to another key
+    /// without counting: each key is tried at most once per request.
     #[serde(default = "default_attempts")]
     #[schemars(range(min = 1, max = 10))]
     pub max_attempts: u32,
