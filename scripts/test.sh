@@ -56,5 +56,11 @@ log "cargo test"
 cargo build --workspace --locked --bins
 cargo test --workspace --locked
 
+# Production reaches Gemini over https:// (rustls, HTTP/2 by ALPN): the upstream-facing suites
+# run again with the mock serving TLS from a test CA that the proxy trusts via upstream.caFile.
+log "upstream-facing suites again over https://"
+GEMINI_PROXY_TEST_UPSTREAM=https cargo test --locked -p gemini-proxy \
+  --test classification --test streaming --test sdk --test affinity --test healthy_key_wins
+
 log "chart, manifests, Dockerfiles (pytest)"
 PATH="$PWD/.venv/bin:$PATH" HELM="$PWD/.tools/helm" .venv/bin/pytest -q tests/chart

@@ -32,6 +32,9 @@ pub struct UpstreamSpec {
     pub egress_proxy: Option<Secret>,
     /// Limit on the wait for the upstream's response headers (a stream may then run longer).
     pub timeout_secs: u64,
+    /// Extra trusted CA certificates (PEM), added to the web PKI roots: for a test upstream, an
+    /// internal gateway or a TLS-inspecting egress.
+    pub ca_pem: Option<String>,
 }
 
 impl Default for UpstreamSpec {
@@ -40,6 +43,7 @@ impl Default for UpstreamSpec {
             url: DEFAULT_UPSTREAM.to_owned(),
             egress_proxy: None,
             timeout_secs: 600,
+            ca_pem: None,
         }
     }
 }

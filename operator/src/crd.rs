@@ -199,6 +199,10 @@ pub struct Upstream {
     /// The egress proxy URL from a Secret (when it holds credentials).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress_proxy_secret_ref: Option<SecretKeyRef>,
+    /// CA certificates (a PEM bundle in a Secret entry) to trust besides the web PKI roots: for
+    /// an internal gateway or a TLS-inspecting egress. The Secret must opt in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
     /// Seconds to wait for the upstream's response headers (a stream may run longer).
     #[serde(default = "default_timeout")]
     #[schemars(range(min = 1, max = 3600))]
@@ -219,6 +223,7 @@ impl Default for Upstream {
             url: google(),
             egress_proxy: None,
             egress_proxy_secret_ref: None,
+            ca_secret_ref: None,
             timeout_seconds: default_timeout(),
         }
     }

@@ -25,6 +25,19 @@ pub const OPT_IN_LABEL: &str = "gemini-proxy.io/opt-in";
 /// The label selector of opted-in Secrets, as the operator's watch sends it.
 pub const OPT_IN_SELECTOR: &str = "gemini-proxy.io/opt-in=true";
 
+/// Checks that `pem` is a bundle of certificates (what the proxies will trust as roots).
+fn ca_bundle(pem: &str) -> Result<usize, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("not a PEM bundle of certificates ({e})"))?;
+    if certs.is_empty() {
+        return Err("no certificate in it".to_owned());
+    }
+    Ok(certs.len())
+}
+
 /// Whether a Secret opted in.
 pub fn opted_in(secret: &Secret) -> bool {
     secret
@@ -107,6 +120,9 @@ pub fn referenced_secrets(g: &GeminiKeyGroup) -> HashSet<String> {
             .map(|r| r.name.clone()),
     );
     if let Some(r) = &g.spec.upstream.egress_proxy_secret_ref {
+        names.insert(r.name.clone());
+    }
+    if let Some(r) = &g.spec.upstream.ca_secret_ref {
         names.insert(r.name.clone());
     }
     names
@@ -223,6 +239,28 @@ pub fn plan(g: &GeminiKeyGroup, namespace: &str, secrets: &[Secret]) -> Plan {
         },
         (None, None) => None,
     };
+    let ca_pem = g.spec.upstream.ca_secret_ref.as_ref().and_then(|r| {
+        let pem = find(secrets, &r.name)
+            .and_then(|s| s.data.as_ref()?.get(&r.key))
+            .and_then(|d| String::from_utf8(d.0.clone()).ok());
+        match pem.map(|p| ca_bundle(&p).map(|_| p)) {
+            Some(Ok(p)) => Some(p),
+            Some(Err(e)) => {
+                missing.push(format!(
+                    "upstream CA: Secret {:?} entry {:?}: {e}",
+                    r.name, r.key
+                ));
+                None
+            }
+            None => {
+                missing.push(format!(
+                    "upstream CA: Secret {:?} entry {:?} not found (or not labelled {OPT_IN_LABEL}=true)",
+                    r.name, r.key
+                ));
+                None
+            }
+        }
+    });
     let mut clients = Vec::new();
     if g.spec.access.mode == AccessMode::Token {
         for r in &g.spec.access.client_secret_refs {
@@ -251,6 +289,7 @@ pub fn plan(g: &GeminiKeyGroup, namespace: &str, secrets: &[Secret]) -> Plan {
             url: g.spec.upstream.url.trim_end_matches('/').to_owned(),
             egress_proxy,
             timeout_secs: u64::from(g.spec.upstream.timeout_seconds.max(1)),
+            ca_pem,
         },
         keys,
         rotation: match g.spec.rotation.strategy {

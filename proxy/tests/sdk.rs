@@ -15,8 +15,8 @@ async fn official_python_sdks_work_unchanged() {
     let mock = MockGemini::start().await;
     mock.accept_any_key(Behaviour::Ok);
     let config = format!(
-        "groups:\n  - {{name: g, upstream: {{url: \"{}\"}}, keys: [{{value: sdk-key}}], access: {{clientTokens: [sk-sdk-client]}}}}\n",
-        mock.url()
+        "groups:\n  - {{name: g, upstream: {{{}}}, keys: [{{value: sdk-key}}], access: {{clientTokens: [sk-sdk-client]}}}}\n",
+        mock.upstream_yaml()
     );
     let p = ProxyProcess::with_config(BIN, &config, &[]).await;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/sdk/check_sdks.py");

@@ -8,6 +8,7 @@ pub mod egress;
 pub mod mock;
 pub mod process;
 pub mod redis;
+pub mod tls;
 pub mod wire;
 
 pub use client::{Client, Reply};

@@ -35,6 +35,8 @@ struct StoredUpstream {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     egress_proxy: Option<String>,
     timeout_secs: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ca_pem: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -90,6 +92,7 @@ pub fn encode(g: &GroupSnapshot, sealer: &Sealer) -> Result<String, StoreError> 
                 .map(|p| sealer.seal(p, &egress_context(&g.name)))
                 .transpose()?,
             timeout_secs: g.upstream.timeout_secs,
+            ca_pem: g.upstream.ca_pem.clone(),
         },
         keys,
         rotation: g.rotation,
@@ -145,6 +148,7 @@ pub fn decode(data: &str, version: u64, sealer: &Sealer) -> Result<GroupSnapshot
             url: s.upstream.url,
             egress_proxy,
             timeout_secs: s.upstream.timeout_secs,
+            ca_pem: s.upstream.ca_pem,
         },
         keys,
         rotation: s.rotation,

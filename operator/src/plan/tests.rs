@@ -362,3 +362,51 @@ fn the_whole_selector_applies_and_only_opted_in_secrets_count() {
     // An empty selector selects nothing (and is refused at admission).
     assert!(!selects(&KeySelector::default(), &Default::default()));
 }
+
+#[test]
+fn an_upstream_ca_comes_from_an_opted_in_secret_and_bad_pem_is_named() {
+    use crate::crd::SecretKeyRef;
+    let mut g = GroupFixture::new(NS, "g").key("keys", "k1").build();
+    g.spec.upstream.ca_secret_ref = Some(SecretKeyRef {
+        name: "gateway-ca".into(),
+        key: "ca.pem".into(),
+    });
+    let keys = secret(NS, "keys", &[("k1", "fake-key-one")]);
+    // Missing: named, the rest of the group stays.
+    let p = plan(&g, NS, std::slice::from_ref(&keys));
+    assert_eq!(p.snapshot.keys.len(), 1);
+    assert!(p.snapshot.upstream.ca_pem.is_none());
+    assert!(p.missing[0].contains("upstream CA"), "{:?}", p.missing);
+    // Not a certificate: named too.
+    let bad = secret(NS, "gateway-ca", &[("ca.pem", "hello")]);
+    let p = plan(&g, NS, &[keys.clone(), bad]);
+    assert!(p.missing[0].contains("no certificate"), "{:?}", p.missing);
+    // A real one (the test CA the proxy suites use) reaches the snapshot.
+    let pem = std::fs::read_to_string(gemini_proxy_tests_ca()).expect("test CA");
+    let good = secret(NS, "gateway-ca", &[("ca.pem", &pem)]);
+    let p = plan(&g, NS, &[keys, good]);
+    assert!(p.missing.is_empty(), "{:?}", p.missing);
+    assert_eq!(p.snapshot.upstream.ca_pem.as_deref(), Some(pem.as_str()));
+}
+
+/// A CA certificate made with openssl for this test.
+fn gemini_proxy_tests_ca() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("gp-plan-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=plan test CA", "-keyout"])
+        .arg(dir.join("ca.key"))
+        .arg("-out")
+        .arg(dir.join("ca.pem"))
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.join("ca.pem")
+}

@@ -107,6 +107,8 @@ pub struct UpstreamConfig {
     /// `http://`, `https://` or `socks5://` proxy for this group's upstream traffic.
     pub egress_proxy: Option<SecretRef>,
     pub timeout_seconds: Option<u64>,
+    /// A PEM bundle of CA certificates to trust besides the web PKI roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// A key: exactly one of `value`, `env`, `file`.

@@ -326,6 +326,18 @@ impl Resolver<'_> {
             Some(n) => n,
             None => 600,
         };
+        let ca_pem = match &g.upstream.ca_file {
+            None => None,
+            Some(file) => {
+                let p = format!("{path}.upstream.caFile");
+                let pem = std::fs::read_to_string(file).map_err(|e| {
+                    self.err(&p, format!("cannot read {}: {}", file.display(), e.kind()))
+                })?;
+                crate::upstream::check_ca_pem(&pem)
+                    .map_err(|m| self.err(&p, format!("{}: {m}", file.display())))?;
+                Some(pem)
+            }
+        };
         if g.keys.is_empty() {
             return Err(self.err(format!("{path}.keys"), "a group needs at least one key"));
         }
@@ -404,6 +416,7 @@ impl Resolver<'_> {
                 url: url.trim_end_matches('/').to_owned(),
                 egress_proxy,
                 timeout_secs,
+                ca_pem,
             },
             keys,
             rotation: g.rotation.strategy,

@@ -21,6 +21,9 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use keystore::{Secret, UpstreamSpec};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use sha2::Digest;
 
 type Direct = HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -54,12 +57,76 @@ impl UpstreamError {
 // its upstream connection and their wake-ups on one thread.
 thread_local! {
     static DIRECT: OnceCell<Direct> = const { OnceCell::new() };
-    static EGRESS: RefCell<HashMap<String, reqwest::Client>> = RefCell::new(HashMap::new());
+    /// Direct clients of groups that trust extra CAs, by bundle.
+    static DIRECT_CA: RefCell<HashMap<u64, Direct>> = RefCell::new(HashMap::new());
+    static EGRESS: RefCell<HashMap<(String, u64), reqwest::Client>> = RefCell::new(HashMap::new());
 }
 
-fn build_direct() -> Direct {
+/// Extra CA certificates a group trusts (`upstream.caFile`, or a Secret in the CRD).
+#[derive(Clone)]
+pub struct CaBundle {
+    pem: Arc<str>,
+    /// A digest of the PEM: which per-thread client serves it.
+    id: u64,
+}
+
+impl CaBundle {
+    fn new(pem: &str) -> Result<Self, String> {
+        check_ca_pem(pem)?;
+        let digest = sha2::Sha256::digest(pem.as_bytes());
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&digest[..8]);
+        Ok(Self {
+            pem: Arc::from(pem),
+            id: u64::from_le_bytes(id),
+        })
+    }
+}
+
+/// The certificates of a PEM bundle; an error names what is wrong (never the content).
+fn parse_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("not a PEM bundle of certificates: {e}"))?;
+    if certs.is_empty() {
+        return Err("no certificate in the PEM bundle".to_owned());
+    }
+    Ok(certs)
+}
+
+/// Checks that `pem` holds CA certificates rustls accepts as roots.
+pub fn check_ca_pem(pem: &str) -> Result<(), String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in parse_certs(pem)? {
+        roots
+            .add(c)
+            .map_err(|e| format!("a certificate cannot be a trust root: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Sends on this thread's direct client for `ca` (no clone of the client on the common path).
+fn request_direct(
+    ca: Option<&CaBundle>,
+    req: Request<Full<Bytes>>,
+) -> hyper_util::client::legacy::ResponseFuture {
+    match ca {
+        None => DIRECT.with(|c| c.get_or_init(|| build_direct(None)).request(req)),
+        Some(ca) => DIRECT_CA.with(|m| {
+            m.borrow_mut()
+                .entry(ca.id)
+                .or_insert_with(|| build_direct(Some(ca)))
+                .request(req)
+        }),
+    }
+}
+
+fn build_direct(ca: Option<&CaBundle>) -> Direct {
     static TLS: OnceLock<rustls::ClientConfig> = OnceLock::new();
-    let tls = TLS.get_or_init(rustls_config).clone();
+    let tls = match ca {
+        None => TLS.get_or_init(|| rustls_config(None)).clone(),
+        Some(ca) => rustls_config(Some(&ca.pem)),
+    };
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -78,11 +145,19 @@ fn build_direct() -> Direct {
         .build(https)
 }
 
-fn build_egress(proxy: &str) -> Result<reqwest::Client, String> {
+fn build_egress(proxy: &str, ca: Option<&CaBundle>) -> Result<reqwest::Client, String> {
     // The proxy URL may hold a password: errors must not show it.
     let p = reqwest::Proxy::all(proxy)
         .map_err(|_| "egress proxy: not a usable proxy URL".to_owned())?;
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder();
+    if let Some(ca) = ca {
+        for c in reqwest::Certificate::from_pem_bundle(ca.pem.as_bytes())
+            .map_err(|e| format!("upstream CA bundle: {e}"))?
+        {
+            builder = builder.add_root_certificate(c);
+        }
+    }
+    builder
         .proxy(p)
         .connect_timeout(CONNECT_TIMEOUT)
         .pool_idle_timeout(POOL_IDLE)
@@ -91,21 +166,28 @@ fn build_egress(proxy: &str) -> Result<reqwest::Client, String> {
         .map_err(|e| format!("egress client: {e}"))
 }
 
-fn egress_client(proxy: &Secret) -> Result<reqwest::Client, String> {
+fn egress_client(proxy: &Secret, ca: Option<&CaBundle>) -> Result<reqwest::Client, String> {
     EGRESS.with(|cache| {
         let mut cache = cache.borrow_mut();
-        if let Some(c) = cache.get(proxy.expose()) {
+        let key = (proxy.expose().to_owned(), ca.map_or(0, |c| c.id));
+        if let Some(c) = cache.get(&key) {
             return Ok(c.clone());
         }
-        let c = build_egress(proxy.expose())?;
-        cache.insert(proxy.expose().to_owned(), c.clone());
+        let c = build_egress(proxy.expose(), ca)?;
+        cache.insert(key, c.clone());
         Ok(c)
     })
 }
 
-fn rustls_config() -> rustls::ClientConfig {
+/// The web PKI roots, and the certificates of `extra_pem` (checked when the group was loaded).
+fn rustls_config(extra_pem: Option<&str>) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(pem) = extra_pem {
+        for c in parse_certs(pem).unwrap_or_default() {
+            let _ = roots.add(c);
+        }
+    }
     rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .map(|b| b.with_root_certificates(roots).with_no_client_auth())
@@ -118,11 +200,11 @@ fn rustls_config() -> rustls::ClientConfig {
 
 #[derive(Clone)]
 enum Route {
-    /// `https://`: TLS, HTTP/2 where offered.
-    Direct,
+    /// `https://`: TLS, HTTP/2 where offered; the extra CAs the group trusts.
+    Direct(Option<CaBundle>),
     /// `http://`: HTTP/1.1 to this address (`host:port`), with this `Host`.
     Plain(Arc<str>, http::HeaderValue),
-    Egress(Secret),
+    Egress(Secret, Option<CaBundle>),
 }
 
 /// Where one group's requests go and how.
@@ -150,6 +232,12 @@ impl Upstream {
             parsed.scheme_str().unwrap_or("https"),
             parsed.authority().map(|a| a.as_str()).unwrap_or_default()
         );
+        let ca = spec
+            .ca_pem
+            .as_deref()
+            .map(CaBundle::new)
+            .transpose()
+            .map_err(|e| format!("upstream CA: {e}"))?;
         let route = match &spec.egress_proxy {
             None if parsed.scheme_str() == Some("http") => {
                 let authority = parsed
@@ -163,11 +251,11 @@ impl Upstream {
                     .map_err(|_| "upstream url: bad host".to_owned())?;
                 Route::Plain(Arc::from(with_port), host)
             }
-            None => Route::Direct,
+            None => Route::Direct(ca),
             Some(proxy) => {
                 reqwest::Proxy::all(proxy.expose())
                     .map_err(|_| "egress proxy: not a usable proxy URL".to_owned())?;
-                Route::Egress(proxy.clone())
+                Route::Egress(proxy.clone(), ca)
             }
         };
         Ok(Self {
@@ -233,9 +321,8 @@ impl Upstream {
     pub async fn send(&self, req: Request<Bytes>) -> Result<Response<Body>, UpstreamError> {
         let timeout = self.timeout;
         match &self.route {
-            Route::Direct => {
-                let pending =
-                    DIRECT.with(|c| c.get_or_init(build_direct).request(req.map(Full::new)));
+            Route::Direct(ca) => {
+                let pending = request_direct(ca.as_ref(), req.map(Full::new));
                 match tokio::time::timeout(timeout, pending).await {
                     Err(_) => Err(UpstreamError::Timeout(timeout)),
                     Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
@@ -250,8 +337,8 @@ impl Upstream {
                     Ok(r) => r,
                 }
             }
-            Route::Egress(proxy) => {
-                let client = egress_client(proxy).map_err(UpstreamError::Other)?;
+            Route::Egress(proxy, ca) => {
+                let client = egress_client(proxy, ca.as_ref()).map_err(UpstreamError::Other)?;
                 let req = reqwest::Request::try_from(req.map(reqwest::Body::from))
                     .map_err(|e| UpstreamError::Other(error_chain(&e)))?;
                 match tokio::time::timeout(timeout, client.execute(req)).await {

@@ -32,10 +32,13 @@ impl Drop for Running {
     }
 }
 
-/// Starts a proxy from YAML (`{mock}` is replaced by the mock's URL).
+/// Starts a proxy from YAML (`url: "{mock}"` becomes the mock's URL, with its CA when the
+/// suite runs over `https://`; any other `{mock}` the URL).
 pub async fn start(yaml: &str, mock: &MockGemini) -> Running {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let yaml = yaml.replace("{mock}", &mock.url());
+    let yaml = yaml
+        .replace("url: \"{mock}\"", &mock.upstream_yaml())
+        .replace("{mock}", &mock.url());
     let settings = Settings::from_yaml(&yaml, "test.yaml", &Env::process())
         .unwrap_or_else(|e| panic!("test config: {e}"));
     let proxy = Proxy::start(&settings, Arc::new(MemoryStore::new()), "memory").await;

@@ -28,10 +28,10 @@ impl Shared {
     /// the name and upstream (`access: {mode: Open}, keys: [...]`).
     pub fn config_with(&self, mock: &MockGemini, group: &str) -> String {
         format!(
-            "store:\n  redis: {{url: \"{}\", keyPrefix: \"{}\"}}\n  encryptionKey: {{env: TEST_STATE_KEY}}\ngroups:\n  - {{name: shared, upstream: {{url: \"{}\"}}, {group}}}\n",
+            "store:\n  redis: {{url: \"{}\", keyPrefix: \"{}\"}}\n  encryptionKey: {{env: TEST_STATE_KEY}}\ngroups:\n  - {{name: shared, upstream: {{{}}}, {group}}}\n",
             self.redis_url,
             self.prefix,
-            mock.url(),
+            mock.upstream_yaml(),
         )
     }
 

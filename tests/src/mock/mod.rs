@@ -66,6 +66,8 @@ pub struct Seen {
     pub key: Option<String>,
     pub body: Bytes,
     pub at: Instant,
+    /// HTTP/1.1, or HTTP/2 over TLS when the client chose it by ALPN.
+    pub version: http::Version,
 }
 
 /// Stream shape for `streamGenerateContent` and OpenAI `stream: true`.
@@ -91,15 +93,22 @@ struct Inner {
 pub struct MockGemini {
     pub addr: SocketAddr,
     inner: Arc<Mutex<Inner>>,
+    /// Serving `https://` (HTTP/2 and HTTP/1.1 by ALPN) with the test CA's certificate.
+    tls: bool,
 }
 
 impl MockGemini {
-    /// Starts the mock on a free loopback port.
+    /// Starts the mock on a free loopback port: `https://` when the suite runs over TLS
+    /// (`GEMINI_PROXY_TEST_UPSTREAM=https`, see [`crate::tls`]), else `http://`.
     pub async fn start() -> Self {
-        Self::start_on("127.0.0.1:0").await
+        if crate::tls::https_upstream() {
+            Self::start_tls("127.0.0.1:0").await
+        } else {
+            Self::start_on("127.0.0.1:0").await
+        }
     }
 
-    /// Starts the mock on `addr`.
+    /// Starts the mock on `addr`, plain HTTP/1.1.
     pub async fn start_on(addr: &str) -> Self {
         let listener = TcpListener::bind(addr).await.expect("bind mock");
         let addr = listener.local_addr().expect("mock addr");
@@ -108,11 +117,68 @@ impl MockGemini {
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Self { addr, inner }
+        Self {
+            addr,
+            inner,
+            tls: false,
+        }
+    }
+
+    /// Starts the mock on `addr` over TLS with the test CA's certificate, HTTP/2 or HTTP/1.1 as
+    /// the client's ALPN asks (as Google's front ends do).
+    pub async fn start_tls(addr: &str) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind mock");
+        let addr = listener.local_addr().expect("mock addr");
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let app = Router::new().fallback(handle).with_state(inner.clone());
+        let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::TestCa::get().server_config());
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = tcp.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                let app = app.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            inner,
+            tls: true,
+        }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.tls {
+            format!("https://{}", self.addr)
+        } else {
+            format!("http://{}", self.addr)
+        }
+    }
+
+    /// The CA file a proxy must trust to reach this mock (`upstream.caFile`), when it is TLS.
+    pub fn ca_file(&self) -> Option<std::path::PathBuf> {
+        self.tls.then(|| crate::tls::TestCa::get().ca_file())
+    }
+
+    /// `upstream: {...}` entries for a proxy's YAML config: the URL, and the CA when TLS.
+    pub fn upstream_yaml(&self) -> String {
+        match self.ca_file() {
+            Some(ca) => format!("url: \"{}\", caFile: \"{}\"", self.url(), ca.display()),
+            None => format!("url: \"{}\"", self.url()),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -250,6 +316,7 @@ async fn respond(inner: &Mutex<Inner>, req: Request) -> Response {
             key: key.clone().or(bearer.clone()),
             body: body.clone(),
             at: Instant::now(),
+            version: parts.version,
         });
         let behaviour = key.as_ref().map(|k| match inner.scripts.get_mut(k) {
             Some((script, next)) => {
