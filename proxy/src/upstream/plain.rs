@@ -29,12 +29,18 @@ use wire::{Chunked, Framing, Parsed, Step};
 
 /// Idle connections kept per thread and authority; more are closed when they come back.
 const MAX_IDLE: usize = 1024;
+/// An idle connection older than this is closed (as hyper's pool does), so that a burst of
+/// connections does not stay open, and stale, for ever.
+const IDLE_FOR: Duration = Duration::from_secs(90);
+/// How often each thread closes its expired idle connections.
+const SWEEP_EVERY: Duration = Duration::from_secs(15);
 /// The first read of an answer reserves this much; reads that fill the room double it.
 const READ_MIN: usize = 8 * 1024;
 const READ_MAX: usize = 256 * 1024;
 
 thread_local! {
     static IDLE: RefCell<HashMap<Arc<str>, Vec<Conn>>> = RefCell::new(HashMap::new());
+    static SWEEPER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// One connection to the upstream and what was read from it but not used yet.
@@ -43,6 +49,8 @@ struct Conn {
     buf: BytesMut,
     /// How much the next read may take.
     room: usize,
+    /// When it was last given back to the pool.
+    idle_since: std::time::Instant,
 }
 
 impl Conn {
@@ -88,7 +96,7 @@ fn checkout(authority: &str) -> Option<Conn> {
         let mut idle = idle.borrow_mut();
         let conns = idle.get_mut(authority)?;
         while let Some(c) = conns.pop() {
-            if c.still_idle() {
+            if c.still_idle() && c.idle_since.elapsed() < IDLE_FOR {
                 return Some(c);
             }
         }
@@ -98,6 +106,7 @@ fn checkout(authority: &str) -> Option<Conn> {
 
 fn checkin(authority: &Arc<str>, mut conn: Conn) {
     conn.room = READ_MIN;
+    conn.idle_since = std::time::Instant::now();
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let conns = idle.entry(authority.clone()).or_default();
@@ -105,6 +114,53 @@ fn checkin(authority: &Arc<str>, mut conn: Conn) {
             conns.push(conn);
         }
     });
+    start_sweeper();
+}
+
+/// Closes the idle connections that waited longer than [`IDLE_FOR`]; returns how many are left.
+fn sweep() -> usize {
+    IDLE.with(|idle| {
+        let mut idle = idle.borrow_mut();
+        idle.retain(|_, conns| {
+            // Oldest first: the pool is a stack, so they lie at the bottom.
+            let expired = conns
+                .iter()
+                .take_while(|c| c.idle_since.elapsed() >= IDLE_FOR)
+                .count();
+            conns.drain(..expired);
+            !conns.is_empty()
+        });
+        idle.values().map(Vec::len).sum()
+    })
+}
+
+/// One sweeper per thread that keeps idle connections, started with the first of them; it
+/// stops when the pool is empty (the next check-in starts it again).
+fn start_sweeper() {
+    if SWEEPER.with(|s| s.replace(true)) {
+        return;
+    }
+    if tokio::runtime::Handle::try_current().is_err() {
+        SWEEPER.with(|s| s.set(false));
+        return;
+    }
+    // On the server threads' current-thread runtimes the task runs on this thread, whose pool
+    // it sweeps.
+    tokio::spawn(async {
+        loop {
+            tokio::time::sleep(SWEEP_EVERY).await;
+            if sweep() == 0 {
+                SWEEPER.with(|s| s.set(false));
+                return;
+            }
+        }
+    });
+}
+
+/// Idle connections this thread keeps.
+#[cfg(test)]
+fn idle_connections() -> usize {
+    IDLE.with(|idle| idle.borrow().values().map(Vec::len).sum())
 }
 
 async fn connect(authority: &str, connect_timeout: Duration) -> Result<Conn, UpstreamError> {
@@ -118,6 +174,7 @@ async fn connect(authority: &str, connect_timeout: Duration) -> Result<Conn, Ups
         io,
         buf: BytesMut::new(),
         room: READ_MIN,
+        idle_since: std::time::Instant::now(),
     })
 }
 
@@ -131,7 +188,7 @@ pub async fn send(
 ) -> Result<Response<Body>, UpstreamError> {
     let (parts, body) = req.into_parts();
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let head = wire::encode_request(&parts.method, target, host, &parts.headers, &body);
+    let request = wire::encode_request(&parts.method, target, host, &parts.headers, &body);
     let rest = (body.len() > wire::INLINE_BODY).then_some(&body);
 
     let (mut conn, mut reused) = match checkout(authority) {
@@ -145,7 +202,7 @@ pub async fn send(
     // throughput against the benchmark's upstream.
     tokio::task::yield_now().await;
     loop {
-        match write_request(&mut conn.io, &head, rest).await {
+        match write_request(&mut conn.io, &request, rest).await {
             Ok(()) => break,
             // The idle connection was gone and the request did not leave: a new one.
             Err(_) if reused => {
@@ -155,19 +212,32 @@ pub async fn send(
             Err(e) => return Err(UpstreamError::Other(format!("writing the request: {e}"))),
         }
     }
+    let mut answered = false;
     let head = loop {
         match wire::parse_head(&mut conn.buf, &parts.method).map_err(UpstreamError::Other)? {
             Parsed::Head(h) => break h,
             Parsed::Informational => continue,
             Parsed::Partial => {}
         }
-        match conn.fill().await {
+        let read = conn.fill().await;
+        // A reused connection the upstream had closed (its keep-alive ran out, it restarted)
+        // fails before any byte of an answer: the request is sent again, once, on a new
+        // connection. Nothing was answered, so no key and no attempt is blamed for it.
+        if reused && !answered && matches!(read, Ok(0) | Err(_)) {
+            reused = false;
+            conn = connect(authority, connect_timeout).await?;
+            write_request(&mut conn.io, &request, rest)
+                .await
+                .map_err(|e| UpstreamError::Other(format!("writing the request: {e}")))?;
+            continue;
+        }
+        match read {
             Ok(0) => {
                 return Err(UpstreamError::Other(
                     "the upstream closed the connection before answering".into(),
                 ));
             }
-            Ok(_) => {}
+            Ok(_) => answered = true,
             Err(e) => return Err(UpstreamError::Other(format!("reading the answer: {e}"))),
         }
     };

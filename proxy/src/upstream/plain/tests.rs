@@ -339,3 +339,85 @@ async fn bytes_after_an_answer_spoil_the_connection() {
     assert_eq!(get(&up).await, "hello");
     assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn a_reused_connection_closed_before_any_answer_byte_is_retried_on_a_new_one() {
+    // The second request arrives on the pooled connection, and the upstream closes it without a
+    // byte (a keep-alive timeout or a restart racing the request).
+    let up = upstream(|n, _| {
+        if n == 1 {
+            (vec![], After::Close)
+        } else {
+            (vec![now(HELLO)], After::KeepOpen)
+        }
+    })
+    .await;
+    assert_eq!(get(&up).await, "hello");
+    assert_eq!(
+        get(&up).await,
+        "hello",
+        "the stale connection was not replaced"
+    );
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        up.requests.lock().unwrap().len(),
+        3,
+        "sent again exactly once"
+    );
+}
+
+#[tokio::test]
+async fn a_fresh_connection_closed_before_answering_is_an_error() {
+    // Not reused: nothing says the request did not arrive, so it is not sent again.
+    let up = upstream(|_, _| (vec![], After::Close)).await;
+    let req = Request::builder()
+        .uri(format!("http://{}/x", up.addr))
+        .body(Bytes::new())
+        .unwrap();
+    let host = HeaderValue::from_static("up");
+    let err = send(&up.addr, &host, req, Duration::from_secs(2))
+        .await
+        .expect_err("no answer");
+    assert!(err.to_string().contains("closed the connection"), "{err}");
+    assert_eq!(up.requests.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn transfer_encoding_and_content_length_together_drop_the_length_and_the_connection() {
+    let up = upstream(|_, _| {
+        let res = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 999\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        (vec![now(res)], After::KeepOpen)
+    })
+    .await;
+    for _ in 0..2 {
+        let res = call(&up, Method::GET, b"").await;
+        assert!(res.headers().get("content-length").is_none());
+        assert_eq!(text(res).await, "hello");
+    }
+    assert_eq!(
+        up.accepted.load(Ordering::SeqCst),
+        2,
+        "a connection that answered with both framings was reused"
+    );
+}
+
+#[tokio::test]
+async fn idle_connections_expire() {
+    let up = upstream(hello).await;
+    assert_eq!(get(&up).await, "hello");
+    assert_eq!(idle_connections(), 1);
+    // Recent ones stay.
+    assert_eq!(sweep(), 1);
+    // Make it old, as if IDLE_FOR had passed.
+    IDLE.with(|idle| {
+        for conns in idle.borrow_mut().values_mut() {
+            for c in conns.iter_mut() {
+                c.idle_since = std::time::Instant::now() - IDLE_FOR - Duration::from_secs(1);
+            }
+        }
+    });
+    assert_eq!(sweep(), 0, "an expired idle connection is still open");
+    assert_eq!(idle_connections(), 0);
+    assert_eq!(get(&up).await, "hello");
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
+}

@@ -167,6 +167,12 @@ pub fn parse_head(buf: &mut BytesMut, request_method: &Method) -> Result<Parsed,
     let framing = if no_body {
         Framing::Empty
     } else if let Some(te) = last_transfer_coding(&headers) {
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            // Both: Transfer-Encoding wins, the length is dropped, and the connection is not
+            // reused (RFC 9112 §6.3: a sign of smuggling or a broken intermediary).
+            headers.remove(header::CONTENT_LENGTH);
+            keep_alive = false;
+        }
         if te.eq_ignore_ascii_case("chunked") {
             Framing::Chunked
         } else {
