@@ -12,7 +12,7 @@
 //! While the store is down, proxies serve from their last snapshot (or their own config) with
 //! local state; the outage is logged once, shown by `gemini_proxy_store_up` and `/readyz`.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -232,35 +232,107 @@ async fn write_transitions(
     }
 }
 
+/// What makes the follower read everything again.
+#[derive(PartialEq)]
+enum Reload {
+    No,
+    Yes,
+    /// The store was away (or the link to it): it may have come back empty, so the key states
+    /// this proxy knows are written back as well as its groups.
+    AfterOutage,
+}
+
 async fn follow(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
     let mut events = ctx.store.subscribe();
+    // Groups whose key states still wait to be written back (the store did not hold the group
+    // yet: in Kubernetes the operator publishes it again on its next pass).
+    let mut write_back: HashSet<String> = HashSet::new();
     loop {
         let poll = if ctx.status.is_up() {
             POLL_UP
         } else {
             POLL_DOWN
         };
-        let reload_all = tokio::select! {
+        let reload = tokio::select! {
             _ = stopped(&mut stop) => return,
-            _ = tokio::time::sleep(poll) => true,
-            _ = ctx.status.resync.notified() => true,
+            _ = tokio::time::sleep(poll) => Reload::Yes,
+            _ = ctx.status.resync.notified() => Reload::AfterOutage,
             ev = events.recv() => match ev {
                 Ok(StoreEvent::KeysChanged { group, origin, changes }) => {
                     if origin != ctx.proxy_id {
                         ctx.registry.adopt(&group, &changes);
                     }
-                    false
+                    Reload::No
                 }
-                Ok(StoreEvent::GroupChanged { .. } | StoreEvent::GroupRemoved { .. } | StoreEvent::Resync) => true,
-                Err(broadcast::error::RecvError::Lagged(_)) => true,
+                Ok(StoreEvent::Resync) => Reload::AfterOutage,
+                Ok(StoreEvent::GroupChanged { .. } | StoreEvent::GroupRemoved { .. }) => Reload::Yes,
+                Err(broadcast::error::RecvError::Lagged(_)) => Reload::Yes,
                 Err(broadcast::error::RecvError::Closed) => return,
             },
         };
-        if reload_all {
-            let r = publish_and_reload(ctx.store.as_ref(), &ctx.registry, &ctx.own_groups).await;
-            ctx.status.record(&r);
+        if reload == Reload::No {
+            continue;
+        }
+        let r = publish_and_reload(ctx.store.as_ref(), &ctx.registry, &ctx.own_groups).await;
+        ctx.status.record(&r);
+        if r.is_err() {
+            continue;
+        }
+        if reload == Reload::AfterOutage {
+            write_back.extend(
+                ctx.registry
+                    .groups()
+                    .pools()
+                    .iter()
+                    .map(|p| p.name().to_owned()),
+            );
+        }
+        if !write_back.is_empty() {
+            write_back = write_back_states(&ctx, &write_back).await;
         }
     }
+}
+
+/// Writes the key states this proxy holds for `groups` (retirements, unexpired cooldowns) to
+/// the store, so that a store that restarted empty does not forget them; the later cooldown
+/// wins there, and other proxies adopt them from the change events. Returns the groups that
+/// could not be written yet.
+async fn write_back_states(ctx: &Context, groups: &HashSet<String>) -> HashSet<String> {
+    let now = now_ms();
+    let mut pending = HashSet::new();
+    for pool in ctx.registry.groups().pools() {
+        if !groups.contains(pool.name()) {
+            continue;
+        }
+        'keys: for m in &pool.members {
+            let status = m.slot.status();
+            let retire = status.invalid.map(|reason| Transition::Retire { reason });
+            let cool = status
+                .cooldowns
+                .into_iter()
+                .filter(|c| c.until_ms > now)
+                .map(Transition::Cool);
+            for t in retire.into_iter().chain(cool) {
+                let r = ctx
+                    .store
+                    .transition(
+                        pool.name(),
+                        std::slice::from_ref(&m.slot.id),
+                        &t,
+                        &ctx.proxy_id,
+                    )
+                    .await;
+                if r.is_err() {
+                    if !matches!(r, Err(StoreError::UnknownGroup(_))) {
+                        ctx.status.record(&r);
+                    }
+                    pending.insert(pool.name().to_owned());
+                    break 'keys;
+                }
+            }
+        }
+    }
+    pending
 }
 
 async fn report(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {

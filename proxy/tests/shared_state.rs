@@ -489,3 +489,149 @@ async fn quota_and_client_counts_are_shared_between_proxies() {
     assert_eq!(mock.requests().len(), 5, "Google saw only what fits");
     assert_eq!(mock.answered(429), 0);
 }
+
+/// Chaos: Redis SIGKILLed for 20 s under load on two proxies and restarted empty. No client
+/// request fails; the group and the key states known before the outage (a retirement, a per-day
+/// cooldown with its end) are back in the store within 5 s; a cooldown one proxy saw during the
+/// outage reaches the other within 2 s of Redis returning; a proxy started afterwards uses none
+/// of those keys.
+#[tokio::test]
+async fn redis_restarting_empty_forgets_no_key_state() {
+    let mut redis = RedisServer::start();
+    let shared = Shared::new(&redis);
+    let mock = MockGemini::start().await;
+    mock.key("cx-dead", Behaviour::Invalid)
+        .key(
+            "cx-day",
+            Behaviour::Quota {
+                quota: Quota::RequestsPerDay,
+                retry_delay: None,
+            },
+        )
+        .key("cx-ok-1", Behaviour::Ok)
+        .key("cx-ok-2", Behaviour::Ok);
+    let keys = ["cx-dead", "cx-day", "cx-ok-1", "cx-ok-2"];
+    let (a, b) = tokio::join!(shared.proxy(&mock, &keys), shared.proxy(&mock, &keys));
+    while mock.count("cx-dead") == 0 || mock.count("cx-day") == 0 {
+        assert_eq!(generate(&a).await, 200);
+    }
+    for (key, state) in [("cx-dead", "Invalid"), ("cx-day", "CoolingDown")] {
+        until_metric(
+            &b,
+            &state_line("shared", key, state),
+            Duration::from_secs(2),
+        )
+        .await;
+    }
+    let store = shared.store();
+    let day_until =
+        store.key_statuses("shared").await.unwrap()[&KeyId::of("cx-day")].cooldowns[0].until_ms;
+
+    // Load on both proxies through the outage.
+    let load = |url: String, until: Instant| {
+        tokio::spawn(async move {
+            let c = Client::new();
+            let mut failed = Vec::new();
+            let mut n = 0;
+            while Instant::now() < until {
+                let s = c.call(Method::POST, &url, &[], "{}").await.status.as_u16();
+                n += 1;
+                if s != 200 {
+                    failed.push(s);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (n, failed)
+        })
+    };
+    let until = Instant::now() + Duration::from_secs(27);
+    let workers = vec![
+        load(format!("{}{MODEL_PATH}", a.url()), until),
+        load(format!("{}{MODEL_PATH}", b.url()), until),
+    ];
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // During the outage one key runs out of its per-minute quota; proxy a meets it.
+    mock.key(
+        "cx-ok-2",
+        Behaviour::Quota {
+            quota: Quota::RequestsPerMinute,
+            retry_delay: Some("120s"),
+        },
+    );
+    let c = Client::new();
+    while mock.count("cx-ok-2") == 0
+        || !metrics(&a)
+            .await
+            .contains(&state_line("shared", "cx-ok-2", "CoolingDown"))
+    {
+        assert_eq!(
+            c.call(Method::POST, &format!("{}{MODEL_PATH}", a.url()), &[], "{}")
+                .await
+                .status,
+            200
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(17)).await;
+    redis.restart();
+    let back = Instant::now();
+
+    // The state comes back into the (empty) store.
+    loop {
+        let statuses = store.key_statuses("shared").await.unwrap_or_default();
+        let groups = store.groups().await.unwrap_or_default();
+        let dead = statuses.get(&KeyId::of("cx-dead")).and_then(|s| s.invalid);
+        let day = statuses
+            .get(&KeyId::of("cx-day"))
+            .and_then(|s| s.cooldowns.first().map(|c| c.until_ms));
+        let minute = statuses
+            .get(&KeyId::of("cx-ok-2"))
+            .is_some_and(|s| !s.cooldowns.is_empty());
+        if groups.len() == 1 && dead.is_some() && day == Some(day_until) && minute {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "the store did not get the key states back within 5 s: {groups:?} {statuses:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "key states back in the store {:?} after Redis returned",
+        back.elapsed()
+    );
+    // b never met cx-ok-2's 429 itself: it learns it from the store.
+    let took = until_metric(
+        &b,
+        &state_line("shared", "cx-ok-2", "CoolingDown"),
+        Duration::from_secs(2),
+    )
+    .await;
+    println!("the other proxy cooled the key {took:?} after the state came back");
+    let mut total = 0;
+    for w in workers {
+        let (n, failed) = w.await.unwrap();
+        total += n;
+        assert!(
+            failed.is_empty(),
+            "client failures during the outage: {failed:?}"
+        );
+    }
+    println!("{total} requests through the outage, none failed");
+    // A proxy started now knows what the others knew.
+    let before: Vec<usize> = keys.iter().map(|k| mock.count(k)).collect();
+    let c2 = shared.proxy(&mock, &keys).await;
+    for _ in 0..8 {
+        assert_eq!(generate(&c2).await, 200);
+    }
+    for (k, n) in keys.iter().zip(before) {
+        if *k != "cx-ok-1" {
+            assert_eq!(
+                mock.count(k),
+                n,
+                "{k} was used by a proxy started after the outage"
+            );
+        }
+    }
+}
