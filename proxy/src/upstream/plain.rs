@@ -398,4 +398,6 @@ impl http_body::Body for Answer {
 }
 
 #[cfg(test)]
+mod oracle;
+#[cfg(test)]
 mod tests;
