@@ -16,6 +16,9 @@
 #   STORE=redis bash bench/run.sh     # gemini-proxy with the Redis store (needs redis-server)
 #   BASELINE=/tmp/gemini-proxy-old bash bench/run.sh   # also another build, same config (A/B)
 #   RATES="0.25 0.5" bash bench/run.sh   # open-loop rates, as fractions of nginx's req/s
+#   UPSTREAM=https bash bench/run.sh  # the production path: the upstream over TLS (HTTP/2 by
+#                                     # ALPN for gemini-proxy, HTTP/1.1 keep-alive with session
+#                                     # reuse for nginx's proxy_pass https://), a CA made here
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +31,7 @@ GP_ARGS=${GP_ARGS:-}
 BASELINE=${BASELINE:-}
 RATES=${RATES:-0.1 0.25 0.5 0.75}
 RATE_SECONDS=${RATE_SECONDS:-8}
+UPSTREAM=${UPSTREAM:-http}
 OUT=${OUT:-$(mktemp -d)}
 
 need() { command -v "$1" >/dev/null 2>&1; }
@@ -43,6 +47,19 @@ UP=$(free_port); NGX=$(free_port); GP=$(free_port); BASE=$(free_port)
 BODY='{"candidates": [{"content": {"parts": [{"text": "Hello from the bench"}],"role": "model"},"finishReason": "STOP","index": 0}],"usageMetadata": {"promptTokenCount": 5,"candidatesTokenCount": 7,"totalTokenCount": 12},"modelVersion": "gemini-2.5-flash","responseId": "bench"}'
 
 mkdir -p "$OUT/up" "$OUT/ngx"
+UP_LISTEN="listen 127.0.0.1:$UP;"
+NGX_UPSTREAM="proxy_pass http://gemini;"
+GP_UPSTREAM="url: \"http://127.0.0.1:$UP\""
+if [ "$UPSTREAM" = https ]; then
+  (cd "$OUT/up" &&
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj "/CN=bench CA" 2>/dev/null &&
+    openssl req -newkey rsa:2048 -nodes -keyout up.key -out up.csr -subj "/CN=127.0.0.1" 2>/dev/null &&
+    printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > up.ext &&
+    openssl x509 -req -in up.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out up.pem -days 2 -extfile up.ext 2>/dev/null)
+  UP_LISTEN="listen 127.0.0.1:$UP ssl http2; ssl_certificate $OUT/up/up.pem; ssl_certificate_key $OUT/up/up.key; ssl_session_cache shared:up:10m;"
+  NGX_UPSTREAM="proxy_pass https://gemini; proxy_ssl_session_reuse on; proxy_ssl_verify on; proxy_ssl_name 127.0.0.1; proxy_ssl_trusted_certificate $OUT/up/ca.pem;"
+  GP_UPSTREAM="url: \"https://127.0.0.1:$UP\", caFile: \"$OUT/up/ca.pem\""
+fi
 cat > "$OUT/up/nginx.conf" <<CONF
 worker_processes 1;
 pid $OUT/up/nginx.pid;
@@ -52,7 +69,7 @@ http {
   access_log off;
   keepalive_requests 1000000;
   server {
-    listen 127.0.0.1:$UP;
+    $UP_LISTEN
     location / {
       default_type "application/json; charset=UTF-8";
       return 200 '$BODY';
@@ -72,7 +89,7 @@ http {
   server {
     listen 127.0.0.1:$NGX;
     location / {
-      proxy_pass http://gemini;
+      $NGX_UPSTREAM
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_set_header x-goog-api-key "bench-key";
@@ -85,7 +102,7 @@ cat > "$OUT/proxy.yaml" <<CONF
 listen: "127.0.0.1:$GP"
 groups:
   - name: bench
-    upstream: {url: "http://127.0.0.1:$UP"}
+    upstream: {$GP_UPSTREAM}
     access: {mode: Open}
     rotation: {strategy: RoundRobin}
     keys: [{value: bench-key-1}, {value: bench-key-2}, {value: bench-key-3}, {value: bench-key-4},
@@ -180,8 +197,8 @@ stat() { # target what
   done | median
 }
 
-printf '\nwrk -t%s -c%s -d%ss x %s rounds (medians), POST generateContent, %s cores, store=%s\n' \
-  "$THREADS" "$CONNS" "$DURATION" "$ROUNDS" "$(nproc)" "$STORE"
+printf '\nwrk -t%s -c%s -d%ss x %s rounds (medians), POST generateContent, %s cores, store=%s, upstream=%s\n' \
+  "$THREADS" "$CONNS" "$DURATION" "$ROUNDS" "$(nproc)" "$STORE" "$UPSTREAM"
 printf '%-14s %10s %8s %8s %12s   %s\n' target req/s p50_ms p99_ms cpu_us/req "req/s per round"
 for t in $TARGETS; do
   rounds=$(for r in $(seq "$ROUNDS"); do awk '/Requests\/sec/ {printf "%d ", $2}' "$OUT/$t.$r.txt"; done)
