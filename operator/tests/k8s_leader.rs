@@ -12,21 +12,8 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use serde_json::json;
 use support::k8s::{
-    Cluster, OperatorProcess, Who, condition, events_of, random_suffix, status_of, store_env,
-    wait_for,
+    Cluster, OperatorProcess, Who, events_of, random_suffix, store_env, wait_for, wait_ready,
 };
-
-async fn ready(cluster: &Cluster, ns: &str, name: &str) {
-    wait_for(
-        Duration::from_secs(60),
-        &format!("{name} Ready"),
-        || async {
-            let st = status_of(cluster, ns, name).await?;
-            (condition(&st, "Ready").map(|c| c.0) == Some("True".into())).then_some(())
-        },
-    )
-    .await;
-}
 
 #[tokio::test]
 async fn a_standby_replica_takes_over_when_the_leader_is_killed() {
@@ -80,7 +67,7 @@ async fn a_standby_replica_takes_over_when_the_leader_is_killed() {
                    "access": {"mode": "Open"}}),
         )
         .await;
-    ready(&cluster, &ns, "before").await;
+    wait_ready(&cluster, &ns, "before").await;
     assert!(
         !b.logs().contains("leading"),
         "the standby reconciled while op-a led"
@@ -96,7 +83,7 @@ async fn a_standby_replica_takes_over_when_the_leader_is_killed() {
             json!({"keys": [{"secret": "keys", "entry": "k1"}], "access": {"mode": "Open"}}),
         )
         .await;
-    ready(&cluster, &ns, "after").await;
+    wait_ready(&cluster, &ns, "after").await;
     let took = killed.elapsed();
     println!("handover: the new group was Ready {took:?} after the leader was killed (lease 6 s)");
     assert!(took < Duration::from_secs(20), "handover took {took:?}");

@@ -8,10 +8,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use gemini_proxy_tests::redis::RedisServer;
 use kube::api::ListParams;
 use serde_json::json;
-use support::k8s::{Cluster, OperatorProcess, Who, condition, store_env, wait_for};
+use support::k8s::{Cluster, Setup, condition, wait_for};
 
 const GROUPS: usize = 1000;
 const KEYS: usize = 1000;
@@ -31,14 +30,8 @@ fn operator_writes(cluster: &Cluster, ns: &str) -> usize {
 
 #[tokio::test]
 async fn a_thousand_groups_and_a_thousand_keys() {
-    let cluster = Cluster::get();
-    cluster.install_crd().await;
-    let ns = cluster.namespace("scale").await;
-    cluster
-        .apply_chart_rbac(&[&format!("operator.watchNamespace={ns}")])
-        .await;
-    let redis = RedisServer::start();
-    let store = store_env(redis.url());
+    let setup = Setup::new("scale").await;
+    let (cluster, ns) = (&setup.cluster, &setup.ns);
     let entries: Vec<(String, String)> = (0..KEYS)
         .map(|i| (format!("k{i}"), format!("fake-scale-{i:04}")))
         .collect();
@@ -46,13 +39,13 @@ async fn a_thousand_groups_and_a_thousand_keys() {
         .iter()
         .map(|(a, b)| (a.as_str(), b.as_str()))
         .collect();
-    cluster.put_secret(&ns, "many", &refs, true).await;
+    cluster.put_secret(ns, "many", &refs, true).await;
     cluster
-        .put_secret(&ns, "one", &[("k", "fake-scale-one")], true)
+        .put_secret(ns, "one", &[("k", "fake-scale-one")], true)
         .await;
     // The big group selects "many" by a label of its own.
     let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
-        kube::Api::namespaced(cluster.admin().await, &ns);
+        kube::Api::namespaced(cluster.admin().await, ns);
     secrets
         .patch(
             "many",
@@ -62,14 +55,7 @@ async fn a_thousand_groups_and_a_thousand_keys() {
         .await
         .expect("label");
 
-    let operator = OperatorProcess::start(
-        &cluster,
-        Who::Operator,
-        "op-scale",
-        &store,
-        &["--namespace", &ns],
-    )
-    .await;
+    let operator = setup.operator("op-scale").await;
     let rss_idle = {
         wait_for(Duration::from_secs(20), "operator ready", || async {
             (operator.readyz().await == 200).then_some(())
@@ -77,11 +63,11 @@ async fn a_thousand_groups_and_a_thousand_keys() {
         .await;
         operator.rss_kib()
     };
-    let writes_before = operator_writes(&cluster, &ns);
+    let writes_before = operator_writes(cluster, ns);
     let started = Instant::now();
     cluster
         .create_group(
-            &ns,
+            ns,
             "big",
             json!({"keySelector": {"matchLabels": {"pool": "many"}},
                    "access": {"mode": "Open"}}),
@@ -103,7 +89,7 @@ async fn a_thousand_groups_and_a_thousand_keys() {
         })
         .await;
     let created = started.elapsed();
-    let api = cluster.groups(&ns).await;
+    let api = cluster.groups(ns).await;
     let all_ready = wait_for(Duration::from_secs(300), "every group Ready", || async {
         let list = api.list(&ListParams::default()).await.ok()?;
         let ready = list
@@ -123,7 +109,7 @@ async fn a_thousand_groups_and_a_thousand_keys() {
     let reconciles = operator
         .metric("gemini_proxy_operator_reconciles_total")
         .await;
-    let requests = operator_writes(&cluster, &ns) - writes_before;
+    let requests = operator_writes(cluster, ns) - writes_before;
     let big = api.get("big").await.expect("big group");
     let st = big.status.expect("status");
     let size = serde_json::to_vec(&st).expect("json").len();

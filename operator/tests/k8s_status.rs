@@ -5,29 +5,15 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use gemini_proxy_tests::redis::RedisServer;
 use gemini_proxy_tests::{Behaviour, Client, MockGemini, ProxyProcess};
 use http::Method;
 use serde_json::json;
 use support::k8s::{
-    Cluster, OperatorProcess, Who, condition, events_of, status_of, store_env, wait_for,
-    workspace_bin,
+    Cluster, Setup, condition, events_of, status_of, wait_for, wait_ready, workspace_bin,
 };
 
 const MODEL: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
 const OPERATOR: &str = "system:serviceaccount:gemini-proxy:gemini-proxy-operator";
-
-async fn ready(cluster: &Cluster, ns: &str, name: &str) {
-    wait_for(
-        Duration::from_secs(30),
-        &format!("{name} Ready"),
-        || async {
-            let st = status_of(cluster, ns, name).await?;
-            (condition(&st, "Ready").map(|c| c.0) == Some("True".into())).then_some(())
-        },
-    )
-    .await;
-}
 
 /// Writes by the operator to group `name` in `ns`, from the 1.36 server's audit log:
 /// (status patches, other writes).
@@ -54,19 +40,13 @@ fn writes(cluster: &Cluster, ns: &str, name: &str) -> (usize, usize) {
 
 #[tokio::test]
 async fn status_patches_stay_calm_under_steady_traffic() {
-    let cluster = Cluster::get();
-    cluster.install_crd().await;
-    let ns = cluster.namespace("calm").await;
-    cluster
-        .apply_chart_rbac(&[&format!("operator.watchNamespace={ns}")])
-        .await;
-    let redis = RedisServer::start();
-    let store = store_env(redis.url());
+    let setup = Setup::new("calm").await;
+    let (cluster, ns, store) = (&setup.cluster, &setup.ns, &setup.store);
     let mock = MockGemini::start().await;
     mock.accept_any_key(Behaviour::Ok);
     cluster
         .put_secret(
-            &ns,
+            ns,
             "keys",
             &[
                 ("a", "fake-calm-a"),
@@ -76,17 +56,10 @@ async fn status_patches_stay_calm_under_steady_traffic() {
             true,
         )
         .await;
-    let _operator = OperatorProcess::start(
-        &cluster,
-        Who::Operator,
-        "op-calm",
-        &store,
-        &["--namespace", &ns],
-    )
-    .await;
+    let _operator = setup.operator("op-calm").await;
     cluster
         .create_group(
-            &ns,
+            ns,
             "calm",
             json!({"keys": [{"secret": "keys", "entry": "a"}, {"secret": "keys", "entry": "b"},
                             {"secret": "keys", "entry": "c"}],
@@ -94,7 +67,7 @@ async fn status_patches_stay_calm_under_steady_traffic() {
                    "access": {"mode": "Open"}}),
         )
         .await;
-    ready(&cluster, &ns, "calm").await;
+    setup.ready("calm").await;
     let proxy = ProxyProcess::spawn(
         workspace_bin("gemini-proxy").to_str().expect("path"),
         &["--default-group", &format!("{ns}/calm")],
@@ -105,7 +78,7 @@ async fn status_patches_stay_calm_under_steady_traffic() {
         ],
     )
     .await;
-    let (status_before, other_before) = writes(&cluster, &ns, "calm");
+    let (status_before, other_before) = writes(cluster, ns, "calm");
     // 5 requests a second for 60 s.
     let http = Client::new();
     let url = format!("{}{MODEL}", proxy.url());
@@ -118,7 +91,7 @@ async fn status_patches_stay_calm_under_steady_traffic() {
         assert_eq!(r.status, 200, "{}", r.text());
         sent += 1;
     }
-    let (status_after, other_after) = writes(&cluster, &ns, "calm");
+    let (status_after, other_after) = writes(cluster, ns, "calm");
     let patches = status_after - status_before;
     println!(
         "{sent} requests in 60 s: {patches} status patches, {} other writes",
@@ -134,7 +107,7 @@ async fn status_patches_stay_calm_under_steady_traffic() {
         0,
         "the group itself was written under traffic"
     );
-    let st = status_of(&cluster, &ns, "calm").await.expect("status");
+    let st = status_of(cluster, ns, "calm").await.expect("status");
     let served: u64 = st.key_statuses.iter().map(|k| k.requests_last_hour).sum();
     assert!(served > 0, "requests in the last hour are reported: {st:?}");
     assert_eq!(st.proxies, 1);
@@ -142,33 +115,26 @@ async fn status_patches_stay_calm_under_steady_traffic() {
 
 #[tokio::test]
 async fn an_unreachable_store_shows_in_the_status_and_an_event() {
-    let cluster = Cluster::get();
-    cluster.install_crd().await;
-    let ns = cluster.namespace("storeless").await;
+    let setup = Setup::new("storeless").await;
+    let (cluster, ns) = (&setup.cluster, &setup.ns);
     cluster
-        .apply_chart_rbac(&[&format!("operator.watchNamespace={ns}")])
+        .put_secret(ns, "keys", &[("a", "fake-storeless")], true)
         .await;
-    let mut redis = RedisServer::start();
-    let store = store_env(redis.url());
-    cluster
-        .put_secret(&ns, "keys", &[("a", "fake-storeless")], true)
-        .await;
-    let _operator = OperatorProcess::start(
-        &cluster,
-        Who::Operator,
-        "op-storeless",
-        &store,
-        &["--namespace", &ns],
-    )
-    .await;
+    let _operator = setup.operator("op-storeless").await;
     cluster
         .create_group(
-            &ns,
+            ns,
             "g",
             json!({"keys": [{"secret": "keys", "entry": "a"}], "access": {"mode": "Open"}}),
         )
         .await;
-    ready(&cluster, &ns, "g").await;
+    setup.ready("g").await;
+    let Setup {
+        cluster,
+        ns,
+        mut redis,
+        ..
+    } = setup;
 
     redis.kill();
     let st = wait_for(
@@ -206,7 +172,7 @@ async fn an_unreachable_store_shows_in_the_status_and_an_event() {
     // Redis returns (empty): the group is written again and Ready again.
     redis.restart();
     let back = Instant::now();
-    ready(&cluster, &ns, "g").await;
+    wait_ready(&cluster, &ns, "g").await;
     println!("Ready again {:?} after the store returned", back.elapsed());
     let st = status_of(&cluster, &ns, "g").await.expect("status");
     assert_eq!(

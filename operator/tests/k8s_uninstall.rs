@@ -10,9 +10,7 @@ use gemini_proxy_tests::redis::RedisServer;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
-use support::k8s::{
-    Cluster, OperatorProcess, Who, condition, render_chart, status_of, store_env, wait_for,
-};
+use support::k8s::{Cluster, OperatorProcess, Who, render_chart, store_env, wait_for, wait_ready};
 
 #[tokio::test]
 async fn the_uninstall_hook_stops_the_operator_and_releases_the_groups() {
@@ -86,11 +84,7 @@ async fn the_uninstall_hook_stops_the_operator_and_releases_the_groups() {
             json!({"keys": [{"secret": "keys", "entry": "k"}], "access": {"mode": "Open"}}),
         )
         .await;
-    wait_for(Duration::from_secs(20), "the group Ready", || async {
-        let st = status_of(&cluster, &ns, "g").await?;
-        (condition(&st, "Ready").map(|c| c.0) == Some("True".into())).then_some(())
-    })
-    .await;
+    wait_ready(&cluster, &ns, "g").await;
     let g = cluster.groups(&ns).await.get("g").await.expect("group");
     assert!(g.metadata.finalizers.is_some_and(|f| !f.is_empty()));
 

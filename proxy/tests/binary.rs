@@ -118,15 +118,10 @@ async fn sigterm_lets_an_open_stream_finish_then_exits_zero() {
     let signalled = Instant::now();
     p.terminate();
     // New connections are refused soon after the signal...
-    let mut refused = false;
-    for _ in 0..40 {
-        tokio::time::sleep(Duration::from_millis(25)).await;
-        if tokio::net::TcpStream::connect(p.addr).await.is_err() {
-            refused = true;
-            break;
-        }
-    }
-    assert!(refused, "still accepting after SIGTERM");
+    assert!(
+        refuses_new_connections(&p).await,
+        "still accepting after SIGTERM"
+    );
     // ...while the open stream runs to its end.
     let frames = reader.await.unwrap();
     let text: String = frames
@@ -256,14 +251,17 @@ async fn no_key_in_logs_or_metrics_even_at_debug() {
     assert!(metrics.contains(&keystore::KeyId::of(SECRET_KEYS[0]).to_string()));
 }
 
-/// Resident memory of a process in KiB (VmRSS).
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+use gemini_proxy_tests::process::rss_kib;
+
+/// Whether `p` stops accepting connections within a second (after SIGTERM).
+async fn refuses_new_connections(p: &ProxyProcess) -> bool {
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        if tokio::net::TcpStream::connect(p.addr).await.is_err() {
+            return true;
+        }
+    }
+    false
 }
 
 /// Chaos: SIGTERM with 200 streams open (each about 5 s long): every stream finishes intact,
@@ -288,15 +286,10 @@ async fn sigterm_with_200_open_streams_lets_every_one_finish() {
     let open = rss_kib(p.pid());
     let signalled = Instant::now();
     p.terminate();
-    let mut refused = false;
-    for _ in 0..40 {
-        tokio::time::sleep(Duration::from_millis(25)).await;
-        if tokio::net::TcpStream::connect(p.addr).await.is_err() {
-            refused = true;
-            break;
-        }
-    }
-    assert!(refused, "still accepting after SIGTERM");
+    assert!(
+        refuses_new_connections(&p).await,
+        "still accepting after SIGTERM"
+    );
     for r in readers {
         let frames = r.await.unwrap();
         let text: String = frames

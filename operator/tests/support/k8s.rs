@@ -456,13 +456,7 @@ impl OperatorProcess {
 
     /// Resident memory in KiB (VmRSS).
     pub fn rss_kib(&self) -> u64 {
-        let pid = self.child.id().unwrap_or(0);
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+        gemini_proxy_tests::process::rss_kib(self.child.id().unwrap_or(0))
     }
 
     /// SIGKILL: the process dies without a chance to release anything.
@@ -473,6 +467,64 @@ impl OperatorProcess {
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+}
+
+/// What most tests start from: the CRD installed, a fresh namespace the chart's operator RBAC
+/// covers (a Role there, as with `operator.watchNamespace`), a Redis and a store to share.
+pub struct Setup {
+    pub cluster: Cluster,
+    pub ns: String,
+    pub redis: gemini_proxy_tests::redis::RedisServer,
+    pub store: StoreEnv,
+}
+
+impl Setup {
+    pub async fn new(tag: &str) -> Self {
+        let cluster = Cluster::get();
+        cluster.install_crd().await;
+        let ns = cluster.namespace(tag).await;
+        cluster
+            .apply_chart_rbac(&[&format!("operator.watchNamespace={ns}")])
+            .await;
+        let redis = gemini_proxy_tests::redis::RedisServer::start();
+        let store = store_env(redis.url());
+        Self {
+            cluster,
+            ns,
+            redis,
+            store,
+        }
+    }
+
+    /// The operator binary as the chart's ServiceAccount, watching this namespace.
+    pub async fn operator(&self, name: &str) -> OperatorProcess {
+        OperatorProcess::start(
+            &self.cluster,
+            Who::Operator,
+            name,
+            &self.store,
+            &["--namespace", &self.ns],
+        )
+        .await
+    }
+
+    /// Waits until group `name` is Ready.
+    pub async fn ready(&self, name: &str) {
+        wait_ready(&self.cluster, &self.ns, name).await;
+    }
+}
+
+/// Waits (up to a minute) until the group's status says Ready=True.
+pub async fn wait_ready(cluster: &Cluster, ns: &str, name: &str) {
+    wait_for(
+        Duration::from_secs(60),
+        &format!("{name} Ready"),
+        || async {
+            let st = status_of(cluster, ns, name).await?;
+            (condition(&st, "Ready").map(|c| c.0) == Some("True".into())).then_some(())
+        },
+    )
+    .await;
 }
 
 /// A random store prefix and a fresh state key, for one test's operator and proxies.
