@@ -22,6 +22,8 @@ struct Inner {
     statuses: HashMap<String, HashMap<KeyId, KeyStatus>>,
     health: HashMap<(String, String), (HealthReport, u64)>,
     usage: HashMap<(String, UsageWindow), UsageCounts>,
+    /// Totals per proxy, replaced on each write (see `put_usage_totals`).
+    usage_totals: HashMap<(String, UsageWindow), HashMap<String, UsageCounts>>,
     proxies: HashMap<String, u64>,
     /// (group, window) → (counter, proxy) → count.
     rates: HashMap<(String, RateWindow), HashMap<(String, String), Counter>>,
@@ -240,18 +242,53 @@ impl KeyStore for MemoryStore {
         })
     }
 
+    fn put_usage_totals<'a>(
+        &'a self,
+        group: &'a str,
+        proxy: &'a str,
+        totals: Vec<(UsageWindow, UsageCounts)>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let oldest_minute = now_ms() / 60_000 - 120;
+            let mut inner = self.lock();
+            inner.usage_totals.retain(|(_, w), _| match w {
+                UsageWindow::Minute(m) => *m >= oldest_minute,
+                UsageWindow::Day(_) => true,
+            });
+            if inner.usage_totals.len() > 10_000 {
+                inner
+                    .usage_totals
+                    .retain(|(_, w), _| matches!(w, UsageWindow::Minute(_)));
+            }
+            for (w, counts) in totals {
+                inner
+                    .usage_totals
+                    .entry((group.to_owned(), w))
+                    .or_default()
+                    .insert(proxy.to_owned(), counts);
+            }
+            Ok(())
+        })
+    }
+
     fn usage<'a>(
         &'a self,
         group: &'a str,
         window: &'a UsageWindow,
     ) -> BoxFuture<'a, Result<UsageCounts, StoreError>> {
         Box::pin(async move {
-            Ok(self
-                .lock()
-                .usage
-                .get(&(group.to_owned(), window.clone()))
-                .cloned()
-                .unwrap_or_default())
+            let inner = self.lock();
+            let at = (group.to_owned(), window.clone());
+            let mut counts = inner.usage.get(&at).cloned().unwrap_or_default();
+            for c in inner
+                .usage_totals
+                .get(&at)
+                .into_iter()
+                .flat_map(|m| m.values())
+            {
+                counts.merge(c);
+            }
+            Ok(counts)
         })
     }
 

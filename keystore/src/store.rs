@@ -92,6 +92,16 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Adds usage to the per-minute and per-day counters (batched by the caller).
     fn record_usage(&self, batch: Vec<UsageDelta>) -> BoxFuture<'_, Result<(), StoreError>>;
 
+    /// Replaces what proxy `proxy` has counted for `group` in each window with `totals` (its
+    /// running totals for the window, not an increment): a constant number of writes however
+    /// many keys and requests there were. Readers add every proxy's totals.
+    fn put_usage_totals<'a>(
+        &'a self,
+        group: &'a str,
+        proxy: &'a str,
+        totals: Vec<(UsageWindow, UsageCounts)>,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
     /// The counters of a group in a window.
     fn usage<'a>(
         &'a self,

@@ -83,6 +83,45 @@ impl UsageCounts {
         }
     }
 
+    /// The compact text a proxy's totals are stored as: one line per key (`k`) and per scope
+    /// (`s`), `KIND\tNAME\tREQUESTS\tTOKENS`.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity((self.keys.len() + self.scopes.len()) * 28);
+        for (k, c) in &self.keys {
+            out.push_str(&format!("k\t{k}\t{}\t{}\n", c.requests, c.tokens));
+        }
+        for (s, c) in &self.scopes {
+            out.push_str(&format!("s\t{s}\t{}\t{}\n", c.requests, c.tokens));
+        }
+        out
+    }
+
+    /// Adds counters written by [`encode`](Self::encode); lines that do not parse (the store is
+    /// not trusted) are skipped, and at most `max_lines` are read.
+    pub fn add_encoded(&mut self, text: &str, max_lines: usize) {
+        for line in text.lines().take(max_lines) {
+            let mut f = line.split('\t');
+            let (Some(kind), Some(name), Some(r), Some(t), None) =
+                (f.next(), f.next(), f.next(), f.next(), f.next())
+            else {
+                continue;
+            };
+            let (Ok(r), Ok(t)) = (r.parse::<u64>(), t.parse::<u64>()) else {
+                continue;
+            };
+            if name.is_empty() || name.len() > 256 {
+                continue;
+            }
+            let counter = match kind {
+                "k" => self.keys.entry(KeyId::from_raw(name)).or_default(),
+                "s" => self.scopes.entry(name.to_owned()).or_default(),
+                _ => continue,
+            };
+            counter.requests = counter.requests.saturating_add(r);
+            counter.tokens = counter.tokens.saturating_add(t);
+        }
+    }
+
     pub fn add(&mut self, d: &UsageDelta) {
         self.keys
             .entry(d.key.clone())

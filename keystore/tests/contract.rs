@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use gemini_proxy_tests::redis::{RedisCluster, RedisSentinel, RedisServer, random_prefix};
 use keystore::clock::now_ms;
-use keystore::{AuditKind, Binding, RateDelta, RateWindow};
+use keystore::{AuditKind, Binding, RateDelta, RateWindow, UsageCounts};
 use keystore::{
     Cooldown, CooldownReason, EncryptionKey, GroupSnapshot, HealthReport, InvalidReason, KeyHealth,
     KeyId, KeyStore, MemoryStore, RedisConfig, RedisStore, RedisTarget, Secret, StoreEvent,
@@ -216,7 +216,7 @@ async fn contract(store: Arc<dyn KeyStore>) {
     let windows = [
         minute.clone(),
         UsageWindow::minute_of(at.saturating_sub(3_600_000)),
-        minute,
+        minute.clone(),
     ];
     let sum = store.usage_sum("team-a/keys", &windows).await.unwrap();
     assert_eq!(sum.keys[&ids[0]].requests, 6);
@@ -231,6 +231,37 @@ async fn contract(store: Arc<dyn KeyStore>) {
             .keys
             .is_empty()
     );
+
+    // Per-proxy running totals: each write replaces that proxy's, readers add the proxies.
+    let totals = |req: u64, tok: u64| {
+        let mut c = UsageCounts::default();
+        c.add(&delta(&ids[1], "proj-3", req, tok));
+        c
+    };
+    let day_w = UsageWindow::day_of(at);
+    for (proxy, req) in [("px-1", 2), ("px-2", 3), ("px-1", 7)] {
+        store
+            .put_usage_totals(
+                "team-a/keys",
+                proxy,
+                vec![
+                    (minute.clone(), totals(req, req * 10)),
+                    (day_w.clone(), totals(req, 0)),
+                ],
+            )
+            .await
+            .unwrap();
+    }
+    let u = store.usage("team-a/keys", &minute).await.unwrap();
+    assert_eq!(
+        u.keys[&ids[1]].requests, 15,
+        "5 counted singly, px-1's 7 (which replaced its 2) and px-2's 3"
+    );
+    assert_eq!(u.keys[&ids[1]].tokens, 110);
+    assert_eq!(u.scopes["proj-3"].requests, 10);
+    assert_eq!(u.keys[&ids[0]].requests, 3, "single counters still count");
+    let d = store.usage("team-a/keys", &day_w).await.unwrap();
+    assert_eq!(d.keys[&ids[1]].requests, 15);
 
     // Scheduling counters: each proxy adds its share and reads the others'.
     let slot = RateWindow::slot_of(at);

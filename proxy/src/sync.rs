@@ -4,7 +4,7 @@
 //! - the follower: store events, a periodic poll and a resync after every outage rebuild the
 //!   groups or adopt other proxies' key states (the newer state wins);
 //! - the reporter: heartbeat and per-key health with a time to live;
-//! - the usage flusher: per-key counters, one batch about every 100 ms;
+//! - the usage flusher: this proxy's running totals per group and window, every 500 ms;
 //! - the rate sharer: quota and client counters out every 250 ms, the other proxies' counts in
 //!   every 500 ms (only for groups with limits);
 //! - the audit trail: each key transition the store applied is appended to the group's trail.
@@ -12,7 +12,7 @@
 //! While the store is down, proxies serve from their last snapshot (or their own config) with
 //! local state; the outage is logged once, shown by `gemini_proxy_store_up` and `/readyz`.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -20,7 +20,7 @@ use std::time::Duration;
 use keystore::clock::now_ms;
 use keystore::{
     AuditEvent, GroupSnapshot, HealthReport, KeyId, KeyStore, StoreError, StoreEvent, Transition,
-    UsageDelta,
+    UsageCounts, UsageDelta, UsageWindow,
 };
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 
@@ -32,7 +32,7 @@ const POLL_UP: Duration = Duration::from_secs(10);
 const POLL_DOWN: Duration = Duration::from_secs(1);
 const HEALTH_EVERY: Duration = Duration::from_secs(10);
 const HEALTH_TTL: Duration = Duration::from_secs(30);
-const USAGE_EVERY: Duration = Duration::from_millis(100);
+const USAGE_EVERY: Duration = Duration::from_millis(500);
 const RATES_OUT_EVERY: Duration = Duration::from_millis(250);
 /// Other proxies' counts are read every this many write ticks.
 const RATES_IN_TICKS: u32 = 2;
@@ -365,38 +365,83 @@ async fn report(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// This proxy's running usage totals of one group: the current minute's and the current
+/// Pacific day's, per key and per scope.
+#[derive(Default)]
+struct Totals {
+    minute: Option<(UsageWindow, UsageCounts)>,
+    day: Option<(UsageWindow, UsageCounts)>,
+    /// Changed since they were last written.
+    dirty: bool,
+}
+
+impl Totals {
+    fn add(&mut self, d: &UsageDelta) {
+        for (slot, window) in [
+            (&mut self.minute, UsageWindow::minute_of(d.at_ms)),
+            (&mut self.day, UsageWindow::day_of(d.at_ms)),
+        ] {
+            match slot {
+                Some((w, counts)) if *w == window => counts.add(d),
+                _ => {
+                    let mut counts = UsageCounts::default();
+                    counts.add(d);
+                    *slot = Some((window, counts));
+                }
+            }
+        }
+        self.dirty = true;
+    }
+
+    fn windows(&self) -> Vec<(UsageWindow, UsageCounts)> {
+        self.minute.iter().chain(self.day.iter()).cloned().collect()
+    }
+}
+
+/// Usage leaves as this proxy's running totals per group and window (one field each in the
+/// store, replaced on every write): a few writes a second whatever the number of keys and
+/// requests, and nothing lost while the store is away (the totals are written when it returns).
 async fn flush_usage(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
     let mut every = tokio::time::interval(USAGE_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut totals: HashMap<String, Totals> = HashMap::new();
     loop {
         tokio::select! {
             _ = stopped(&mut stop) => return,
             _ = every.tick() => {}
         }
         let now = now_ms();
-        let mut batch = Vec::new();
-        for pool in ctx.registry.groups().pools() {
+        let groups = ctx.registry.groups();
+        for pool in groups.pools() {
             for m in &pool.members {
                 let (requests, tokens) = m.slot.take_usage();
                 if requests > 0 || tokens > 0 {
-                    batch.push(UsageDelta {
-                        group: pool.name().to_owned(),
-                        key: m.slot.id.clone(),
-                        scope: m.scope.to_string(),
-                        requests,
-                        tokens,
-                        at_ms: now,
-                    });
+                    totals
+                        .entry(pool.name().to_owned())
+                        .or_default()
+                        .add(&UsageDelta {
+                            group: pool.name().to_owned(),
+                            key: m.slot.id.clone(),
+                            scope: m.scope.to_string(),
+                            requests,
+                            tokens,
+                            at_ms: now,
+                        });
                 }
             }
         }
-        if batch.is_empty() {
-            continue;
+        // Groups that are gone are dropped once written.
+        totals.retain(|g, t| t.dirty || groups.get(g).is_some());
+        for (group, t) in totals.iter_mut().filter(|(_, t)| t.dirty) {
+            let r = ctx
+                .store
+                .put_usage_totals(group, &ctx.proxy_id, t.windows())
+                .await;
+            ctx.status.record(&r);
+            if r.is_ok() {
+                t.dirty = false;
+            }
         }
-        let r = ctx.store.record_usage(batch).await;
-        // Counters are best effort: a batch that cannot be written is dropped, not retried, so
-        // an outage cannot grow memory.
-        ctx.status.record(&r);
     }
 }
 

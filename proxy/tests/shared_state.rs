@@ -635,3 +635,68 @@ async fn redis_restarting_empty_forgets_no_key_state() {
         }
     }
 }
+
+/// Commands Redis has processed (script-internal ones included).
+fn commands(redis: &RedisServer) -> u64 {
+    redis
+        .cli(&["INFO", "stats"])
+        .lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("total_commands_processed")
+}
+
+/// Usage reaches the store as each proxy's running totals (one field per group and window),
+/// so the store's work per request does not grow with the number of keys: under 0.1 Redis
+/// commands per request with 3 keys and with 10,000.
+#[tokio::test]
+async fn redis_commands_per_request_do_not_grow_with_the_keys() {
+    let mut seen = Vec::new();
+    for n_keys in [3usize, 10_000] {
+        let redis = RedisServer::start();
+        let shared = Shared::new(&redis);
+        let mock = MockGemini::start().await;
+        mock.accept_any_key(Behaviour::Ok);
+        let names: Vec<String> = (0..n_keys).map(|i| format!("uk-{i:05}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let p = shared.proxy(&mock, &refs).await;
+        // Let start-up writes settle.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let before = commands(&redis);
+        let total = 4000;
+        let url = format!("{}{MODEL_PATH}", p.url());
+        let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut clients = tokio::task::JoinSet::new();
+        for _ in 0..16 {
+            let (url, next) = (url.clone(), next.clone());
+            clients.spawn(async move {
+                let c = Client::new();
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
+                    assert_eq!(c.call(Method::POST, &url, &[], "{}").await.status, 200);
+                }
+            });
+        }
+        while let Some(r) = clients.join_next().await {
+            r.expect("client");
+        }
+        // The last totals leave within a flush.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let per_request = (commands(&redis) - before) as f64 / total as f64;
+        let day = keystore::UsageWindow::day_of(keystore::clock::now_ms());
+        let counted: u64 = shared
+            .store()
+            .usage("shared", &day)
+            .await
+            .unwrap()
+            .keys
+            .values()
+            .map(|c| c.requests)
+            .sum();
+        assert_eq!(counted, total as u64, "every request counted once");
+        seen.push((n_keys, per_request));
+    }
+    println!("Redis commands per request: {seen:?}");
+    for (n, per) in seen {
+        assert!(per < 0.1, "{per} Redis commands per request with {n} keys");
+    }
+}

@@ -10,7 +10,7 @@
 //! | `P{g:NAME}:group` | hash | `version` (grows by one per change), `fingerprint` (of the snapshot minus version), `data` (snapshot JSON; key values and egress URLs sealed) |
 //! | `P{g:NAME}:keys` | hash | key id → [`KeyStatus`] JSON (`invalid`, `cooldowns[{untilMs, reason, model}]`, `updatedMs`) |
 //! | `P{g:NAME}:health` | hash | proxy id → [`HealthReport`] JSON with `expiresMs`; expired fields are dropped on read |
-//! | `P{g:NAME}:usage:m:MINUTE` | hash | `k:ID:req`, `k:ID:tok`, `s:SCOPE:req`, `s:SCOPE:tok` for minute `MINUTE` since the epoch; expires after 2 h |
+//! | `P{g:NAME}:usage:m:MINUTE` | hash | `p:PROXY`: that proxy's running totals for minute `MINUTE` since the epoch, as lines `k\tID\tREQUESTS\tTOKENS` and `s\tSCOPE\tREQUESTS\tTOKENS` (replaced on each write, so two commands per flush whatever the number of keys); single counters `k:ID:req`, `k:ID:tok`, `s:SCOPE:req`, `s:SCOPE:tok` are read too; expires after 2 h |
 //! | `P{g:NAME}:usage:d:DATE` | hash | the same for the Pacific date `DATE` (`YYYY-MM-DD`); expires after 3 days |
 //! | `P{g:NAME}:rate:s:SLOT` | hash | scheduling counters for the 10-second slot `SLOT`: `r\tPROXY\tCOUNTER` requests and `t\tPROXY\tCOUNTER` tokens sent by proxy `PROXY`; expires after 100 s |
 //! | `P{g:NAME}:rate:d:DATE` | hash | the same for the Pacific date `DATE`; expires after 2 days |
@@ -278,9 +278,20 @@ async fn listen(
     }
 }
 
-/// Adds a usage hash's fields (`k:ID:req`, `s:SCOPE:tok`, ...) to `counts`.
-fn add_usage_fields(counts: &mut UsageCounts, raw: HashMap<String, u64>) {
-    for (field, n) in raw {
+/// Lines read from one proxy's usage totals at most (a key and a scope line per key).
+const USAGE_LINES_MAX: usize = 2 * 100_000;
+
+/// Adds a usage hash's fields to `counts`: per-proxy totals (`p:PROXY`, see
+/// [`UsageCounts::encode`]) and single counters (`k:ID:req`, `s:SCOPE:tok`, ...).
+fn add_usage_fields(counts: &mut UsageCounts, raw: HashMap<String, String>) {
+    for (field, value) in raw {
+        if field.starts_with("p:") {
+            counts.add_encoded(&value, USAGE_LINES_MAX);
+            continue;
+        }
+        let Ok(n) = value.parse::<u64>() else {
+            continue;
+        };
         let Some((kind, rest)) = field.split_once(':') else {
             continue;
         };
@@ -554,6 +565,35 @@ impl KeyStore for RedisStore {
         })
     }
 
+    fn put_usage_totals<'a>(
+        &'a self,
+        group: &'a str,
+        proxy: &'a str,
+        totals: Vec<(UsageWindow, UsageCounts)>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            check_name(group)?;
+            if totals.is_empty() {
+                return Ok(());
+            }
+            // Two commands per window, whatever the number of keys: one field per proxy holds
+            // its running totals (HSET replaces it), readers add the proxies up.
+            let mut pipe = redis::pipe();
+            for (w, counts) in &totals {
+                let key = self.group_key(group, &format!("usage:{}", w.tag()));
+                let ttl = match w {
+                    UsageWindow::Minute(_) => 2 * 3600,
+                    UsageWindow::Day(_) => 3 * 86_400,
+                };
+                pipe.hset(&key, format!("p:{proxy}"), counts.encode())
+                    .ignore();
+                pipe.expire(&key, ttl).ignore();
+            }
+            self.run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+                .await
+        })
+    }
+
     fn usage<'a>(
         &'a self,
         group: &'a str,
@@ -561,7 +601,7 @@ impl KeyStore for RedisStore {
     ) -> BoxFuture<'a, Result<UsageCounts, StoreError>> {
         Box::pin(async move {
             let key = self.group_key(group, &format!("usage:{}", window.tag()));
-            let raw: HashMap<String, u64> = self
+            let raw: HashMap<String, String> = self
                 .run(|mut c| async move { c.hgetall(&key).await })
                 .await?;
             let mut counts = UsageCounts::default();
@@ -585,7 +625,7 @@ impl KeyStore for RedisStore {
             for w in windows {
                 pipe.hgetall(self.group_key(group, &format!("usage:{}", w.tag())));
             }
-            let raws: Vec<HashMap<String, u64>> = self
+            let raws: Vec<HashMap<String, String>> = self
                 .run(|mut c| async move { pipe.query_async(&mut c).await })
                 .await?;
             for raw in raws {
