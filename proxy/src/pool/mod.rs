@@ -16,6 +16,9 @@ use crate::routes::ModelOf;
 use crate::upstream::Upstream;
 pub use slot::{InFlight, KeySlot};
 
+/// Keys weighed per request by LeastLoaded (see `pick_for`).
+const LEAST_LOADED_CHOICES: usize = 16;
+
 /// A key as a member of this group.
 pub struct Member {
     pub slot: Arc<KeySlot>,
@@ -183,14 +186,23 @@ impl Pool {
                     .find(|&i| eligible(i) && matches!(room_of(i), Room::Free(_)))
             }
             RotationStrategy::LeastLoaded => {
+                // The least loaded of the next LEAST_LOADED_CHOICES usable keys from a rotating
+                // start (the "power of d choices"): the cost per request stays the same for 3
+                // keys or 10,000, and because the start moves every request, every key is
+                // weighed in turn. Groups up to that size are weighed whole.
                 let mut best: Option<(f64, usize)> = None;
+                let mut weighed = 0;
                 for i in (0..n).map(|i| (start + i) % n) {
+                    if weighed == LEAST_LOADED_CHOICES {
+                        break;
+                    }
                     if !eligible(i) {
                         continue;
                     }
                     let Room::Free(room) = room_of(i) else {
                         continue;
                     };
+                    weighed += 1;
                     let m = &self.members[i];
                     // Fewer requests in flight per unit of weight, discounted by poor health
                     // and by little quota headroom.
