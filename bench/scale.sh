@@ -4,10 +4,13 @@
 # canned generateContent answer, wrk keeping the proxy busy, for:
 #   - each rotation strategy with 3 keys and with 10,000 keys      (goal: within 1.1x)
 #   - one group and 500 groups (Token access, one token each)      (goal: within 1.1x)
+#   - 1,000 concurrent requests, then idle: upstream sockets and RSS after 110 s (idle
+#     connections close after 90 s; goal: RSS back within 10 MB of idle)
 # Arms alternate over ROUNDS rounds; the medians are compared within the run.
 #
 #   bash bench/scale.sh
 #   DURATION=10 ROUNDS=5 bash bench/scale.sh
+#   CONNECTIONS=0 bash bench/scale.sh   # without the 2-minute connections arm
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -103,3 +106,26 @@ for s in RoundRobin Weighted LeastLoaded; do
 done
 awk -v a="$(cpu groups-500)" -v b="$(cpu groups-2)" 'BEGIN {printf "500 groups / 2 groups: %.2fx\n", a/b}'
 echo "raw output: $OUT"
+
+# Connections are given back: 1,000 concurrent requests open as many upstream connections;
+# once the load stops, idle ones are closed after 90 s and memory returns near idle.
+if [ "${CONNECTIONS:-1}" = 1 ]; then
+  port=$(free_port)
+  ./target/release/gemini-proxy --config "$OUT/RoundRobin-3.yaml" --listen "127.0.0.1:$port" >"$OUT/conns.log" 2>&1 &
+  GP_PID=$!
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
+  rss() { awk '/VmRSS/ {print $2}' /proc/"$GP_PID"/status; }
+  upstream_sockets() { ss -Htn state established "( dport = :$UP )" | wc -l; }
+  idle_rss=$(rss)
+  ulimit -n 65536 2>/dev/null || true
+  wrk -t2 -c1000 -d5s -s "$OUT/post.lua" "http://127.0.0.1:$port$PATH_" >"$OUT/conns.wrk.txt"
+  sleep 1
+  busy_rss=$(rss); busy_socks=$(upstream_sockets)
+  sleep 110
+  after_rss=$(rss); after_socks=$(upstream_sockets)
+  printf '\nconnections: 1,000 concurrent for 5 s, then idle\n'
+  printf '  upstream sockets: %s right after, %s after 110 s idle\n' "$busy_socks" "$after_socks"
+  printf '  RSS: %s KiB idle before, %s KiB right after, %s KiB after 110 s (%+d KiB against idle)\n' \
+    "$idle_rss" "$busy_rss" "$after_rss" "$((after_rss - idle_rss))"
+  kill "$GP_PID"; wait "$GP_PID" 2>/dev/null || true; GP_PID=
+fi
