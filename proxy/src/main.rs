@@ -187,10 +187,13 @@ fn init_logging(
     Option<AccessLog>,
 ) {
     use tracing_subscriber::EnvFilter;
-    let (writer, guard) = tracing_appender::non_blocking(std::io::BufWriter::with_capacity(
-        64 * 1024,
-        std::io::stdout(),
-    ));
+    // The queue to the writer thread is bounded: access lines leave in batches of up to 32 KiB,
+    // so 1,024 entries are at most about 32 MiB; when stdout cannot keep up, lines are dropped
+    // (and counted by tracing-appender) rather than memory growing without end.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(1024)
+        .lossy(true)
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()));
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let access = matches!(format, LogFormat::Json).then(|| AccessLog::new(writer.clone()));
     let builder = tracing_subscriber::fmt()
