@@ -193,7 +193,10 @@ fn init_logging(
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(1024)
         .lossy(true)
-        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()));
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stdout(),
+        ));
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let access = matches!(format, LogFormat::Json).then(|| AccessLog::new(writer.clone()));
     let builder = tracing_subscriber::fmt()
