@@ -59,8 +59,20 @@ pub fn strip_key_from_query(query: Option<&str>) -> Option<Cow<'_, str>> {
     (!kept.is_empty()).then(|| Cow::Owned(kept.join("&")))
 }
 
+/// Whether a query parameter is `key`, after the same decoding [`credential`] reads it with:
+/// `%6Bey=...` and `k%65y=...` are `key` too, so one that authenticates is also one that is
+/// stripped (and none slips upstream beside the proxy's own key).
 fn is_key_param(p: &str) -> bool {
-    p == "key" || p.starts_with("key=")
+    let name = p.split_once('=').map_or(p, |(n, _)| n);
+    if name == "key" {
+        return true;
+    }
+    if !name.contains(['%', '+']) {
+        return false;
+    }
+    url::form_urlencoded::parse(name.as_bytes())
+        .next()
+        .is_some_and(|(k, _)| k == "key")
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) and headers the proxy sets itself.
@@ -165,6 +177,33 @@ mod tests {
         assert_eq!((c.token.as_deref(), c.bearer_only), (Some("g"), false));
         let h = headers(&[("authorization", "Basic abc")]);
         assert_eq!(credential(&h, None).token, None);
+    }
+
+    #[test]
+    fn an_encoded_key_parameter_is_read_and_stripped_alike() {
+        let none = HeaderMap::new();
+        for q in [
+            "%6Bey=sk-client",
+            "k%65y=sk-client",
+            "alt=sse&%6b%65%79=sk-client",
+        ] {
+            let c = credential(&none, Some(q));
+            assert_eq!(c.token.as_deref(), Some("sk-client"), "{q}");
+            let left = strip_key_from_query(Some(q));
+            assert!(
+                left.as_deref().is_none_or(|l| !l.contains("sk-client")),
+                "{q}: the client's token would go upstream: {left:?}"
+            );
+        }
+        assert_eq!(
+            strip_key_from_query(Some("alt=sse&k%65y=x&%6Bey=y")).as_deref(),
+            Some("alt=sse")
+        );
+        // Look-alikes stay.
+        assert_eq!(
+            strip_key_from_query(Some("keys=1&k%65ys=2&monkey=3")).as_deref(),
+            Some("keys=1&k%65ys=2&monkey=3")
+        );
     }
 
     #[test]

@@ -97,6 +97,23 @@ async fn client_credentials_never_reach_the_upstream() {
     let seen = &mock.requests()[1];
     assert_eq!(seen.headers["authorization"], "Bearer key-of-b");
     assert!(seen.headers.get("x-goog-api-key").is_none());
+    // A percent-encoded `key` authenticates and is stripped the same: it never goes upstream,
+    // and no encoded look-alike goes up beside the proxy's key.
+    for q in [
+        "%6Bey=sk-team-a",
+        "k%65y=sk-team-a&alt=sse",
+        "alt=sse&%6b%65%79=sk-team-a",
+    ] {
+        let r = p.post(&format!("{MODEL_PATH}?{q}"), &[], "{}").await;
+        assert_eq!(r.status, 200, "{q}: {}", r.text());
+        let seen = mock.requests().pop().expect("a request");
+        let query = seen.query.unwrap_or_default();
+        assert!(
+            !query.contains("sk-team-a"),
+            "{q}: the client's token went upstream: {query}"
+        );
+        assert_eq!(seen.key.as_deref(), Some("key-of-a"));
+    }
 }
 
 #[tokio::test]
