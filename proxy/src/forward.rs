@@ -26,6 +26,7 @@ use crate::classify::{self, QuotaWindow, Verdict};
 use crate::envelope::{self, retry_after_secs};
 use crate::pool::{Demand, InFlight, Pick, Pool};
 use crate::quota::{self, Room};
+use crate::redact;
 use crate::registry::Client;
 use crate::routes::{self, Api, ModelOf};
 use crate::sync::Pending;
@@ -292,6 +293,9 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
     // tried at most once (and a project-wide 429 cools every key of the project), so a request
     // fails for want of keys only when no healthy key is left.
     let mut failures = 0u32;
+    // Whether the last upstream answer was a verdict about its key: then Google's body (which
+    // may name the key) is not passed on; the proxy answers with its own error.
+    let mut last_about_key = false;
     let mut tried: Vec<usize> = Vec::with_capacity(max_attempts as usize);
     let mut last: Option<(http::response::Parts, Bytes)> = None;
     let mut last_error: Option<UpstreamError> = None;
@@ -317,21 +321,7 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
                     continue;
                 }
                 let secs = retry_after_secs(until, now);
-                let whose = match &pinned {
-                    Some((_, owner)) => format!("the project that owns {owner}"),
-                    None => format!("group {group}"),
-                };
-                return match last {
-                    Some((head, bytes)) => with_retry_after(buffered(head, bytes), secs),
-                    None => envelope::error(
-                        api,
-                        StatusCode::TOO_MANY_REQUESTS,
-                        &format!(
-                            "every key of {whose} is rate limited or at its quota; the first is free again in {secs} s"
-                        ),
-                        Some(secs),
-                    ),
-                };
+                return all_cooling(api, &pinned, group, secs);
             }
             Pick::Tried | Pick::NoKeys => break,
         };
@@ -439,7 +429,7 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
             Verdict::Deliver | Verdict::PassThrough => {
                 slot.record_success();
                 slot.add_usage(1, 0);
-                return buffered(head, bytes);
+                return buffered(head, redact::scrub(&bytes, &pool.key_digests));
             }
             Verdict::RateLimited(limit) => {
                 let bare = limit.window == QuotaWindow::Unknown && limit.retry_delay.is_none();
@@ -478,6 +468,7 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
                 );
                 transition(app, &pool, &targets, Transition::Cool(cooldown));
                 retry_reason = "rate_limited";
+                last_about_key = true;
             }
             Verdict::KeyInvalid(reason) => {
                 slot.record_failure(reason.as_str());
@@ -496,8 +487,10 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
                 );
                 transition(app, &pool, &[i], Transition::Retire { reason });
                 retry_reason = "key_invalid";
+                last_about_key = true;
             }
             Verdict::ServerError => {
+                last_about_key = false;
                 retry_reason = "server_error";
                 failures += 1;
                 if failures < max_attempts {
@@ -509,8 +502,9 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
             }
             Verdict::Deadline => {
                 if deadline_retries >= 1 {
-                    return buffered(head, bytes);
+                    return buffered(head, redact::scrub(&bytes, &pool.key_digests));
                 }
+                last_about_key = false;
                 deadline_retries += 1;
                 failures += 1;
                 retry_reason = "deadline";
@@ -523,12 +517,19 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
     }
 
     // Out of attempts, or every key was tried.
+    let now = now_ms();
+    if last_about_key {
+        // The keys said no (quota, dead): the proxy's own answer, never Google's body about them.
+        if let Some(until) = pool.earliest_reset(&model, now) {
+            return all_cooling(api, &pinned, group, retry_after_secs(until, now));
+        }
+        return no_usable_key(api, &pinned, group);
+    }
     if let Some((head, bytes)) = last {
-        let now = now_ms();
         let reset = (head.status == StatusCode::TOO_MANY_REQUESTS)
             .then(|| pool.earliest_reset(&model, now))
             .flatten();
-        let res = buffered(head, bytes);
+        let res = buffered(head, redact::scrub(&bytes, &pool.key_digests));
         return match reset {
             Some(until) => with_retry_after(res, retry_after_secs(until, now)),
             None => res,
@@ -547,20 +548,40 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
             &format!("the upstream could not be reached: {}", e.kind()),
             None,
         ),
-        None => envelope::error(
-            api,
-            StatusCode::SERVICE_UNAVAILABLE,
-            &match &pinned {
-                Some((_, owner)) => format!(
-                    "no usable key of the project that owns {owner}: every one is invalid or disabled"
-                ),
-                None => {
-                    format!("group {group} has no usable key: every key is invalid or disabled")
-                }
-            },
-            None,
-        ),
+        None => no_usable_key(api, &pinned, group),
     }
+}
+
+/// 429 in the route's envelope (with `RetryInfo` and `Retry-After`) when every key that may
+/// serve is cooling.
+fn all_cooling(api: Api, pinned: &Option<(Arc<str>, String)>, group: &str, secs: u64) -> Response {
+    let whose = match pinned {
+        Some((_, owner)) => format!("the project that owns {owner}"),
+        None => format!("group {group}"),
+    };
+    envelope::error(
+        api,
+        StatusCode::TOO_MANY_REQUESTS,
+        &format!(
+            "every key of {whose} is rate limited or at its quota; the first is free again in {secs} s"
+        ),
+        Some(secs),
+    )
+}
+
+/// 503 in the route's envelope when no key that may serve is usable.
+fn no_usable_key(api: Api, pinned: &Option<(Arc<str>, String)>, group: &str) -> Response {
+    envelope::error(
+        api,
+        StatusCode::SERVICE_UNAVAILABLE,
+        &match pinned {
+            Some((_, owner)) => format!(
+                "no usable key of the project that owns {owner}: every one is invalid or disabled"
+            ),
+            None => format!("group {group} has no usable key: every key is invalid or disabled"),
+        },
+        None,
+    )
 }
 
 fn describe_client_limits(pool: &Pool) -> String {
@@ -715,8 +736,13 @@ struct Charges {
 }
 
 /// An upstream answer that was read whole (an error), passed on unchanged.
+/// An answer read whole (an error body), sent with the length it has now: scrubbing may have
+/// changed it, so the upstream's `Content-Length` is not trusted.
 fn buffered(mut head: http::response::Parts, bytes: Bytes) -> Response {
     clean_head(&mut head);
+    head.headers.remove(header::CONTENT_LENGTH);
+    head.headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
     Response::from_parts(head, Body::from(bytes))
 }
 

@@ -21,6 +21,7 @@ pub mod forward;
 pub mod metrics;
 pub mod pool;
 pub mod quota;
+pub mod redact;
 pub mod registry;
 pub mod routes;
 pub mod server;

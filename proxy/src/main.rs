@@ -8,7 +8,7 @@ use std::sync::Arc;
 use clap::{Parser, ValueEnum};
 use gemini_proxy::access_log::AccessLog;
 use gemini_proxy::config::Settings;
-use gemini_proxy::server::{Proxy, Workers, shutdown_signal};
+use gemini_proxy::server::{Proxy, ShutdownSignal, Workers};
 use keystore::redis_store::cli::RedisArgs;
 use keystore::{KeyStore, MemoryStore, RedisStore};
 
@@ -146,6 +146,8 @@ async fn run(
     if let Some(log) = access_log {
         let _ = proxy.app.access_log.set(log);
     }
+    // Listening for SIGTERM before anything answers a probe.
+    let signal = ShutdownSignal::listen();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let workers = Workers::spawn(
         settings.listen,
@@ -163,7 +165,7 @@ async fn run(
         keys = groups.pools().iter().map(|p| p.members.len()).sum::<usize>(),
         "gemini-proxy listening"
     );
-    shutdown_signal().await;
+    signal.recv().await;
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     let _ = stop.send(true);
     let joined = tokio::task::spawn_blocking(move || workers.join()).await;

@@ -149,7 +149,7 @@ async fn shutdown_grace_is_bounded() {
     let started = Instant::now();
     p.terminate();
     let status = p.wait_exit(Duration::from_secs(10)).await.expect("exited");
-    assert!(status.success());
+    assert!(status.success(), "exit {status}:\n{}", p.logs());
     let took = started.elapsed();
     assert!(took < Duration::from_secs(4), "took {took:?}");
     drop(res);

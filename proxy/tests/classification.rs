@@ -199,9 +199,10 @@ async fn every_key_dead_is_503_and_readyz_says_so() {
     let mock = MockGemini::start().await;
     mock.key("dead", Behaviour::Invalid);
     let p = start(&open_group(&["dead"], ""), &mock).await;
+    // The upstream's answer about the key is not passed on: the proxy's own 503, at once.
     let r = p.generate().await;
-    // The upstream's own answer is passed on once.
-    assert_eq!(r.status, 400);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(!r.text().contains("API key not valid"), "{}", r.text());
     let r = p.generate().await;
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["error"]["status"], "UNAVAILABLE");
@@ -373,7 +374,7 @@ async fn all_keys_cooling_answers_429_with_retry_after_without_calling_upstream(
     let mock = MockGemini::start().await;
     mock.accept_any_key(quota(Quota::RequestsPerMinute, Some("30s")));
     let p = start(&open_group(&["a", "b"], "retry: {maxAttempts: 5}"), &mock).await;
-    // First request: both keys tried, Google's last 429 passed on, with Retry-After.
+    // First request: both keys tried; the proxy's own 429 (not Google's body), Retry-After.
     let r = p.generate().await;
     assert_eq!(r.status, 429);
     assert_eq!(r.json()["error"]["status"], "RESOURCE_EXHAUSTED");

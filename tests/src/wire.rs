@@ -100,13 +100,37 @@ pub fn leaked() -> String {
     )
 }
 
-/// 403 `CONSUMER_SUSPENDED`.
-pub fn suspended() -> String {
+/// 403 `CONSUMER_SUSPENDED`, naming the key twice, as Google does: in the message and as the
+/// consumer in the ErrorInfo metadata.
+pub fn suspended(key: &str) -> String {
+    let consumer = format!("api_key:{key}");
     error(
         403,
-        "Permission denied: Consumer 'api_key:fake' has been suspended.",
+        &format!("Permission denied: Consumer '{consumer}' has been suspended."),
         "PERMISSION_DENIED",
-        &[error_info("CONSUMER_SUSPENDED")],
+        &[format!(
+            r#"      {{
+        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+        "reason": "CONSUMER_SUSPENDED",
+        "domain": "googleapis.com",
+        "metadata": {{
+          "consumer": {},
+          "service": "generativelanguage.googleapis.com"
+        }}
+      }}"#,
+            json_string(&consumer)
+        )],
+    )
+}
+
+/// 400 `INVALID_ARGUMENT` about the request whose message quotes the key (a client's fault, so
+/// passed through, but never with a key in it).
+pub fn bad_request_quoting(key: &str) -> String {
+    error(
+        400,
+        &format!("Invalid value in request sent with key {key} (consumer 'api_key:{key}')."),
+        "INVALID_ARGUMENT",
+        &[],
     )
 }
 

@@ -34,7 +34,10 @@ fn dead_keys_are_recognised() {
         Verdict::KeyInvalid(InvalidReason::Leaked)
     );
     assert_eq!(
-        c(403, &wire::suspended()),
+        c(
+            403,
+            &wire::suspended("AIzaSyFAKE-suspended-key-000000000000")
+        ),
         Verdict::KeyInvalid(InvalidReason::Suspended)
     );
     // The OpenAI layer wraps the same envelope in an array.

@@ -60,6 +60,8 @@ pub struct Pool {
     pub upstream: Upstream,
     /// Quota and client counters (carried over from the previous pool of the group).
     pub book: Book,
+    /// Digests of the keys' values, to scrub them from upstream error bodies.
+    pub key_digests: crate::redact::KeyDigests,
 }
 
 impl Pool {
@@ -105,6 +107,9 @@ impl Pool {
             previous.map(|p| &p.book),
         );
         Self {
+            key_digests: crate::redact::KeyDigests::of(
+                snapshot.keys.iter().map(|k| k.secret.expose()),
+            ),
             book,
             snapshot,
             members,

@@ -39,6 +39,8 @@ pub enum Behaviour {
     ServiceBlocked,
     ServiceDisabled,
     Suspended,
+    /// 400 `INVALID_ARGUMENT` whose message quotes the key.
+    BadRequestQuotingKey,
     /// 403 for a file of another project.
     FilePermission,
     /// 429 for `quota`, with `RetryInfo` when `retry_delay` is set (e.g. `"2s"`).
@@ -363,7 +365,15 @@ async fn respond(inner: &Mutex<Inner>, req: Request) -> Response {
         Behaviour::Leaked => return err(403, wire::leaked()),
         Behaviour::ServiceBlocked => return err(403, wire::service_blocked()),
         Behaviour::ServiceDisabled => return err(403, wire::service_disabled()),
-        Behaviour::Suspended => return err(403, wire::suspended()),
+        Behaviour::Suspended => {
+            return err(403, wire::suspended(key.as_deref().unwrap_or_default()));
+        }
+        Behaviour::BadRequestQuotingKey => {
+            return err(
+                400,
+                wire::bad_request_quoting(key.as_deref().unwrap_or_default()),
+            );
+        }
         Behaviour::FilePermission => return err(403, wire::file_permission("files/abc")),
         Behaviour::Quota { quota, retry_delay } => {
             return err(429, wire::quota_exceeded(quota, &model, 10, retry_delay));
