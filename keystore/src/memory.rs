@@ -132,6 +132,10 @@ impl KeyStore for MemoryStore {
         })
     }
 
+    fn group_names(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        Box::pin(async move { Ok(self.lock().groups.keys().cloned().collect()) })
+    }
+
     fn groups(&self) -> BoxFuture<'_, Result<Vec<GroupSnapshot>, StoreError>> {
         Box::pin(async move {
             Ok(self

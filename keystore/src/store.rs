@@ -60,6 +60,12 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Every group, at its current version.
     fn groups(&self) -> BoxFuture<'_, Result<Vec<GroupSnapshot>, StoreError>>;
 
+    /// The names of the groups the store holds (one cheap read: proxies check it every second,
+    /// so a new group is served within a second even when its pub/sub event was missed).
+    fn group_names(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        Box::pin(async move { Ok(self.groups().await?.into_iter().map(|g| g.name).collect()) })
+    }
+
     /// The stored state of the keys of a group that have any (others are Active).
     fn key_statuses<'a>(
         &'a self,

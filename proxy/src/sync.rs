@@ -30,6 +30,9 @@ const OUTBOX_CAPACITY: usize = 16_384;
 const RETRY_BACKLOG: usize = 10_000;
 const POLL_UP: Duration = Duration::from_secs(10);
 const POLL_DOWN: Duration = Duration::from_secs(1);
+/// How often the names of the store's groups are compared with the ones served: a group that
+/// appeared or went is picked up within this, even if its pub/sub event was missed.
+const NAMES_EVERY: Duration = Duration::from_secs(1);
 const HEALTH_EVERY: Duration = Duration::from_secs(10);
 const HEALTH_TTL: Duration = Duration::from_secs(30);
 const USAGE_EVERY: Duration = Duration::from_millis(500);
@@ -247,6 +250,20 @@ async fn follow(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
     // Groups whose key states still wait to be written back (the store did not hold the group
     // yet: in Kubernetes the operator publishes it again on its next pass).
     let mut write_back: HashSet<String> = HashSet::new();
+    // What was loaded at start: a group published since then differs from it.
+    let mut names: Option<Vec<String>> = {
+        let mut loaded: Vec<String> = ctx
+            .registry
+            .groups()
+            .pools()
+            .iter()
+            .map(|p| p.name().to_owned())
+            .collect();
+        loaded.sort_unstable();
+        Some(loaded)
+    };
+    let mut names_check = tokio::time::interval(NAMES_EVERY);
+    names_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let poll = if ctx.status.is_up() {
             POLL_UP
@@ -257,6 +274,9 @@ async fn follow(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
             _ = stopped(&mut stop) => return,
             _ = tokio::time::sleep(poll) => Reload::Yes,
             _ = ctx.status.resync.notified() => Reload::AfterOutage,
+            _ = names_check.tick() => {
+                if names_changed(&ctx, &mut names).await { Reload::Yes } else { Reload::No }
+            }
             ev = events.recv() => match ev {
                 Ok(StoreEvent::KeysChanged { group, origin, changes }) => {
                     if origin != ctx.proxy_id {
@@ -291,6 +311,20 @@ async fn follow(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
             write_back = write_back_states(&ctx, &write_back).await;
         }
     }
+}
+
+/// Whether the store's group names changed since `last` (new or removed groups); updates
+/// `last`. A store error says no (the outage is handled elsewhere).
+async fn names_changed(ctx: &Context, last: &mut Option<Vec<String>>) -> bool {
+    let Ok(mut names) = ctx.store.group_names().await else {
+        return false;
+    };
+    names.sort_unstable();
+    if last.as_ref() == Some(&names) {
+        return false;
+    }
+    *last = Some(names);
+    true
 }
 
 /// Writes the key states this proxy holds for `groups` (retirements, unexpired cooldowns) to

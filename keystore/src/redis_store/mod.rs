@@ -413,6 +413,14 @@ impl KeyStore for RedisStore {
         })
     }
 
+    fn group_names(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        Box::pin(async move {
+            let index = self.index_key("groups");
+            self.run(|mut c| async move { c.smembers(&index).await })
+                .await
+        })
+    }
+
     fn groups(&self) -> BoxFuture<'_, Result<Vec<GroupSnapshot>, StoreError>> {
         Box::pin(async move {
             let index = self.index_key("groups");
