@@ -78,6 +78,19 @@ impl MemoryStore {
     }
 }
 
+/// Keeps the last two hours of minutes and the days, and at most 10,000 windows (days go
+/// first when there are more).
+fn prune_windows<V>(usage: &mut HashMap<(String, UsageWindow), V>) {
+    let oldest_minute = now_ms() / 60_000 - 120;
+    usage.retain(|(_, w), _| match w {
+        UsageWindow::Minute(m) => *m >= oldest_minute,
+        UsageWindow::Day(_) => true,
+    });
+    if usage.len() > 10_000 {
+        usage.retain(|(_, w), _| matches!(w, UsageWindow::Minute(_)));
+    }
+}
+
 impl KeyStore for MemoryStore {
     fn publish_group(&self, mut snapshot: GroupSnapshot) -> BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(async move {
@@ -221,19 +234,8 @@ impl KeyStore for MemoryStore {
 
     fn record_usage(&self, batch: Vec<UsageDelta>) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            let now = now_ms();
             let mut inner = self.lock();
-            // Keep the last two hours of minutes and three days.
-            let oldest_minute = now / 60_000 - 120;
-            inner.usage.retain(|(_, w), _| match w {
-                UsageWindow::Minute(m) => *m >= oldest_minute,
-                UsageWindow::Day(_) => true,
-            });
-            if inner.usage.len() > 10_000 {
-                inner
-                    .usage
-                    .retain(|(_, w), _| matches!(w, UsageWindow::Minute(_)));
-            }
+            prune_windows(&mut inner.usage);
             for d in &batch {
                 for w in [
                     UsageWindow::minute_of(d.at_ms),
@@ -253,17 +255,8 @@ impl KeyStore for MemoryStore {
         totals: Vec<(UsageWindow, UsageCounts)>,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let oldest_minute = now_ms() / 60_000 - 120;
             let mut inner = self.lock();
-            inner.usage_totals.retain(|(_, w), _| match w {
-                UsageWindow::Minute(m) => *m >= oldest_minute,
-                UsageWindow::Day(_) => true,
-            });
-            if inner.usage_totals.len() > 10_000 {
-                inner
-                    .usage_totals
-                    .retain(|(_, w), _| matches!(w, UsageWindow::Minute(_)));
-            }
+            prune_windows(&mut inner.usage_totals);
             for (w, counts) in totals {
                 inner
                     .usage_totals

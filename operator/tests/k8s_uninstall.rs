@@ -6,21 +6,16 @@ mod support;
 
 use std::time::Duration;
 
-use gemini_proxy_tests::redis::RedisServer;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
-use support::k8s::{Cluster, OperatorProcess, Who, render_chart, store_env, wait_for, wait_ready};
+use support::k8s::{Setup, Who, render_chart, wait_for};
 
 #[tokio::test]
 async fn the_uninstall_hook_stops_the_operator_and_releases_the_groups() {
-    let cluster = Cluster::get();
-    cluster.install_crd().await;
-    let ns = cluster.namespace("uninstall").await;
-    let values = [format!("operator.watchNamespace={ns}")];
-    let values: Vec<&str> = values.iter().map(String::as_str).collect();
-    cluster.apply_chart_rbac(&values).await;
-    let docs = render_chart(&values);
+    let setup = Setup::new("uninstall").await;
+    let (cluster, ns) = (&setup.cluster, &setup.ns);
+    let docs = render_chart(&[&format!("operator.watchNamespace={ns}")]);
     // The hook's own RBAC, exactly as rendered.
     let hook: Vec<&serde_json::Value> = docs
         .iter()
@@ -64,28 +59,19 @@ async fn the_uninstall_hook_stops_the_operator_and_releases_the_groups() {
         .await
         .expect("create the operator's Deployment");
 
-    let redis = RedisServer::start();
-    let store = store_env(redis.url());
     cluster
-        .put_secret(&ns, "keys", &[("k", "fake-uninstall")], true)
+        .put_secret(ns, "keys", &[("k", "fake-uninstall")], true)
         .await;
-    let mut operator = OperatorProcess::start(
-        &cluster,
-        Who::Operator,
-        "op-uninstall",
-        &store,
-        &["--namespace", &ns],
-    )
-    .await;
+    let mut operator = setup.operator("op-uninstall").await;
     cluster
         .create_group(
-            &ns,
+            ns,
             "g",
             json!({"keys": [{"secret": "keys", "entry": "k"}], "access": {"mode": "Open"}}),
         )
         .await;
-    wait_ready(&cluster, &ns, "g").await;
-    let g = cluster.groups(&ns).await.get("g").await.expect("group");
+    setup.ready("g").await;
+    let g = cluster.groups(ns).await.get("g").await.expect("group");
     assert!(g.metadata.finalizers.is_some_and(|f| !f.is_empty()));
 
     // The hook, with the Job's arguments and the hook ServiceAccount's rights. (Deleting the
@@ -94,7 +80,7 @@ async fn the_uninstall_hook_stops_the_operator_and_releases_the_groups() {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_gemini-proxy-operator"))
         .args(&args)
         .env("KUBECONFIG", cluster.kubeconfig(Who::Uninstall))
-        .env("GEMINI_PROXY_OPERATOR_NAMESPACE", &ns)
+        .env("GEMINI_PROXY_OPERATOR_NAMESPACE", ns)
         .env("POD_NAMESPACE", "gemini-proxy")
         .output()
         .await
@@ -115,7 +101,7 @@ async fn the_uninstall_hook_stops_the_operator_and_releases_the_groups() {
         "the operator's Deployment is still there"
     );
     let g = cluster
-        .groups(&ns)
+        .groups(ns)
         .await
         .get("g")
         .await
@@ -126,10 +112,10 @@ async fn the_uninstall_hook_stops_the_operator_and_releases_the_groups() {
     );
 
     // With no operator left, the group can still be deleted.
-    cluster.delete_group(&ns, "g").await;
+    cluster.delete_group(ns, "g").await;
     wait_for(Duration::from_secs(10), "the group deleted", || async {
         cluster
-            .groups(&ns)
+            .groups(ns)
             .await
             .get_opt("g")
             .await

@@ -740,7 +740,6 @@ struct Charges {
 /// changed it, so the upstream's `Content-Length` is not trusted.
 fn buffered(mut head: http::response::Parts, bytes: Bytes) -> Response {
     clean_head(&mut head);
-    head.headers.remove(header::CONTENT_LENGTH);
     head.headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
     Response::from_parts(head, Body::from(bytes))

@@ -115,13 +115,13 @@ mod tests {
     fn keys_key_shapes_and_consumers_are_taken_out() {
         let keys = KeyDigests::of(["fake-group-key-123"]);
         let body = Bytes::from_static(
-            br#"{"error": {"message": "key fake-group-key-123, consumer 'api_key:other-thing', AIzaSyA1234567890123456789012345678901234", "details": [{"metadata": {"consumer": "projects/42", "service": "x"}}]}}"#,
+            br#"{"error": {"message": "key fake-group-key-123, consumer 'api_key:other-thing', AIzaFAKEnotArealKEYtooLONGforGOOGLE0000000000", "details": [{"metadata": {"consumer": "projects/42", "service": "x"}}]}}"#,
         );
         let out = String::from_utf8(scrub(&body, &keys).to_vec()).unwrap();
         for gone in [
             "fake-group-key-123",
             "other-thing",
-            "AIzaSyA123",
+            "AIzaFAKEnot",
             "projects/42",
             "consumer\"",
         ] {
