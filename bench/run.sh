@@ -41,7 +41,7 @@ fi
 cargo build --release --quiet --bin gemini-proxy --bin rate-load
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-UP=$(free_port); NGX=$(free_port); GP=$(free_port); BASE=$(free_port)
+UP=$(free_port); NGX=$(free_port); GP=$(free_port); BASE=$(free_port); GPA=$(free_port)
 
 # The canned answer: the mock's generateContent body (tests/src/wire.rs), on one line.
 BODY='{"candidates": [{"content": {"parts": [{"text": "Hello from the bench"}],"role": "model"},"finishReason": "STOP","index": 0}],"usageMetadata": {"promptTokenCount": 5,"candidatesTokenCount": 7,"totalTokenCount": 12},"modelVersion": "gemini-2.5-flash","responseId": "bench"}'
@@ -130,7 +130,7 @@ trap cleanup EXIT
 
 nginx -c "$OUT/up/nginx.conf"
 nginx -c "$OUT/ngx/nginx.conf"
-./target/release/gemini-proxy --config "$OUT/proxy.yaml" $GP_ARGS > "$OUT/gemini-proxy.log" 2>&1 &
+./target/release/gemini-proxy --config "$OUT/proxy.yaml" --admin-listen "127.0.0.1:$GPA" $GP_ARGS > "$OUT/gemini-proxy.log" 2>&1 &
 GP_PID=$!
 TARGETS="nginx gemini-proxy"
 if [ -n "$BASELINE" ]; then
@@ -222,7 +222,7 @@ for f in $RATES; do
       printf "%-14s %8s %9s %7s %7s %7s %7s %7s %7s\n", t, v["rate"], v["achieved"], v["p50"], v["p90"], v["p99"], v["p99.9"], v["max"], v["errors"]}'
   done
 done
-curl -s "http://127.0.0.1:$GP/metrics" | awk '/^gemini_proxy_added_latency_seconds/ {print}' > "$OUT/added.txt"
+curl -s "http://127.0.0.1:$GPA/metrics" | awk '/^gemini_proxy_added_latency_seconds/ {print}' > "$OUT/added.txt"
 # The mean, and the histogram bucket the 99th percentile falls in.
 awk '/_sum/ {s=$2} /_count/ {c=$2} /_bucket/ {match($0, /le="[^"]*"/); le[++n]=substr($0, RSTART+4, RLENGTH-5); cum[n]=$2}
   END { if (c == 0) exit; for (i = 1; i <= n; i++) if (cum[i] >= 0.99 * c) { p99 = le[i]; break }

@@ -80,7 +80,7 @@ cpu_ticks() { local t=0 f; for f in /proc/"$1"/task/*/stat; do t=$((t + $(awk '{
 run() { # arm round
   local port before
   port=$(free_port)
-  ./target/release/gemini-proxy --config "$OUT/$1.yaml" --listen "127.0.0.1:$port" >"$OUT/$1.log" 2>&1 &
+  ./target/release/gemini-proxy --config "$OUT/$1.yaml" --listen "127.0.0.1:$port" --admin-listen off >"$OUT/$1.log" 2>&1 &
   GP_PID=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
   wrk -t1 -c"$CONNS" -d1s -s "$OUT/post.lua" "http://127.0.0.1:$port$PATH_" >/dev/null
@@ -111,7 +111,7 @@ echo "raw output: $OUT"
 # once the load stops, idle ones are closed after 90 s and memory returns near idle.
 if [ "${CONNECTIONS:-1}" = 1 ]; then
   port=$(free_port)
-  ./target/release/gemini-proxy --config "$OUT/RoundRobin-3.yaml" --listen "127.0.0.1:$port" >"$OUT/conns.log" 2>&1 &
+  ./target/release/gemini-proxy --config "$OUT/RoundRobin-3.yaml" --listen "127.0.0.1:$port" --admin-listen off >"$OUT/conns.log" 2>&1 &
   GP_PID=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
   rss() { awk '/VmRSS/ {print $2}' /proc/"$GP_PID"/status; }

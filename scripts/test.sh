@@ -15,6 +15,17 @@ if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; th
 fi
 redis-server --version
 
+# promtool (Debian's prometheus package) unit-tests the chart's alerts; headless Chromium
+# renders the status page (proxy/tests/status_page.rs). Both fail their tests when missing.
+log "promtool, chromium"
+if ! command -v promtool >/dev/null || ! command -v chromium >/dev/null; then
+  apt-get update -qq
+  # No service is started in a container without an init; policy-rc.d keeps it so elsewhere.
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus chromium fonts-dejavu-core >/dev/null
+fi
+promtool --version 2>&1 | head -1
+chromium --version
+
 # Python venv with the official SDKs, for proxy/tests/sdk.rs.
 log "python SDKs (openai, google-genai) in .venv"
 if [ ! -x .venv/bin/python ]; then

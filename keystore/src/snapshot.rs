@@ -118,6 +118,10 @@ pub struct QuotaLimits {
     /// Take limits from 429 answers that state them.
     #[serde(default = "yes")]
     pub learn: bool,
+    /// A guardrail, not a Google quota: a request whose estimated input is larger is refused
+    /// before it goes upstream, so one giant prompt cannot burn a project's per-minute tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_input_tokens_per_request: Option<u64>,
 }
 
 fn yes() -> bool {
@@ -131,6 +135,7 @@ impl Default for QuotaLimits {
             tokens_per_minute: None,
             requests_per_day: None,
             learn: true,
+            max_input_tokens_per_request: None,
         }
     }
 }
@@ -194,6 +199,7 @@ impl GroupSnapshot {
             .map(|p| p.key_id().to_string())
             .unwrap_or_default());
         put(&self.upstream.timeout_secs.to_string());
+        put(self.upstream.ca_pem.as_deref().unwrap_or(""));
         for k in &self.keys {
             put(k.id.as_str());
             put(k.project.as_deref().unwrap_or("\u{0}"));

@@ -299,6 +299,11 @@ pub struct Limits {
     /// Learn limits from 429 answers that state them (quotaValue); default true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub learn: Option<bool>,
+    /// A guardrail: requests whose estimated input tokens exceed it get 400 before anything
+    /// goes upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_input_tokens_per_request: Option<u64>,
 }
 
 /// What each client token may use, counted across every proxy.

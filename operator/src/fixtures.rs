@@ -71,6 +71,7 @@ impl GroupFixture {
             tokens_per_minute: None,
             requests_per_day: Some(rpd),
             learn: Some(false),
+            max_input_tokens_per_request: None,
         });
         self
     }

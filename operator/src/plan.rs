@@ -327,6 +327,7 @@ pub fn plan(g: &GeminiKeyGroup, namespace: &str, secrets: &[Secret]) -> Plan {
                 tokens_per_minute: l.tokens_per_minute.filter(|&n| n > 0),
                 requests_per_day: l.requests_per_day.filter(|&n| n > 0),
                 learn: l.learn.unwrap_or(true),
+                max_input_tokens_per_request: l.max_input_tokens_per_request.filter(|&n| n > 0),
             })
             .unwrap_or_default(),
     };

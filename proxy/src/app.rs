@@ -1,4 +1,4 @@
-//! The HTTP application: probes, metrics, and everything else to the forwarder.
+//! The client port's HTTP application: minimal probes, and everything else to the forwarder.
 
 use std::collections::hash_map::RandomState;
 use std::convert::Infallible;
@@ -13,7 +13,7 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode};
 use tower::{Service, ServiceExt};
 
 use crate::forward;
@@ -26,7 +26,8 @@ pub struct App {
     pub registry: Arc<Registry>,
     pub metrics: Metrics,
     pub outbox: Outbox,
-    pub max_body_bytes: usize,
+    /// Largest request body kept for retries (a reload may change it).
+    pub max_body_bytes: std::sync::atomic::AtomicUsize,
     pub request_ids: RequestIds,
     pub store: Arc<StoreStatus>,
     /// Which key created which file, cache, batch or upload session.
@@ -41,7 +42,9 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(on_admin_listener))
+        .route("/status", get(on_admin_listener))
+        .route("/status.json", get(on_admin_listener))
         .fallback(forward::handle)
         .with_state(app)
 }
@@ -65,7 +68,10 @@ pub fn service(app: Arc<App>) -> Entry {
 
 /// Paths the router serves itself (everything else is forwarded).
 fn is_local(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/metrics")
+    matches!(
+        path,
+        "/healthz" | "/readyz" | "/metrics" | "/status" | "/status.json"
+    )
 }
 
 type EntryFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
@@ -93,73 +99,38 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Readiness: groups loaded and at least one key that can serve.
+/// Readiness on the client port: the answer only, no details (those are on the admin
+/// listener, with group names and key counts).
 async fn readyz(State(app): State<Arc<App>>) -> Response {
     let groups = app.registry.groups();
-    let mut usable_groups = 0;
-    let mut lines = Vec::new();
-    for pool in groups.pools() {
-        let usable = pool
-            .members
-            .iter()
-            .filter(|m| !m.disabled && !m.slot.is_retired())
-            .count();
-        if usable > 0 {
-            usable_groups += 1;
-        }
-        lines.push(format!(
-            "group {}: {usable} of {} keys usable",
-            pool.name(),
-            pool.members.len()
-        ));
-    }
-    // Ready means "can answer": the groups are loaded (from the store or the config file). A
-    // group without usable keys is the group's state, shown below, in metrics and in the
-    // GeminiKeyGroup status; taking every pod out of the Service for it would turn the clients'
-    // 429/503 answers (in their SDK's envelope) into refused connections, and would keep
-    // `helm install --wait` hanging until the first group exists.
-    let ready = groups.loaded;
-    let head = if !groups.loaded {
-        "not ready: no group snapshot loaded yet".to_owned()
-    } else if usable_groups > 0 || lines.is_empty() {
-        "ready".to_owned()
+    let code = readiness_code(&groups);
+    let body = if code == StatusCode::OK {
+        "ready\n"
     } else {
-        "ready (no group has a usable key)".to_owned()
-    };
-    let mut body = head;
-    body.push_str(&match (app.store.kind, app.store.is_up()) {
-        ("memory", _) => "\nstore: memory".to_owned(),
-        (kind, true) => format!("\nstore: {kind}, reachable"),
-        (kind, false) => format!(
-            "\nstore: {kind}, unreachable for {} s (serving the last snapshot with local state)",
-            keystore::clock::now_ms().saturating_sub(app.store.since_ms()) / 1000
-        ),
-    });
-    for l in lines {
-        body.push('\n');
-        body.push_str(&l);
-    }
-    body.push('\n');
-    let code = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+        "not ready\n"
     };
     (code, body).into_response()
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let text = app.metrics.render(
-        &app.registry.groups(),
-        app.store.is_up(),
-        keystore::clock::now_ms(),
-    );
+/// Ready means "can answer": the groups are loaded (from the store or the config file). A group
+/// without usable keys is the group's state, shown on the admin listener, in metrics and in the
+/// GeminiKeyGroup status; taking every pod out of the Service for it would turn the clients'
+/// 429/503 answers (in their SDK's envelope) into refused connections, and would keep
+/// `helm install --wait` hanging until the first group exists.
+pub fn readiness_code(groups: &crate::registry::Groups) -> StatusCode {
+    if groups.loaded {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+/// Metrics and the status view are on the admin listener; here they are not found (and never
+/// forwarded upstream).
+async fn on_admin_listener() -> Response {
     (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        )],
-        text,
+        StatusCode::NOT_FOUND,
+        "served on the admin listener (admin.listen, 127.0.0.1:9464 by default)\n",
     )
         .into_response()
 }

@@ -168,7 +168,9 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
     trace.pool = Some(pool.clone());
     trace.client = client.name;
 
-    let limit = app.max_body_bytes;
+    let limit = app
+        .max_body_bytes
+        .load(std::sync::atomic::Ordering::Relaxed);
     let too_large = || {
         envelope::error(
             api,
@@ -210,6 +212,26 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
             None,
         );
     };
+    // The guardrail: a prompt estimated over the group's per-request limit never goes up.
+    if let Some(max) = pool.snapshot.limits.max_input_tokens_per_request
+        && quota::counts(route.operation)
+    {
+        let estimated = crate::guardrail::estimate_input_tokens(&body);
+        if estimated > max {
+            app.metrics
+                .input_tokens_refused
+                .with_label_values(&[pool.name()])
+                .inc();
+            return envelope::error(
+                api,
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "the request's input is estimated at {estimated} tokens, over this group's limit of {max} tokens per request (limits.maxInputTokensPerRequest)"
+                ),
+                None,
+            );
+        }
+    }
     // A rough input-token estimate (about four bytes a token, capped), replaced by the
     // answer's figure.
     let estimate = ((body.len() / 4) as u64).min(quota::MAX_TOKEN_ESTIMATE);
@@ -363,7 +385,11 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
         let result = pool.upstream.send(up).await;
         let took = sent.elapsed();
         trace.waited += took;
-        app.metrics.observe_upstream(group, took.as_secs_f64());
+        app.metrics.observe_upstream(
+            group,
+            took.as_secs_f64(),
+            result.as_ref().ok().map(|r| r.status().as_u16()),
+        );
 
         let res = match result {
             Ok(res) => res,

@@ -11,6 +11,7 @@
 //! - [`sync`]: the store, off the request path.
 
 pub mod access_log;
+pub mod admin;
 pub mod affinity;
 pub mod app;
 pub mod auth;
@@ -18,14 +19,18 @@ pub mod classify;
 pub mod config;
 pub mod envelope;
 pub mod forward;
+pub mod guardrail;
 pub mod metrics;
 pub mod pool;
 pub mod quota;
 pub mod redact;
 pub mod registry;
+pub mod reload;
 pub mod routes;
 pub mod server;
+pub mod status;
 pub mod sync;
+pub mod tls;
 pub mod upstream;
 pub mod usage;
 

@@ -5,10 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use gemini_proxy::access_log::AccessLog;
-use gemini_proxy::config::Settings;
+use gemini_proxy::config::{Settings, parse_admin_listen};
+use gemini_proxy::reload::Reloader;
 use gemini_proxy::server::{Proxy, ShutdownSignal, Workers};
+use gemini_proxy::tls::ServerTls;
 use keystore::redis_store::cli::RedisArgs;
 use keystore::{KeyStore, MemoryStore, RedisStore};
 
@@ -22,15 +24,22 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     name = "gemini-proxy",
     version,
     about = "Spreads Gemini API traffic over many API keys.",
-    after_help = "Quick start: GEMINI_API_KEYS=key1,key2 gemini-proxy\nWith a file:  gemini-proxy --config proxy.yaml"
+    after_help = "Quick start: GEMINI_API_KEYS=key1,key2 gemini-proxy\nWith a file:  gemini-proxy --config proxy.yaml\nCheck a file: gemini-proxy check --config proxy.yaml\nKey states:   gemini-proxy status"
 )]
 struct Cli {
-    /// YAML configuration file. Without it, keys come from GEMINI_API_KEYS (comma-separated).
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// YAML configuration file, watched and reloaded when it changes (and on SIGHUP). Without
+    /// it, keys come from GEMINI_API_KEYS (comma-separated).
     #[arg(long, env = "GEMINI_PROXY_CONFIG")]
     config: Option<PathBuf>,
     /// Address to serve on (overrides the file's `listen`); default 127.0.0.1:8080.
     #[arg(long, env = "GEMINI_PROXY_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Admin listener for probes, metrics and the status page (overrides the file's
+    /// `admin.listen`); default 127.0.0.1:9464, `off` for none.
+    #[arg(long, env = "GEMINI_PROXY_ADMIN_LISTEN")]
+    admin_listen: Option<String>,
     /// Upstream base URL for the quick-start group (default Google's).
     #[arg(long, env = "GEMINI_PROXY_UPSTREAM_URL")]
     upstream_url: Option<String>,
@@ -53,6 +62,37 @@ struct Cli {
     worker_threads: Option<usize>,
 }
 
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Validates a config file without starting: exit 0 when it is valid, 2 with the error.
+    Check {
+        /// The YAML file to check.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Shows each group's keys: state, reason, until when, health, requests in the last hour.
+    /// From a running proxy's admin listener, or from a store (--redis-url and friends).
+    Status {
+        /// The proxy's admin address.
+        #[arg(long, default_value = "http://127.0.0.1:9464")]
+        admin: String,
+        /// The admin token (needed when the admin listener is not on loopback).
+        #[arg(long, env = "GEMINI_PROXY_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        #[command(flatten)]
+        redis: Box<RedisArgs>,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogFormat {
     Json,
@@ -61,6 +101,16 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check { config }) => return check(&config),
+        Some(Command::Status {
+            admin,
+            admin_token,
+            redis,
+            output,
+        }) => return status(&admin, admin_token.as_deref(), &redis, output),
+        None => {}
+    }
     let settings = match load(&cli) {
         Ok(s) => s,
         Err(e) => {
@@ -85,7 +135,8 @@ fn main() -> ExitCode {
     let workers = cli.worker_threads.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
-    match rt.block_on(run(settings, workers, access_log)) {
+    let cli = Arc::new(cli);
+    match rt.block_on(run(settings, workers, access_log, cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "gemini-proxy stopped");
@@ -110,6 +161,15 @@ fn load(cli: &Cli) -> Result<Settings, String> {
     if let Some(listen) = cli.listen {
         settings.listen = listen;
     }
+    if let Some(admin) = &cli.admin_listen {
+        settings.admin.listen =
+            parse_admin_listen(admin).map_err(|e| format!("--admin-listen: {e}"))?;
+    }
+    if let Ok(token) = std::env::var("GEMINI_PROXY_ADMIN_TOKEN")
+        && !token.trim().is_empty()
+    {
+        settings.admin.token = Some(keystore::Secret::new(token.trim()));
+    }
     if let Some(d) = &cli.default_group {
         settings.default_group = Some(d.clone());
     }
@@ -125,10 +185,107 @@ fn load(cli: &Cli) -> Result<Settings, String> {
     Ok(settings)
 }
 
+/// `gemini-proxy check`: the same reading and the same messages as at start, without starting.
+fn check(path: &std::path::Path) -> ExitCode {
+    match Settings::from_file(path) {
+        Ok(s) => {
+            println!(
+                "{}: valid ({} groups, {} keys)",
+                path.display(),
+                s.groups.len(),
+                s.groups.iter().map(|g| g.keys.len()).sum::<usize>()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gemini-proxy: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `gemini-proxy status`: a running proxy's view (its admin listener) or a store's.
+fn status(admin: &str, token: Option<&str>, redis: &RedisArgs, output: Output) -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gemini-proxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = rt.block_on(async {
+        if redis.given() {
+            let store = RedisStore::new(redis.config()?).map_err(|e| format!("store: {e}"))?;
+            let now = keystore::clock::now_ms();
+            tokio::time::timeout(
+                std::time::Duration::from_secs(30),
+                gemini_proxy::status::of_store(store.as_ref(), now),
+            )
+            .await
+            .map_err(|_| "the store did not answer within 30 s".to_owned())?
+            .map_err(|e| format!("store: {e}"))
+        } else {
+            fetch_status(admin, token).await
+        }
+    });
+    match report {
+        Ok(r) => {
+            match output {
+                Output::Table => print!("{}", gemini_proxy::status::render_text(&r)),
+                Output::Json => match serde_json::to_string_pretty(&r) {
+                    Ok(j) => println!("{j}"),
+                    Err(e) => {
+                        eprintln!("gemini-proxy: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gemini-proxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn fetch_status(
+    admin: &str,
+    token: Option<&str>,
+) -> Result<gemini_proxy::status::Report, String> {
+    let url = format!("{}/status.json", admin.trim_end_matches('/'));
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))?;
+    let mut req = client.get(&url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let res = req
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e} (is the proxy's admin listener there? see --admin)"))?;
+    let code = res.status();
+    let body = res.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+    if !code.is_success() {
+        return Err(format!(
+            "{url}: {code}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(512)]).trim()
+        ));
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("{url}: not a status report: {e}"))
+}
+
 async fn run(
     settings: Settings,
     worker_threads: usize,
     access_log: Option<AccessLog>,
+    cli: Arc<Cli>,
 ) -> Result<(), String> {
     let (store, kind): (Arc<dyn KeyStore>, &'static str) = match &settings.store {
         None => (Arc::new(MemoryStore::new()), "memory"),
@@ -149,10 +306,53 @@ async fn run(
     // Listening for SIGTERM before anything answers a probe.
     let signal = ShutdownSignal::listen();
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let admin = match settings.admin.listen {
+        None => None,
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} (admin.listen): {e}"))?;
+            let bound = listener.local_addr().unwrap_or(addr);
+            let router = proxy.admin(bound, settings.admin.token.as_ref());
+            let mut stop_admin = stopped.clone();
+            tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = stop_admin.wait_for(|s| *s).await;
+                };
+                if let Err(e) = axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                {
+                    tracing::error!(error = %e, "admin listener stopped");
+                }
+            });
+            Some(bound)
+        }
+    };
+    let tls = match &settings.listen_tls {
+        None => None,
+        Some(t) => {
+            let tls =
+                ServerTls::new(&t.cert_file, &t.key_file).map_err(|e| format!("listenTls: {e}"))?;
+            tokio::spawn(tls.clone().follow_files(stopped.clone()));
+            Some(tls)
+        }
+    };
+    if let Some(path) = &cli.config {
+        let reload_cli = cli.clone();
+        let reloader = Arc::new(Reloader::new(
+            &proxy,
+            path.clone(),
+            Box::new(move || load(&reload_cli)),
+            settings.clone(),
+        ));
+        tokio::spawn(reloader.watch(stopped.clone()));
+    }
     let workers = Workers::spawn(
         settings.listen,
         worker_threads,
         proxy.service(),
+        tls,
         stopped,
         settings.shutdown_grace,
     )
@@ -160,6 +360,8 @@ async fn run(
     let groups = proxy.app.registry.groups();
     tracing::info!(
         listen = %workers.addr,
+        tls = settings.listen_tls.is_some(),
+        admin = %admin.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
         worker_threads,
         groups = groups.pools().len(),
         keys = groups.pools().iter().map(|p| p.members.len()).sum::<usize>(),

@@ -18,8 +18,8 @@ const HOT_MAX: usize = 256;
 struct Hot {
     /// (metrics set, group, route, status class) → counter
     requests: Vec<(u64, Box<str>, &'static str, &'static str, IntCounter)>,
-    /// (metrics set, group) → upstream histogram
-    upstream: Vec<(u64, Box<str>, Histogram)>,
+    /// (metrics set, group) → upstream histogram and answer counters (see [`UPSTREAM_CODES`])
+    upstream: Vec<(u64, Box<str>, Histogram, [IntCounter; 5])>,
 }
 
 thread_local! {
@@ -44,6 +44,14 @@ pub struct Metrics {
     pub retirements: IntCounterVec,
     /// Requests refused because their client was over its allowance.
     pub client_limited: IntCounterVec,
+    /// Requests refused because their estimated input was over `maxInputTokensPerRequest`.
+    pub input_tokens_refused: IntCounterVec,
+    /// Upstream attempts by group and answer (`429`, `2xx`, `4xx`, `5xx`, `error`).
+    upstream_responses: IntCounterVec,
+    /// Config file reloads by result (`ok`, `error`).
+    pub config_reloads: IntCounterVec,
+    /// 1 when the last config reload (or the start) succeeded, 0 while a bad file is ignored.
+    pub config_last_reload_ok: IntGauge,
     /// 1 for the state each key is in (Active, CoolingDown, Invalid, Disabled).
     key_state: IntGaugeVec,
     /// Health score of each key, 0 to 1.
@@ -52,6 +60,8 @@ pub struct Metrics {
     key_in_flight: IntGaugeVec,
     /// 1 while the state store answers.
     store_up: IntGauge,
+    /// 1 once groups are loaded (what `/readyz` answers), for alerts on unready proxies.
+    ready: IntGauge,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -111,6 +121,32 @@ impl Metrics {
             ),
             &["group"],
         ));
+        let input_tokens_refused = must(IntCounterVec::new(
+            Opts::new(
+                "input_tokens_refused_total",
+                "Requests refused with 400 because their estimated input tokens were over limits.maxInputTokensPerRequest",
+            ),
+            &["group"],
+        ));
+        let upstream_responses = must(IntCounterVec::new(
+            Opts::new(
+                "upstream_responses_total",
+                "Upstream attempts by answer: 429, 2xx, 4xx (other than 429), 5xx, or error (no answer)",
+            ),
+            &["group", "code"],
+        ));
+        let config_reloads = must(IntCounterVec::new(
+            Opts::new(
+                "config_reloads_total",
+                "Reloads of the config file by result (ok, error)",
+            ),
+            &["result"],
+        ));
+        let config_last_reload_ok = must(IntGauge::new(
+            "config_last_reload_successful",
+            "1 when the last reload of the config file succeeded (or none was tried), 0 while a bad file is ignored",
+        ));
+        config_last_reload_ok.set(1);
         let key_state = must(IntGaugeVec::new(
             Opts::new(
                 "key_state",
@@ -130,8 +166,13 @@ impl Metrics {
             "store_up",
             "1 while the key-state store answers, 0 during an outage",
         ));
+        let ready = must(IntGauge::new(
+            "ready",
+            "1 when the proxy is ready (its groups are loaded), as /readyz answers",
+        ));
         for c in [
             Box::new(store_up.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(ready.clone()),
             Box::new(requests.clone()),
             Box::new(upstream_seconds.clone()),
             Box::new(added_seconds.clone()),
@@ -139,6 +180,10 @@ impl Metrics {
             Box::new(cooldowns.clone()),
             Box::new(retirements.clone()),
             Box::new(client_limited.clone()),
+            Box::new(input_tokens_refused.clone()),
+            Box::new(upstream_responses.clone()),
+            Box::new(config_reloads.clone()),
+            Box::new(config_last_reload_ok.clone()),
             Box::new(key_state.clone()),
             Box::new(key_health.clone()),
             Box::new(key_in_flight.clone()),
@@ -156,10 +201,15 @@ impl Metrics {
             cooldowns,
             retirements,
             client_limited,
+            input_tokens_refused,
+            upstream_responses,
+            config_reloads,
+            config_last_reload_ok,
             key_state,
             key_health,
             key_in_flight,
             store_up,
+            ready,
         }
     }
 
@@ -186,31 +236,43 @@ impl Metrics {
         });
     }
 
-    /// Records an attempt's time to the upstream's response headers (cached like
-    /// [`Self::count_request`]).
-    pub fn observe_upstream(&self, group: &str, seconds: f64) {
+    /// Records an attempt: its time to the upstream's response headers and its answer
+    /// (`None`: no answer). Cached per thread like [`Self::count_request`].
+    pub fn observe_upstream(&self, group: &str, seconds: f64, status: Option<u16>) {
+        let code = match status {
+            None => 4,
+            Some(429) => 0,
+            Some(200..=299) => 1,
+            Some(400..=499) => 2,
+            Some(_) => 3,
+        };
         HOT.with(|hot| {
             let mut hot = hot.borrow_mut();
             let found = hot
                 .upstream
                 .iter()
-                .find(|(id, g, _)| *id == self.id && &**g == group);
-            if let Some((.., h)) = found {
+                .find(|(id, g, ..)| *id == self.id && &**g == group);
+            if let Some((_, _, h, counters)) = found {
                 h.observe(seconds);
+                counters[code].inc();
                 return;
             }
             let h = self.upstream_seconds.with_label_values(&[group]);
+            let counters =
+                UPSTREAM_CODES.map(|c| self.upstream_responses.with_label_values(&[group, c]));
             h.observe(seconds);
+            counters[code].inc();
             if hot.upstream.len() >= HOT_MAX {
                 hot.upstream.clear();
             }
-            hot.upstream.push((self.id, group.into(), h));
+            hot.upstream.push((self.id, group.into(), h, counters));
         });
     }
 
     /// The text exposition, with key gauges read fresh from the pools.
     pub fn render(&self, groups: &Groups, store_up: bool, now_ms: u64) -> String {
         self.store_up.set(i64::from(store_up));
+        self.ready.set(i64::from(groups.loaded));
         self.key_state.reset();
         self.key_health.reset();
         self.key_in_flight.reset();
@@ -245,6 +307,9 @@ impl Default for Metrics {
         Self::new()
     }
 }
+
+/// The `code` label of `upstream_responses_total`, in the order of the per-thread cache.
+const UPSTREAM_CODES: [&str; 5] = ["429", "2xx", "4xx", "5xx", "error"];
 
 /// `2xx`, `4xx`, ... for a status code.
 pub fn status_class(code: u16) -> &'static str {

@@ -2,7 +2,7 @@
 //! lock and without awaiting anything.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
 use keystore::{AccessMode, GroupSnapshot, KeyId, KeyStatus, TokenDigest};
@@ -40,19 +40,36 @@ pub struct Client {
 
 pub struct Registry {
     current: ArcSwap<Groups>,
+    /// Which groups are served; read when the groups are rebuilt, changed by a config reload.
+    selection: Mutex<Selection>,
+}
+
+/// Which of the store's groups a proxy serves.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Selection {
     /// `defaultGroup`: the Open group that serves requests without a known token.
-    default_group: Option<String>,
+    pub default_group: Option<String>,
     /// The groups to serve when the config names some; `None` serves every group in the store.
-    only: Option<HashSet<String>>,
+    pub only: Option<HashSet<String>>,
 }
 
 impl Registry {
     pub fn new(default_group: Option<String>, only: Option<HashSet<String>>) -> Self {
         Self {
             current: ArcSwap::from_pointee(Groups::default()),
-            default_group,
-            only,
+            selection: Mutex::new(Selection {
+                default_group,
+                only,
+            }),
         }
+    }
+
+    /// Changes which groups are served from the next rebuild on (a config reload).
+    pub fn select(&self, selection: Selection) {
+        *self
+            .selection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = selection;
     }
 
     pub fn groups(&self) -> Arc<Groups> {
@@ -84,6 +101,11 @@ impl Registry {
         snapshots: Vec<GroupSnapshot>,
         statuses: &HashMap<String, HashMap<KeyId, KeyStatus>>,
     ) {
+        let selection = self
+            .selection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let old = self.current.load_full();
         let mut next = Groups {
             loaded: true,
@@ -91,7 +113,7 @@ impl Registry {
         };
         let empty = HashMap::new();
         for snap in snapshots {
-            if self
+            if selection
                 .only
                 .as_ref()
                 .is_some_and(|only| !only.contains(&snap.name))
@@ -126,7 +148,7 @@ impl Registry {
             next.by_name.insert(pool.name().to_owned(), i);
             next.pools.push(Arc::new(pool));
         }
-        next.default_open = match &self.default_group {
+        next.default_open = match &selection.default_group {
             Some(d) => next
                 .by_name
                 .get(d)

@@ -18,10 +18,13 @@ use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::sync::{self, Outbox, StoreStatus};
+use crate::tls::{ServerTls, TlsListener};
 
 /// A started proxy: its app state and the handle that stops its background tasks.
 pub struct Proxy {
     pub app: Arc<App>,
+    /// What the background tasks share (the store, this proxy's own groups).
+    pub(crate) ctx: Arc<sync::Context>,
     stop: watch::Sender<bool>,
 }
 
@@ -51,25 +54,30 @@ impl Proxy {
             store,
             registry: registry.clone(),
             proxy_id: proxy_id(),
-            own_groups: settings.groups.clone(),
+            own_groups: arc_swap::ArcSwap::from_pointee(settings.groups.clone()),
             status: status.clone(),
         });
-        sync::spawn(ctx, rx, stopped);
+        sync::spawn(ctx.clone(), rx, stopped);
         let app = Arc::new(App {
             registry,
             metrics: Metrics::new(),
             outbox,
-            max_body_bytes: settings.max_body_bytes,
+            max_body_bytes: settings.max_body_bytes.into(),
             request_ids: RequestIds::default(),
             store: status,
             affinity,
             access_log: Default::default(),
         });
-        Self { app, stop }
+        Self { app, ctx, stop }
     }
 
     pub fn router(&self) -> Router {
         crate::app::router(self.app.clone())
+    }
+
+    /// The admin listener's router (see [`crate::admin`]) for a listener on `listen`.
+    pub fn admin(&self, listen: SocketAddr, token: Option<&keystore::Secret>) -> Router {
+        crate::admin::router(Arc::new(crate::admin::Admin::new(self, listen, token)))
     }
 
     /// What a server runs (see [`Entry`]).
@@ -105,10 +113,24 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> std::io::Result<()> {
-    let (fired, mut on_fire) = watch::channel(false);
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
+    serve_on(listener, service, shutdown, grace).await
+}
+
+/// [`serve`] on any listener (plain TCP, or [`TlsListener`] with handshakes done).
+pub async fn serve_on<L>(
+    listener: L,
+    service: Entry,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let (fired, mut on_fire) = watch::channel(false);
     let server = axum::serve(listener, service.into_make_service())
         .with_graceful_shutdown(async move {
             shutdown.await;
@@ -137,12 +159,14 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Starts `count` server threads on `addr` (port 0: the first picks, the others follow).
-    /// They stop accepting when `stop` turns true and finish within `grace`.
+    /// Starts `count` server threads on `addr` (port 0: the first picks, the others follow),
+    /// speaking TLS when `tls` is given. They stop accepting when `stop` turns true and finish
+    /// within `grace`.
     pub fn spawn(
         addr: SocketAddr,
         count: usize,
         service: Entry,
+        tls: Option<Arc<ServerTls>>,
         stop: watch::Receiver<bool>,
         grace: Duration,
     ) -> std::io::Result<Self> {
@@ -151,6 +175,7 @@ impl Workers {
         for i in 0..count.max(1) {
             let (bound_tx, bound_rx) = std::sync::mpsc::channel();
             let service = service.clone();
+            let tls = tls.clone();
             let mut stop = stop.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("gemini-proxy-{i}"))
@@ -170,7 +195,13 @@ impl Workers {
                         let shutdown = async move {
                             let _ = stop.wait_for(|s| *s).await;
                         };
-                        serve(listener, service, shutdown, grace).await
+                        match tls {
+                            None => serve(listener, service, shutdown, grace).await,
+                            Some(tls) => {
+                                let listener = TlsListener::new(listener, tls.acceptor())?;
+                                serve_on(listener, service, shutdown, grace).await
+                            }
+                        }
                     })
                 })?;
             match bound_rx.recv() {

@@ -159,7 +159,8 @@ pub struct Context {
     pub store: Arc<dyn KeyStore>,
     pub registry: Arc<Registry>,
     pub proxy_id: String,
-    pub own_groups: Vec<GroupSnapshot>,
+    /// The groups of this proxy's config file (none in Kubernetes); replaced by a reload.
+    pub own_groups: arc_swap::ArcSwap<Vec<GroupSnapshot>>,
     pub status: Arc<StoreStatus>,
 }
 
@@ -293,7 +294,8 @@ async fn follow(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
         if reload == Reload::No {
             continue;
         }
-        let r = publish_and_reload(ctx.store.as_ref(), &ctx.registry, &ctx.own_groups).await;
+        let own = ctx.own_groups.load_full();
+        let r = publish_and_reload(ctx.store.as_ref(), &ctx.registry, &own).await;
         ctx.status.record(&r);
         if r.is_err() {
             continue;

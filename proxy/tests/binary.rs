@@ -219,11 +219,11 @@ async fn no_key_in_logs_or_metrics_even_at_debug() {
     )
     .await;
     let metrics = c
-        .call(Method::GET, &format!("{}/metrics", p.url()), &[], "")
+        .call(Method::GET, &format!("{}/metrics", p.admin_url()), &[], "")
         .await
         .text();
     let ready = c
-        .call(Method::GET, &format!("{}/readyz", p.url()), &[], "")
+        .call(Method::GET, &format!("{}/readyz", p.admin_url()), &[], "")
         .await
         .text();
     let logs = wait_for_logs(&p, |l| {

@@ -184,7 +184,7 @@ async fn dead_keys_are_retired_and_never_used_again() {
             "{behaviour:?}"
         );
         assert!(p.health("dead") < 1.0);
-        let ready = p.get("/readyz", &[]).await;
+        let ready = p.admin("/readyz").await;
         assert_eq!(ready.status, 200);
         assert!(
             ready.text().contains("1 of 2 keys usable"),
@@ -207,7 +207,7 @@ async fn every_key_dead_is_503_and_readyz_says_so() {
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["error"]["status"], "UNAVAILABLE");
     // The pod still answers (503 in the client's envelope beats a refused connection).
-    let ready = p.get("/readyz", &[]).await;
+    let ready = p.admin("/readyz").await;
     assert_eq!(ready.status, 200);
     assert!(
         ready.text().contains("no group has a usable key")

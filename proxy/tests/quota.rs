@@ -204,3 +204,65 @@ async fn a_client_token_allowance_counts_the_tokens_answers_report() {
         "24 used, 12 more is over 30"
     );
 }
+
+#[tokio::test]
+async fn a_prompt_over_the_input_token_guardrail_never_goes_upstream() {
+    let mock = MockGemini::start().await;
+    mock.accept_any_key(gemini_proxy_tests::Behaviour::Ok);
+    let p = start(
+        &support::open_group(&["gr-1"], "limits: {maxInputTokensPerRequest: 1000}"),
+        &mock,
+    )
+    .await;
+    let prompt = |chars: usize| {
+        format!(
+            r#"{{"contents":[{{"parts":[{{"text":"{}"}}]}}]}}"#,
+            "y".repeat(chars)
+        )
+    };
+    // Native route: 4,000 bytes of text are 1,000 tokens (allowed); 4,004 are 1,001 (refused).
+    assert_eq!(p.post(MODEL_PATH, &[], &prompt(4000)).await.status, 200);
+    let r = p.post(MODEL_PATH, &[], &prompt(4004)).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["status"], "INVALID_ARGUMENT");
+    let msg = r.json()["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        msg.contains("1001 tokens") && msg.contains("limit of 1000"),
+        "{msg}"
+    );
+    // The OpenAI route answers in its own envelope.
+    let chat = format!(
+        r#"{{"model":"gemini-2.5-flash","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "z".repeat(8000)
+    );
+    let r = p.post("/v1beta/openai/chat/completions", &[], &chat).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("maxInputTokensPerRequest")
+    );
+    // countTokens is how clients check a prompt: never refused.
+    let r = p
+        .post(
+            "/v1beta/models/gemini-2.5-flash:countTokens",
+            &[],
+            &prompt(8000),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        mock.requests().len(),
+        2,
+        "only the allowed prompt and countTokens went up"
+    );
+    let metrics = p.metrics().await;
+    assert!(
+        metrics.contains("gemini_proxy_input_tokens_refused_total{group=\"g\"} 2"),
+        "{metrics}"
+    );
+}

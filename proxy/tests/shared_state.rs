@@ -18,7 +18,7 @@ const MODEL_PATH: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
 
 async fn metrics(p: &ProxyProcess) -> String {
     Client::new()
-        .call(Method::GET, &format!("{}/metrics", p.url()), &[], "")
+        .call(Method::GET, &format!("{}/metrics", p.admin_url()), &[], "")
         .await
         .text()
 }
@@ -188,7 +188,7 @@ async fn redis_outage_fails_no_request_and_state_reconverges_after() {
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let ready = Client::new()
-        .call(Method::GET, &format!("{}/readyz", p.url()), &[], "")
+        .call(Method::GET, &format!("{}/readyz", p.admin_url()), &[], "")
         .await;
     assert_eq!(ready.status, 200, "a proxy holding a snapshot stays ready");
     assert!(ready.text().contains("unreachable"), "{}", ready.text());
@@ -275,7 +275,7 @@ async fn a_proxy_without_groups_serves_what_the_store_holds_and_follows_changes(
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let r = Client::new()
-            .call(Method::GET, &format!("{}/readyz", p.url()), &[], "")
+            .call(Method::GET, &format!("{}/readyz", p.admin_url()), &[], "")
             .await;
         assert_eq!(r.status, 200, "{}", r.text());
         if !r.text().contains("group team-a/gemini") {
@@ -299,7 +299,7 @@ async fn without_a_snapshot_and_without_redis_a_proxy_is_not_ready() {
     )
     .await;
     let r = Client::new()
-        .call(Method::GET, &format!("{}/readyz", p.url()), &[], "")
+        .call(Method::GET, &format!("{}/readyz", p.admin_url()), &[], "")
         .await;
     assert_eq!(r.status, 503);
     assert!(r.text().contains("no group snapshot"), "{}", r.text());

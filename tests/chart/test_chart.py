@@ -25,6 +25,7 @@ VALUE_SETS = {
     "cluster": ["--set", "redis.bundled.enabled=false", "--set", "redis.external.cluster.urls={redis://c1:7000,redis://c2:7000}"],
     "single-namespace": ["--set", "operator.watchNamespace=team-a", "--set", "operator.replicas=2"],
     "monitoring": ["--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.grafanaDashboard.enabled=true",
+                   "--set", "metrics.prometheusRule.enabled=true",
                    "--set", "proxy.autoscaling.enabled=false", "--set", "proxy.replicas=3"],
 }
 
@@ -91,9 +92,14 @@ def test_proxy_has_no_api_token_and_probes_its_endpoints():
     sa = next(d for d in by_kind(docs, "ServiceAccount") if d["metadata"]["name"] == spec["serviceAccountName"])
     assert sa["automountServiceAccountToken"] is False
     c = spec["containers"][0]
-    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # Probes on the admin port, which the client Service does not expose.
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"http": 8080, "admin": 9464}
     env = {e["name"]: e for e in c["env"]}
+    assert env["GEMINI_PROXY_ADMIN_LISTEN"]["value"] == "0.0.0.0:9464"
+    assert "GEMINI_PROXY_ADMIN_TOKEN" not in env
     assert env["GEMINI_PROXY_REDIS_URL"]["value"] == "redis://gp-gemini-proxy-redis:6379"
     assert env["GEMINI_PROXY_STATE_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "gp-gemini-proxy-state-key"
     # No binding gives the proxy's ServiceAccount anything.
@@ -102,6 +108,7 @@ def test_proxy_has_no_api_token_and_probes_its_endpoints():
     service = next(d for d in by_kind(docs, "Service") if d["metadata"]["name"] == "gp-gemini-proxy")
     assert service["spec"]["type"] == "ClusterIP"
     assert service["spec"]["selector"]["app.kubernetes.io/component"] == "proxy"
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
 
 
 def rules(docs, kind):
@@ -145,6 +152,14 @@ def test_monitoring_objects_and_hpa_switch():
     docs = render(VALUE_SETS["monitoring"])
     sm = by_kind(docs, "ServiceMonitor")[0]
     assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
+    assert sm["spec"]["endpoints"][0]["port"] == "admin"
+    # It scrapes a headless Service of the admin port (unready pods included), whose labels
+    # it selects; the client Service stays without the admin port.
+    admin = next(d for d in by_kind(docs, "Service") if d["metadata"]["name"] == "gp-gemini-proxy-admin")
+    assert admin["spec"]["clusterIP"] == "None" and admin["spec"]["publishNotReadyAddresses"] is True
+    assert [p["name"] for p in admin["spec"]["ports"]] == ["admin"]
+    for k, v in sm["spec"]["selector"]["matchLabels"].items():
+        assert admin["metadata"]["labels"][k] == v, k
     dash = by_kind(docs, "ConfigMap")[0]
     panels = json.loads(dash["data"]["gemini-proxy.json"])["panels"]
     titles = " ".join(p["title"] for p in panels)
@@ -349,7 +364,8 @@ def test_rendered_chart_passes_server_side_dry_run(name):
     assert any(k in checked for k in ["ClusterRole", "Role"])
     # What 1.20 cannot judge (newer API versions) is named, and nothing else is left out.
     assert set(unserved) <= {"autoscaling/v2/HorizontalPodAutoscaler", "policy/v1/PodDisruptionBudget",
-                             "monitoring.coreos.com/v1/ServiceMonitor"}, unserved
+                             "monitoring.coreos.com/v1/ServiceMonitor",
+                             "monitoring.coreos.com/v1/PrometheusRule"}, unserved
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "manifests" / "examples").glob("*.yaml")), ids=lambda p: p.name)
@@ -375,3 +391,46 @@ def test_a_bad_example_is_refused_by_the_real_server():
            "spec": {"keySelector": {}, "access": {"mode": "Open"}}}
     code, body = dry_run_apply(env, bad)
     assert code == 422 and "keySelector must not be empty" in body.get("message", ""), body
+
+
+def promtool():
+    path = os.environ.get("PROMTOOL", "promtool")
+    r = subprocess.run([path, "--version"], capture_output=True, text=True)
+    assert r.returncode == 0, "promtool is needed (Debian's prometheus package): " + r.stderr
+    return path
+
+
+def test_alerts_fire_on_synthetic_series(tmp_path):
+    """The rendered PrometheusRule, checked and unit-tested by promtool (tests/chart/alerts_test.yaml)."""
+    assert not by_kind(render([]), "PrometheusRule"), "off by default"
+    docs = render(VALUE_SETS["monitoring"])
+    rule = by_kind(docs, "PrometheusRule")[0]
+    alerts = [r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert alerts == ["GeminiProxyGroupHasNoUsableKey", "GeminiProxyKeysRetired", "GeminiProxyUpstream429RatioHigh",
+                      "GeminiProxyStoreDown", "GeminiProxyUnready", "GeminiProxyOperatorReconcileFailures"]
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump(rule["spec"]))
+    tool = promtool()
+    r = subprocess.run([tool, "check", "rules", str(rules)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    tests = tmp_path / "alerts_test.yaml"
+    tests.write_text((ROOT / "tests" / "chart" / "alerts_test.yaml").read_text().replace("RULES_FILE", str(rules)))
+    r = subprocess.run([tool, "test", "rules", str(tests)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "SUCCESS" in r.stdout + r.stderr
+
+
+def test_alert_thresholds_come_from_values(tmp_path):
+    docs = render(["--set", "metrics.prometheusRule.enabled=true", "--set-json", "metrics.prometheusRule.upstream429Ratio=0.5",
+                   "--set", "metrics.prometheusRule.pageSeverity=page"])
+    rule = by_kind(docs, "PrometheusRule")[0]
+    by_name = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert by_name["GeminiProxyUpstream429RatioHigh"]["expr"].strip().endswith("> 0.5")
+    assert by_name["GeminiProxyGroupHasNoUsableKey"]["labels"]["severity"] == "page"
+    # With the ratio raised to 0.5, the promtool case at exactly 50 % no longer fires.
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump(rule["spec"]))
+    tests = tmp_path / "alerts_test.yaml"
+    tests.write_text((ROOT / "tests" / "chart" / "alerts_test.yaml").read_text().replace("RULES_FILE", str(rules)))
+    r = subprocess.run([promtool(), "test", "rules", str(tests)], capture_output=True, text=True)
+    assert r.returncode != 0 and "GeminiProxyUpstream429RatioHigh" in r.stdout + r.stderr, r.stdout + r.stderr

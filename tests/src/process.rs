@@ -47,6 +47,8 @@ pub fn free_port() -> u16 {
 
 pub struct ProxyProcess {
     pub addr: SocketAddr,
+    /// The admin listener (probes with details, metrics, the status view).
+    pub admin: SocketAddr,
     child: Child,
     log: PathBuf,
     pub dir: PathBuf,
@@ -62,13 +64,15 @@ impl ProxyProcess {
         Self::spawn_in(dir, bin, &["--config", &path], env).await
     }
 
-    /// Starts `bin` with `args` (plus `--listen`) and waits until `/healthz` answers.
+    /// Starts `bin` with `args` (plus `--listen` and `--admin-listen`) and waits until
+    /// `/healthz` answers.
     pub async fn spawn(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         Self::spawn_in(temp_dir("proxy"), bin, args, env).await
     }
 
     async fn spawn_in(dir: PathBuf, bin: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let log = dir.join("proxy.log");
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
@@ -76,6 +80,8 @@ impl ProxyProcess {
         cmd.args(args)
             .arg("--listen")
             .arg(addr.to_string())
+            .arg("--admin-listen")
+            .arg(admin.to_string())
             .env_remove("GEMINI_API_KEYS")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -88,6 +94,7 @@ impl ProxyProcess {
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
         let mut p = Self {
             addr,
+            admin,
             child,
             log,
             dir,
@@ -98,8 +105,11 @@ impl ProxyProcess {
 
     async fn wait_healthy(&mut self) {
         let client = Client::new();
-        let url = format!("{}/healthz", self.url());
-        for _ in 0..200 {
+        // The admin listener speaks plain HTTP even when the client port speaks TLS.
+        let url = format!("{}/healthz", self.admin_url());
+        // A debug build starting 10,000 keys on a busy 2-core machine takes seconds.
+        let deadline = std::time::Instant::now() + Duration::from_secs(45);
+        while std::time::Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(
                     "gemini-proxy exited with {status} before it was up:\n{}",
@@ -123,6 +133,11 @@ impl ProxyProcess {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The admin listener's base URL.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin)
     }
 
     pub fn logs(&self) -> String {

@@ -40,6 +40,17 @@ impl TestCa {
         self.server.clone()
     }
 
+    /// A new CA of its own (not the process's), with a server certificate for loopback: for
+    /// tests that swap one CA's certificate for another's.
+    pub fn fresh() -> TestCa {
+        Self::make()
+    }
+
+    /// The server certificate (PEM) and its key (PEM) signed by this CA.
+    pub fn server_files(&self) -> (PathBuf, PathBuf) {
+        (self.dir.join("server.pem"), self.dir.join("server.key"))
+    }
+
     fn make() -> TestCa {
         let dir = crate::process::temp_dir("tls");
         let run = |args: &[&str]| {
@@ -124,4 +135,89 @@ impl TestCa {
             server: Arc::new(server),
         }
     }
+}
+
+/// What a TLS request saw: the protocol ALPN chose, the status and the body.
+#[derive(Debug)]
+pub struct TlsReply {
+    pub alpn: Option<Vec<u8>>,
+    pub status: u16,
+    pub body: String,
+}
+
+/// One GET over a new TLS connection to `addr` (as `127.0.0.1`), trusting only `ca_file`,
+/// offering `alpn` (`h2`, `http/1.1`), speaking what was agreed. An error is the handshake's or
+/// the request's, as text.
+pub async fn tls_get(
+    addr: std::net::SocketAddr,
+    ca_file: &std::path::Path,
+    alpn: &[&[u8]],
+    path: &str,
+) -> Result<TlsReply, String> {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca_file).map_err(|e| e.to_string())? {
+        roots
+            .add(c.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1")
+        .map_err(|e| e.to_string())?
+        .to_owned();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let agreed = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    let req = http::Request::get(path)
+        .header("host", "127.0.0.1")
+        .body(Empty::<bytes::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let io = TokioIo::new(tls);
+    let res = if agreed.as_deref() == Some(b"h2") {
+        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|e| format!("h2: {e}"))?;
+        tokio::spawn(conn);
+        let mut req = req;
+        *req.uri_mut() = format!("https://127.0.0.1{path}")
+            .parse()
+            .map_err(|e| format!("uri: {e}"))?;
+        send.send_request(req)
+            .await
+            .map_err(|e| format!("h2 request: {e}"))?
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| format!("http/1.1: {e}"))?;
+        tokio::spawn(conn);
+        send.send_request(req)
+            .await
+            .map_err(|e| format!("http/1.1 request: {e}"))?
+    };
+    let status = res.status().as_u16();
+    let body = res
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    Ok(TlsReply {
+        alpn: agreed,
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }

@@ -13,7 +13,7 @@ const SEALED: &str = "v1.aes256gcm.";
 const PLAIN: &str = "plain.";
 
 /// The state encryption key: 32 bytes, given as base64.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct EncryptionKey([u8; 32]);
 
 impl EncryptionKey {

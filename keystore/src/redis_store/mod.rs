@@ -68,7 +68,7 @@ use crypto::Sealer;
 pub const DEFAULT_PREFIX: &str = "gemini-proxy:";
 
 /// How to reach Redis and how to store secrets there.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RedisConfig {
     pub target: RedisTarget,
     pub key_prefix: String,

@@ -1,5 +1,5 @@
-//! The entry service, driven with `oneshot` (no port bound): probes and metrics through the
-//! router, everything else to the forwarder.
+//! The entry service, driven with `oneshot` (no port bound): minimal probes through the
+//! router, everything else to the forwarder; details and metrics on the admin router.
 
 use std::sync::Arc;
 
@@ -31,7 +31,17 @@ async fn call(proxy: &Proxy, method: &str, path: &str) -> (StatusCode, String) {
         .uri(path)
         .body(Body::empty())
         .unwrap();
-    let res = proxy.service().oneshot(req).await.unwrap();
+    let res = if path.starts_with("/admin") {
+        let admin = proxy.admin("127.0.0.1:9464".parse().unwrap(), None);
+        let (mut parts, body) = req.into_parts();
+        parts.uri = path.trim_start_matches("/admin").parse().unwrap();
+        admin
+            .oneshot(Request::from_parts(parts, body))
+            .await
+            .unwrap()
+    } else {
+        proxy.service().oneshot(req).await.unwrap()
+    };
     let status = res.status();
     let body = res.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
@@ -44,9 +54,20 @@ async fn probes_and_metrics_are_served_by_the_router() {
         call(&p, "GET", "/healthz").await,
         (StatusCode::OK, "ok\n".into())
     );
-    let (status, body) = call(&p, "GET", "/readyz").await;
+    // The client port says ready and nothing more; the details are on the admin listener.
+    assert_eq!(
+        call(&p, "GET", "/readyz").await,
+        (StatusCode::OK, "ready\n".into())
+    );
+    let (status, body) = call(&p, "GET", "/admin/readyz").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.contains("group team: 1 of 1 keys usable"), "{body}");
+    for path in ["/metrics", "/status", "/status.json"] {
+        let (status, body) = call(&p, "GET", path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert!(body.contains("admin listener"), "{body}");
+        assert!(!body.contains("team"), "{body}");
+    }
     // The router's own method check still applies to its routes.
     assert_eq!(
         call(&p, "POST", "/healthz").await.0,
@@ -63,7 +84,7 @@ async fn everything_else_goes_to_the_forwarder_and_is_counted() {
     assert_eq!(v["error"]["status"], "UNAUTHENTICATED", "{body}");
     let (status, body) = call(&p, "GET", "/no/such/route").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    let (_, metrics) = call(&p, "GET", "/metrics").await;
+    let (_, metrics) = call(&p, "GET", "/admin/metrics").await;
     for line in [
         r#"gemini_proxy_requests_total{group="",route="generateContent",status="4xx"} 1"#,
         r#"gemini_proxy_requests_total{group="",route="unknown",status="4xx"} 1"#,

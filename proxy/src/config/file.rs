@@ -11,6 +11,10 @@ use serde::Deserialize;
 pub struct FileConfig {
     /// Address to serve on, `127.0.0.1:8080` by default.
     pub listen: Option<String>,
+    /// TLS on the client listener (standalone, without an ingress in front).
+    pub listen_tls: Option<ListenTlsConfig>,
+    /// The admin listener: probes, metrics and the status page, apart from clients.
+    pub admin: Option<AdminConfig>,
     #[serde(default)]
     pub groups: Vec<GroupConfig>,
     /// The group that serves requests without a token (it must be `Open`).
@@ -21,6 +25,24 @@ pub struct FileConfig {
     pub shutdown_grace_seconds: Option<u64>,
     /// Shared state in Redis; without it, the in-memory store.
     pub store: Option<StoreConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ListenTlsConfig {
+    /// PEM certificate chain, the server's certificate first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AdminConfig {
+    /// `127.0.0.1:9464` by default; `off` for none.
+    pub listen: Option<String>,
+    /// Bearer token for the status page; required when the listener is not on loopback.
+    pub token: Option<SecretRef>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -89,6 +111,8 @@ pub struct LimitsConfig {
     pub requests_per_day: Option<u64>,
     /// Learn limits from 429 answers that state them (default true).
     pub learn: Option<bool>,
+    /// Requests whose estimated input is larger get 400 before anything goes upstream.
+    pub max_input_tokens_per_request: Option<u64>,
 }
 
 /// What each client token may use, across every proxy sharing the store.

@@ -19,6 +19,7 @@ use keystore::{
 use file::{FileConfig, GroupConfig, KeyConfig, SecretRef, SecretSource, StoreConfig};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -26,12 +27,48 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub listen: SocketAddr,
+    /// TLS on the client listener.
+    pub listen_tls: Option<ListenTls>,
+    pub admin: AdminSettings,
     pub groups: Vec<GroupSnapshot>,
     pub default_group: Option<String>,
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
     /// Shared state in Redis; `None`: the in-memory store.
     pub store: Option<RedisConfig>,
+}
+
+/// Certificate and key files of the client listener (re-read when they change).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenTls {
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
+}
+
+/// The admin listener: `/healthz`, `/readyz` with details, `/metrics`, the status page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminSettings {
+    /// `None`: no admin listener.
+    pub listen: Option<SocketAddr>,
+    /// Required by the status page when the listener is not on loopback.
+    pub token: Option<Secret>,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            listen: parse_listen(DEFAULT_ADMIN_LISTEN).ok(),
+            token: None,
+        }
+    }
+}
+
+/// Parses an admin address: an address, or `off` for none.
+pub fn parse_admin_listen(s: &str) -> Result<Option<SocketAddr>, String> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    parse_listen(s).map(Some)
 }
 
 /// A configuration error: where (file and field path) and what.
@@ -60,7 +97,7 @@ impl Settings {
         let file: FileConfig = serde_saphyr::from_str(text).map_err(|e| ConfigError {
             origin: origin.to_owned(),
             path: "(yaml)".into(),
-            message: e.to_string(),
+            message: yaml_problem(&e),
         })?;
         Resolver { origin, env }.settings(file)
     }
@@ -99,6 +136,8 @@ impl Settings {
         }
         Ok(Self {
             listen: parse_listen(DEFAULT_LISTEN).map_err(err)?,
+            listen_tls: None,
+            admin: AdminSettings::default(),
             groups: vec![group],
             default_group: Some("default".into()),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
@@ -112,6 +151,8 @@ impl Settings {
         Self {
             listen: parse_listen(DEFAULT_LISTEN)
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            listen_tls: None,
+            admin: AdminSettings::default(),
             groups: Vec::new(),
             default_group: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
@@ -220,8 +261,31 @@ impl Resolver<'_> {
             Some(n) => usize::try_from(n).map_err(|_| self.err("maxBodyBytes", "too large"))?,
             None => DEFAULT_MAX_BODY_BYTES,
         };
+        let listen_tls = file.listen_tls.map(|t| ListenTls {
+            cert_file: t.cert_file,
+            key_file: t.key_file,
+        });
+        if let Some(t) = &listen_tls {
+            crate::tls::check_files(&t.cert_file, &t.key_file)
+                .map_err(|m| self.err("listenTls", m))?;
+        }
+        let admin = match file.admin {
+            None => AdminSettings::default(),
+            Some(a) => AdminSettings {
+                listen: match &a.listen {
+                    Some(l) => parse_admin_listen(l).map_err(|m| self.err("admin.listen", m))?,
+                    None => AdminSettings::default().listen,
+                },
+                token: match &a.token {
+                    Some(t) => Some(self.secret("admin.token", t)?.1),
+                    None => None,
+                },
+            },
+        };
         Ok(Settings {
             listen,
+            listen_tls,
+            admin,
             groups,
             default_group: file.default_group,
             max_body_bytes,
@@ -397,6 +461,10 @@ impl Resolver<'_> {
             tokens_per_minute: positive("limits.tokensPerMinute", g.limits.tokens_per_minute)?,
             requests_per_day: positive("limits.requestsPerDay", g.limits.requests_per_day)?,
             learn: g.limits.learn.unwrap_or(true),
+            max_input_tokens_per_request: positive(
+                "limits.maxInputTokensPerRequest",
+                g.limits.max_input_tokens_per_request,
+            )?,
         };
         let cl = &g.access.client_limits;
         let client_limits = ClientLimits {
@@ -505,6 +573,31 @@ impl Resolver<'_> {
         }
         Ok(Secret::new(v))
     }
+}
+
+/// A YAML error as the problem and its place, never the text around it: the parser's snippet
+/// is left out and quoted values are blanked, as the file may hold keys inline.
+fn yaml_problem(e: &serde_saphyr::Error) -> String {
+    let plain = e.without_snippet().to_string();
+    let mut out = String::with_capacity(plain.len());
+    let mut quoted = false;
+    for c in plain.chars() {
+        if c == '"' {
+            if quoted {
+                out.push_str("…\"");
+            } else {
+                out.push('"');
+            }
+            quoted = !quoted;
+        } else if !quoted {
+            out.push(c);
+        }
+    }
+    if quoted {
+        out.push_str("…\"");
+    }
+    // One line: a multi-line message would be cut apart by log readers.
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 pub(crate) fn parse_listen(s: &str) -> Result<SocketAddr, String> {

@@ -303,6 +303,7 @@ fn limits_and_client_limits() {
             tokens_per_minute: Some(5000),
             requests_per_day: Some(250),
             learn: false,
+            max_input_tokens_per_request: None,
         }
     );
     assert_eq!(g.access.client_limits.requests_per_minute, Some(3));
@@ -329,4 +330,22 @@ fn limits_and_client_limits() {
     );
     let e = err("groups: [{name: g, keys: [{value: a}], access: {mode: Open}, limits: {rpm: 3}}]");
     assert!(e.contains("rpm"), "{e}");
+}
+
+#[test]
+fn yaml_errors_name_the_place_and_never_quote_the_file() {
+    // A type error on the line of an inline key, and a syntax error right after one.
+    for yaml in [
+        "groups:\n  - name: g\n    access: {mode: Open}\n    keys:\n      - {value: yaml-secret-value-1, weight: \"yaml-secret-value-2\"}\n",
+        "groups:\n  - name: g\n    access: {mode: Open}\n    keys:\n      - value: yaml-secret-value-1\n        weight: [yaml-secret-value-2\n",
+    ] {
+        let e = err(yaml);
+        assert!(e.starts_with("proxy.yaml: (yaml): "), "{e}");
+        assert!(e.contains("line "), "no place in {e}");
+        assert!(!e.contains("yaml-secret-value"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+    // Field names are still named.
+    let e = err("groups:\n  - name: g\n    wieght: 2\n");
+    assert!(e.contains("wieght") && e.contains("line 3"), "{e}");
 }

@@ -9,6 +9,7 @@ fn book(rpm: Option<u64>, tpm: Option<u64>, rpd: Option<u64>) -> Book {
             tokens_per_minute: tpm,
             requests_per_day: rpd,
             learn: true,
+            max_input_tokens_per_request: None,
         },
         ClientLimits::default(),
         None,

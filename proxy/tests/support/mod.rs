@@ -19,6 +19,8 @@ pub const MODEL_PATH: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
 
 pub struct Running {
     pub url: String,
+    /// The admin listener: details, metrics, the status view.
+    pub admin_url: String,
     pub proxy: Proxy,
     pub client: Client,
     stop: Option<oneshot::Sender<()>>,
@@ -46,6 +48,15 @@ pub async fn start(yaml: &str, mock: &MockGemini) -> Running {
         .await
         .expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind admin");
+    let admin_addr = admin.local_addr().expect("admin addr");
+    let admin_url = format!("http://{admin_addr}");
+    let admin_router = proxy.admin(admin_addr, None);
+    tokio::spawn(async move {
+        let _ = axum::serve(admin, admin_router).await;
+    });
     let (stop, stopped) = oneshot::channel::<()>();
     let service = proxy.service();
     tokio::spawn(async move {
@@ -61,6 +72,7 @@ pub async fn start(yaml: &str, mock: &MockGemini) -> Running {
     });
     Running {
         url,
+        admin_url,
         proxy,
         client: Client::new(),
         stop: Some(stop),
@@ -139,7 +151,14 @@ impl Running {
     }
 
     pub async fn metrics(&self) -> String {
-        self.get("/metrics", &[]).await.text()
+        self.admin("/metrics").await.text()
+    }
+
+    /// A GET on the admin listener.
+    pub async fn admin(&self, path: &str) -> Reply {
+        self.client
+            .call(Method::GET, &format!("{}{path}", self.admin_url), &[], "")
+            .await
     }
 }
 
