@@ -100,6 +100,7 @@ CONF
 
 cat > "$OUT/proxy.yaml" <<CONF
 listen: "127.0.0.1:$GP"
+defaultGroup: bench
 groups:
   - name: bench
     upstream: {$GP_UPSTREAM}

@@ -55,7 +55,7 @@ python3 - "$OUT" "$UP" <<'PY'
 import sys
 out, up = sys.argv[1], sys.argv[2]
 def config(name, strategy, keys, groups):
-    lines = ["groups:"]
+    lines = (["defaultGroup: g0"] if groups == 1 else []) + ["groups:"]
     for g in range(groups):
         ks = ", ".join("{value: k-%d-%d}" % (g, i) for i in range(keys))
         access = "{mode: Open}" if groups == 1 else "{clientTokens: [tok-%d]}" % g

@@ -15,6 +15,8 @@
 //! A key is known everywhere by its [`secret::KeyId`]; its value is a [`secret::Secret`] that never
 //! prints itself.
 
+#![forbid(unsafe_code)]
+
 pub mod audit;
 pub mod clock;
 pub mod health;

@@ -8,6 +8,8 @@
 //! - [`release`]: the uninstall hook: stop the operator, take its finalizer off every group;
 //! - [`metrics`]: reconciles, failures, durations.
 
+#![forbid(unsafe_code)]
+
 pub mod controller;
 pub mod crd;
 pub mod events;

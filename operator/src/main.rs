@@ -1,5 +1,7 @@
 //! `gemini-proxy-operator`: `crd` prints the CRD; `run` (the default) reconciles.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -39,15 +39,40 @@ pub struct App {
 /// The router: probes, metrics, and everything else to the forwarder. No port is bound here,
 /// so tests drive it with `oneshot`.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(on_admin_listener))
-        .route("/status", get(on_admin_listener))
-        .route("/status.json", get(on_admin_listener))
+    LOCAL_ROUTES
+        .iter()
+        .fold(Router::new(), |r, &(path, handler)| {
+            r.route(
+                path,
+                match handler {
+                    Local::Healthz => get(healthz),
+                    Local::Readyz => get(readyz),
+                    Local::OnAdmin => get(on_admin_listener),
+                },
+            )
+        })
         .fallback(forward::handle)
         .with_state(app)
 }
+
+/// What the client port answers itself.
+#[derive(Clone, Copy)]
+enum Local {
+    Healthz,
+    Readyz,
+    /// Served on the admin listener; here a local 404 that names it.
+    OnAdmin,
+}
+
+/// The paths the client port serves itself: the router's routes and the entry's short cut
+/// both come from this one list, so a path cannot be served by one and proxied by the other.
+const LOCAL_ROUTES: [(&str, Local); 5] = [
+    ("/healthz", Local::Healthz),
+    ("/readyz", Local::Readyz),
+    ("/metrics", Local::OnAdmin),
+    ("/status", Local::OnAdmin),
+    ("/status.json", Local::OnAdmin),
+];
 
 /// What the server threads run: requests to be proxied go straight to the forwarder, the
 /// probes and `/metrics` through [`router`]. Matching routes, boxing a cloned route service and
@@ -68,10 +93,7 @@ pub fn service(app: Arc<App>) -> Entry {
 
 /// Paths the router serves itself (everything else is forwarded).
 fn is_local(path: &str) -> bool {
-    matches!(
-        path,
-        "/healthz" | "/readyz" | "/metrics" | "/status" | "/status.json"
-    )
+    LOCAL_ROUTES.iter().any(|(p, _)| *p == path)
 }
 
 type EntryFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;

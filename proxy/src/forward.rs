@@ -116,6 +116,14 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
 
 async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
     let (parts, body) = req.into_parts();
+    if routes::is_ambiguous_path(parts.uri.path()) {
+        return envelope::error(
+            Api::Native,
+            StatusCode::BAD_REQUEST,
+            "the request path has a . or .. segment or an encoded / or \\: not allowed",
+            None,
+        );
+    }
     let cred = auth::credential(&parts.headers, parts.uri.query());
     let Some(route) = routes::route(&parts.method, parts.uri.path(), cred.bearer_only) else {
         return envelope::error(

@@ -10,6 +10,8 @@
 //! - [`upstream`]: pooled HTTP/1.1 + HTTP/2 client, egress proxies;
 //! - [`sync`]: the store, off the request path.
 
+#![forbid(unsafe_code)]
+
 pub mod access_log;
 pub mod admin;
 pub mod affinity;

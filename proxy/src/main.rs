@@ -1,5 +1,7 @@
 //! `gemini-proxy`: the binary. Reads its configuration, then serves until SIGTERM.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,6 +51,10 @@ struct Cli {
     /// The Open group that serves requests without a known token (`namespace/name` in Kubernetes).
     #[arg(long, env = "GEMINI_PROXY_DEFAULT_GROUP")]
     default_group: Option<String>,
+    /// Serve Open groups although the listener is beyond loopback (anyone who reaches it uses
+    /// their keys).
+    #[arg(long, env = "GEMINI_PROXY_ALLOW_OPEN_GROUPS")]
+    allow_open_groups: bool,
     /// Largest request body kept for retries (bytes); larger ones get 413.
     #[arg(long, env = "GEMINI_PROXY_MAX_BODY_BYTES")]
     max_body_bytes: Option<usize>,
@@ -182,6 +188,16 @@ fn load(cli: &Cli) -> Result<Settings, String> {
     if store_flags {
         settings.store = Some(cli.redis.config()?);
     }
+    if cli.allow_open_groups {
+        settings.allow_open_groups = true;
+    }
+    let origin = cli
+        .config
+        .as_ref()
+        .map_or_else(|| "GEMINI_API_KEYS".to_owned(), |p| p.display().to_string());
+    settings
+        .check_exposure(&origin)
+        .map_err(|e| e.to_string())?;
     Ok(settings)
 }
 

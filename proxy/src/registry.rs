@@ -17,6 +17,9 @@ pub struct Groups {
     by_name: HashMap<String, usize>,
     by_token: HashMap<TokenDigest, (usize, Arc<str>)>,
     default_open: Option<usize>,
+    /// Client tokens that selected a group once and no longer do: always 401, never the
+    /// default group (bounded, see [`MAX_REVOKED`]).
+    revoked: HashSet<TokenDigest>,
     /// Whether a snapshot was ever loaded (readiness).
     pub loaded: bool,
 }
@@ -30,6 +33,10 @@ impl Groups {
         self.by_name.get(name).map(|&i| &self.pools[i])
     }
 }
+
+/// Revoked client tokens remembered at most (oldest forgotten first is not tracked: past the
+/// bound the set starts over, and the forgotten tokens fall back to the default group's rule).
+const MAX_REVOKED: usize = 10_000;
 
 /// Who a request is for.
 pub struct Client {
@@ -51,16 +58,16 @@ pub struct Selection {
     pub default_group: Option<String>,
     /// The groups to serve when the config names some; `None` serves every group in the store.
     pub only: Option<HashSet<String>>,
+    /// Whether Open groups are served. Off on a non-loopback listener unless opted in, so an
+    /// image or chart is not an open relay by default; a refused Open group is logged.
+    pub open_allowed: bool,
 }
 
 impl Registry {
-    pub fn new(default_group: Option<String>, only: Option<HashSet<String>>) -> Self {
+    pub fn new(selection: Selection) -> Self {
         Self {
             current: ArcSwap::from_pointee(Groups::default()),
-            selection: Mutex::new(Selection {
-                default_group,
-                only,
-            }),
+            selection: Mutex::new(selection),
         }
     }
 
@@ -76,18 +83,24 @@ impl Registry {
         self.current.load_full()
     }
 
-    /// The group for a client token. A token that selects no group falls back to the default
-    /// Open group (Open groups accept any token: SDKs insist on sending one).
+    /// The group for a client token. A token that selects no group goes to the `defaultGroup`
+    /// (an Open group, named in the config: there is no implicit one), whatever it is (Open
+    /// groups accept any token: SDKs insist on sending one); a revoked token never does.
     pub fn resolve(&self, token: Option<&str>) -> Option<Client> {
         let groups = self.current.load();
         if let Some(t) = token
-            && !groups.by_token.is_empty()
-            && let Some((i, name)) = groups.by_token.get(&TokenDigest::of(t))
+            && (!groups.by_token.is_empty() || !groups.revoked.is_empty())
         {
-            return Some(Client {
-                pool: groups.pools[*i].clone(),
-                name: Some(name.clone()),
-            });
+            let digest = TokenDigest::of(t);
+            if let Some((i, name)) = groups.by_token.get(&digest) {
+                return Some(Client {
+                    pool: groups.pools[*i].clone(),
+                    name: Some(name.clone()),
+                });
+            }
+            if groups.revoked.contains(&digest) {
+                return None;
+            }
         }
         groups.default_open.map(|i| Client {
             pool: groups.pools[i].clone(),
@@ -120,6 +133,10 @@ impl Registry {
             {
                 continue;
             }
+            if snap.access.mode == AccessMode::Open && !selection.open_allowed {
+                tracing::error!(group = %snap.name, "Open group not served: this proxy listens beyond loopback and Open groups were not allowed (--allow-open-groups, allowOpenGroups: true)");
+                continue;
+            }
             let upstream = match Upstream::new(&snap.upstream) {
                 Ok(u) => u,
                 Err(e) => {
@@ -148,19 +165,23 @@ impl Registry {
             next.by_name.insert(pool.name().to_owned(), i);
             next.pools.push(Arc::new(pool));
         }
-        next.default_open = match &selection.default_group {
-            Some(d) => next
-                .by_name
+        next.default_open = selection.default_group.as_ref().and_then(|d| {
+            next.by_name
                 .get(d)
                 .copied()
-                .filter(|&i| next.pools[i].snapshot.access.mode == AccessMode::Open),
-            None => {
-                let open: Vec<usize> = (0..next.pools.len())
-                    .filter(|&i| next.pools[i].snapshot.access.mode == AccessMode::Open)
-                    .collect();
-                (open.len() == 1).then(|| open[0])
-            }
-        };
+                .filter(|&i| next.pools[i].snapshot.access.mode == AccessMode::Open)
+        });
+        // Tokens that were admitted and are no longer: remembered as revoked.
+        next.revoked = old
+            .revoked
+            .iter()
+            .chain(old.by_token.keys())
+            .filter(|d| !next.by_token.contains_key(*d))
+            .cloned()
+            .collect();
+        if next.revoked.len() > MAX_REVOKED {
+            next.revoked.clear();
+        }
         self.current.store(Arc::new(next));
     }
 
@@ -191,3 +212,6 @@ fn log_key_changes(old: &GroupSnapshot, new: &GroupSnapshot) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -121,6 +121,8 @@ impl Reloader {
         self.ctx.registry.select(Selection {
             default_group: next.default_group.clone(),
             only,
+            // The listener is the running one (it changes only with a restart).
+            open_allowed: next.allow_open_groups || old.listen.ip().is_loopback(),
         });
         self.ctx.own_groups.store(Arc::new(next.groups.clone()));
         let store = self.ctx.store.as_ref();

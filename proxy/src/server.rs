@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use crate::app::{App, Entry, RequestIds};
 use crate::config::Settings;
 use crate::metrics::Metrics;
-use crate::registry::Registry;
+use crate::registry::{Registry, Selection};
 use crate::sync::{self, Outbox, StoreStatus};
 use crate::tls::{ServerTls, TlsListener};
 
@@ -40,7 +40,11 @@ impl Proxy {
                 .map(|g| g.name.clone())
                 .collect::<HashSet<_>>()
         });
-        let registry = Arc::new(Registry::new(settings.default_group.clone(), only));
+        let registry = Arc::new(Registry::new(Selection {
+            default_group: settings.default_group.clone(),
+            only,
+            open_allowed: settings.open_allowed(),
+        }));
         let status = Arc::new(StoreStatus::new(kind));
         let loaded = sync::publish_and_reload(store.as_ref(), &registry, &settings.groups).await;
         status.record(&loaded);

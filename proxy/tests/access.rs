@@ -219,6 +219,7 @@ async fn request_ids_are_honoured_or_made() {
 
 const SMALL_LIMIT: &str = r#"
 maxBodyBytes: 1024
+defaultGroup: g
 groups:
   - {name: g, upstream: {url: "{mock}"}, access: {mode: Open}, keys: [{value: k}]}
 "#;
@@ -317,4 +318,23 @@ async fn probes_and_methods() {
         "DELETE is forwarded (the mock, like Google, denies a file it does not know)"
     );
     assert!(r.text().contains("files/abc"), "{}", r.text());
+}
+
+#[tokio::test]
+async fn paths_that_normalise_elsewhere_never_go_upstream() {
+    let (mock, p) = two_groups().await;
+    // Without a token (as an upload chunk would come) and with one: refused before anything.
+    for path in [
+        "/upload/../v1beta/models/m:generateContent?upload_id=abc",
+        "/upload/%2e%2e/v1beta/models/m:generateContent?upload_id=abc",
+        "/upload/v1beta/files/..%2F..%2Fv1beta%2Fmodels%2Fm:generateContent?upload_id=abc",
+        "/v1beta/cachedContents/./x",
+    ] {
+        for headers in [&[][..], &[("x-goog-api-key", "sk-team-a")][..]] {
+            let r = p.post(path, headers, "{}").await;
+            assert_eq!(r.status, 400, "{path}: {}", r.text());
+            assert_eq!(r.json()["error"]["status"], "INVALID_ARGUMENT", "{path}");
+        }
+    }
+    assert!(mock.requests().is_empty(), "{:?}", mock.requests());
 }

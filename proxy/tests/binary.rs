@@ -54,6 +54,19 @@ async fn wait_for_logs(p: &ProxyProcess, done: impl Fn(&str) -> bool) -> String 
 }
 
 #[tokio::test]
+async fn the_quick_start_is_no_open_relay_beyond_loopback() {
+    let keys = [("GEMINI_API_KEYS", "qs-key-1")];
+    let (status, out) = run_to_exit(BIN, &["--listen", "0.0.0.0:0"], &keys).await;
+    assert_eq!(status.code(), Some(2), "{out}");
+    assert!(
+        out.contains("GEMINI_API_KEYS: groups[0].access.mode: group \"default\" is Open")
+            && out.contains("GEMINI_PROXY_ALLOW_OPEN_GROUPS=true"),
+        "{out}"
+    );
+    assert!(!out.contains("qs-key-1"), "{out}");
+}
+
+#[tokio::test]
 async fn no_configuration_explains_how_to_start() {
     let (status, out) = run_to_exit(BIN, &[], &[]).await;
     assert_eq!(status.code(), Some(2));
@@ -93,7 +106,7 @@ async fn streaming_proxy(grace: u64, chunks: usize, delay: Duration) -> (MockGem
     let mock = MockGemini::start().await;
     mock.accept_any_key(Behaviour::Ok).set_stream(chunks, delay);
     let config = format!(
-        "shutdownGraceSeconds: {grace}\ngroups:\n  - {{name: g, upstream: {{url: \"{}\"}}, access: {{mode: Open}}, keys: [{{value: k}}]}}\n",
+        "shutdownGraceSeconds: {grace}\ndefaultGroup: g\ngroups:\n  - {{name: g, upstream: {{url: \"{}\"}}, access: {{mode: Open}}, keys: [{{value: k}}]}}\n",
         mock.url()
     );
     let p = ProxyProcess::with_config(BIN, &config, &[]).await;

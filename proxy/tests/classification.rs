@@ -94,6 +94,7 @@ async fn per_day_429_cools_every_key_of_the_project_until_pacific_midnight() {
         .key("same-project-b", Behaviour::Ok)
         .key("other-project-c", Behaviour::Ok);
     let yaml = r#"
+defaultGroup: g
 groups:
   - name: g
     upstream: {url: "{mock}"}
@@ -136,6 +137,7 @@ async fn bare_429_backs_off_this_key_only() {
     mock.key("bare-a", Behaviour::RateLimitedBare)
         .key("ok-b", Behaviour::Ok);
     let yaml = r#"
+defaultGroup: g
 groups:
   - name: g
     upstream: {url: "{mock}"}

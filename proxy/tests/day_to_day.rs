@@ -230,6 +230,10 @@ async fn an_invalid_file_changes_nothing_and_says_why() {
     );
     assert_eq!(generate(&p, TOKEN, "{}").await, 200);
     assert_eq!(mock.count("inv-1"), 1, "the old config keeps serving");
+    eventually("the refusal is logged", || async {
+        p.logs().contains("config reload refused")
+    })
+    .await;
     let logs = p.logs();
     assert!(
         logs.contains("config reload refused") && logs.contains("wieght"),
@@ -252,8 +256,12 @@ async fn an_invalid_file_changes_nothing_and_says_why() {
         generate(&p, TOKEN, "{}").await == 200 && mock.count("inv-3") > 0
     })
     .await;
+    // Log lines leave through a background writer: wait for them.
+    eventually("the SIGHUP reload is logged", || async {
+        p.logs().contains("\"cause\":\"SIGHUP\"")
+    })
+    .await;
     let logs = p.logs();
-    assert!(logs.contains("\"cause\":\"SIGHUP\""), "{logs}");
     // The shutdown grace is bound at start: named, and kept.
     assert!(
         logs.contains("take effect only at a restart")

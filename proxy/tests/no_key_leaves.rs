@@ -15,7 +15,7 @@ const KEY: &str = "AIzaFAKEnotArealKEYtooLONGforGOOGLEtest00001";
 
 fn group(extra: &str) -> String {
     format!(
-        "groups:\n  - {{name: g, upstream: {{url: \"{{mock}}\"}}, access: {{mode: Open}}, keys: [{{value: {KEY}}}]{extra}}}\n"
+        "defaultGroup: g\ngroups:\n  - {{name: g, upstream: {{url: \"{{mock}}\"}}, access: {{mode: Open}}, keys: [{{value: {KEY}}}]{extra}}}\n"
     )
 }
 

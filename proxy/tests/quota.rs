@@ -35,7 +35,7 @@ fn group(strategy: &str, limits: &str) -> String {
         })
         .collect();
     format!(
-        "groups:\n  - {{name: g, upstream: {{url: \"{{mock}}\"}}, access: {{mode: Open}}, rotation: {{strategy: {strategy}}}, limits: {limits}, keys: [{}]}}\n",
+        "defaultGroup: g\ngroups:\n  - {{name: g, upstream: {{url: \"{{mock}}\"}}, access: {{mode: Open}}, rotation: {{strategy: {strategy}}}, limits: {limits}, keys: [{}]}}\n",
         keys.join(", ")
     )
 }

@@ -700,3 +700,110 @@ async fn redis_commands_per_request_do_not_grow_with_the_keys() {
         assert!(per < 0.1, "{per} Redis commands per request with {n} keys");
     }
 }
+
+#[tokio::test]
+async fn a_reloaded_file_is_published_and_status_reads_the_store() {
+    let redis = RedisServer::start();
+    let shared = Shared::new(&redis);
+    let mock = MockGemini::start().await;
+    mock.accept_any_key(Behaviour::Ok);
+    mock.key("rl-dead", Behaviour::Invalid);
+    let p = shared.proxy(&mock, &["rl-1", "rl-dead"]).await;
+    while mock.count("rl-dead") == 0 {
+        assert_eq!(generate(&p).await, 200);
+    }
+    let store = shared.store();
+    let dead = KeyId::of("rl-dead");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store
+        .key_statuses("shared")
+        .await
+        .unwrap()
+        .get(&dead)
+        .and_then(|s| s.invalid)
+        .is_none()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the retirement did not reach the store"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A new key in the group and a second group: both reach the store.
+    let path = p.dir.join("proxy.yaml");
+    let second = format!(
+        "  - {{name: second, upstream: {{{}}}, access: {{mode: Open}}, keys: [{{value: rl-3}}]}}\n",
+        mock.upstream_yaml()
+    );
+    let grown = shared.config(&mock, &["rl-1", "rl-dead", "rl-2"]) + &second;
+    std::fs::write(path.with_extension("new"), &grown).unwrap();
+    std::fs::rename(path.with_extension("new"), &path).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let groups = store.groups().await.unwrap();
+        let keys = |name: &str| groups.iter().find(|g| g.name == name).map(|g| g.keys.len());
+        if keys("shared") == Some(3) && keys("second") == Some(1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the reload was not published");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The retirement was kept through the reload.
+    assert!(
+        store.key_statuses("shared").await.unwrap()[&dead]
+            .invalid
+            .is_some()
+    );
+
+    // `gemini-proxy status` straight from the store.
+    let (status, out) = gemini_proxy_tests::process::run_to_exit(
+        BIN,
+        &[
+            "status",
+            "--redis-url",
+            &shared.redis_url,
+            "--redis-key-prefix",
+            &shared.prefix,
+        ],
+        &[("GEMINI_PROXY_STATE_KEY", &shared.state_key)],
+    )
+    .await;
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("group second (Open, RoundRobin): 1 of 1 keys active"),
+        "{out}"
+    );
+    assert!(
+        out.contains("group shared (Open, RoundRobin): 2 of 3 keys active"),
+        "{out}"
+    );
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(dead.as_str()))
+        .unwrap_or_else(|| panic!("no line for the dead key:\n{out}"));
+    assert!(
+        line.contains("Invalid") && line.contains("ApiKeyInvalid"),
+        "{line}"
+    );
+    assert!(!out.contains("rl-dead") && !out.contains("rl-1"), "{out}");
+
+    // The group removed from the file is withdrawn from the store.
+    let shrunk = shared.config(&mock, &["rl-1", "rl-2"]);
+    std::fs::write(path.with_extension("new"), &shrunk).unwrap();
+    std::fs::rename(path.with_extension("new"), &path).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store
+        .group_names()
+        .await
+        .unwrap()
+        .iter()
+        .any(|n| n == "second")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the removed group stayed in the store"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(generate(&p).await, 200);
+}

@@ -16,7 +16,7 @@ async fn https_upstream_with_a_ca_file_speaks_http2_and_streams() {
     mock.accept_any_key(Behaviour::Ok);
     assert!(mock.url().starts_with("https://"));
     let yaml = format!(
-        "groups:\n  - {{name: g, upstream: {{{}}}, access: {{mode: Open}}, keys: [{{value: tls-key}}]}}\n",
+        "defaultGroup: g\ngroups:\n  - {{name: g, upstream: {{{}}}, access: {{mode: Open}}, keys: [{{value: tls-key}}]}}\n",
         mock.upstream_yaml()
     );
     let p = start(&yaml, &mock).await;
@@ -45,7 +45,7 @@ async fn an_untrusted_certificate_is_refused_not_ignored() {
     mock.accept_any_key(Behaviour::Ok);
     // The same upstream without caFile: the test CA is not a web PKI root.
     let yaml = format!(
-        "groups:\n  - {{name: g, upstream: {{url: \"{}\"}}, access: {{mode: Open}}, retry: {{maxAttempts: 1}}, keys: [{{value: tls-key}}]}}\n",
+        "defaultGroup: g\ngroups:\n  - {{name: g, upstream: {{url: \"{}\"}}, access: {{mode: Open}}, retry: {{maxAttempts: 1}}, keys: [{{value: tls-key}}]}}\n",
         mock.url()
     );
     let p = start(&yaml, &mock).await;
@@ -75,7 +75,7 @@ fn a_bad_ca_file_is_a_clear_config_error() {
         ("/nonexistent/ca.pem".to_owned(), "cannot read"),
     ] {
         let yaml = format!(
-            "groups:\n  - {{name: g, upstream: {{url: \"https://gemini.internal\", caFile: \"{file}\"}}, access: {{mode: Open}}, keys: [{{value: k}}]}}\n"
+            "defaultGroup: g\ngroups:\n  - {{name: g, upstream: {{url: \"https://gemini.internal\", caFile: \"{file}\"}}, access: {{mode: Open}}, keys: [{{value: k}}]}}\n"
         );
         let err = Settings::from_yaml(&yaml, "proxy.yaml", &Env::process())
             .err()
@@ -86,7 +86,7 @@ fn a_bad_ca_file_is_a_clear_config_error() {
     }
     // The test CA itself is fine.
     let yaml = format!(
-        "groups:\n  - {{name: g, upstream: {{url: \"https://gemini.internal\", caFile: \"{}\"}}, access: {{mode: Open}}, keys: [{{value: k}}]}}\n",
+        "defaultGroup: g\ngroups:\n  - {{name: g, upstream: {{url: \"https://gemini.internal\", caFile: \"{}\"}}, access: {{mode: Open}}, keys: [{{value: k}}]}}\n",
         TestCa::get().ca_file().display()
     );
     let s = Settings::from_yaml(&yaml, "proxy.yaml", &Env::process()).expect("valid");

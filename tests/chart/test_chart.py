@@ -100,6 +100,12 @@ def test_proxy_has_no_api_token_and_probes_its_endpoints():
     env = {e["name"]: e for e in c["env"]}
     assert env["GEMINI_PROXY_ADMIN_LISTEN"]["value"] == "0.0.0.0:9464"
     assert "GEMINI_PROXY_ADMIN_TOKEN" not in env
+    # Not an open relay by default: Open groups are served only when allowed.
+    assert "GEMINI_PROXY_ALLOW_OPEN_GROUPS" not in env
+    docs = render(["--set", "proxy.allowOpenGroups=true"])
+    proxy = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-proxy"))
+    env2 = {e["name"]: e.get("value") for e in proxy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env2["GEMINI_PROXY_ALLOW_OPEN_GROUPS"] == "true"
     assert env["GEMINI_PROXY_REDIS_URL"]["value"] == "redis://gp-gemini-proxy-redis:6379"
     assert env["GEMINI_PROXY_STATE_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "gp-gemini-proxy-state-key"
     # No binding gives the proxy's ServiceAccount anything.

@@ -3,6 +3,8 @@
 //! proxy binary as a child process ([`process`]) and egress proxies ([`egress`]).
 //! The benchmark uses the same mock (`mock-gemini` binary).
 
+#![forbid(unsafe_code)]
+
 pub mod client;
 pub mod egress;
 pub mod mock;

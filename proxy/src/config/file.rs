@@ -17,8 +17,12 @@ pub struct FileConfig {
     pub admin: Option<AdminConfig>,
     #[serde(default)]
     pub groups: Vec<GroupConfig>,
-    /// The group that serves requests without a token (it must be `Open`).
+    /// The group that serves requests without a token (it must be `Open`). There is no
+    /// implicit one.
     pub default_group: Option<String>,
+    /// Serve Open groups on a listener beyond loopback (default false).
+    #[serde(default)]
+    pub allow_open_groups: bool,
     /// Largest request body kept for retries; larger ones get 413. Default 32 MiB.
     pub max_body_bytes: Option<u64>,
     /// How long in-flight requests and streams may run on after SIGTERM. Default 30.

@@ -32,6 +32,9 @@ pub struct Settings {
     pub admin: AdminSettings,
     pub groups: Vec<GroupSnapshot>,
     pub default_group: Option<String>,
+    /// Serve Open groups on a listener beyond loopback (off: refused at start for the file's
+    /// groups, not served for the store's).
+    pub allow_open_groups: bool,
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
     /// Shared state in Redis; `None`: the in-memory store.
@@ -140,6 +143,7 @@ impl Settings {
             admin: AdminSettings::default(),
             groups: vec![group],
             default_group: Some("default".into()),
+            allow_open_groups: false,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             store: None,
@@ -155,9 +159,40 @@ impl Settings {
             admin: AdminSettings::default(),
             groups: Vec::new(),
             default_group: None,
+            allow_open_groups: false,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             store: None,
+        }
+    }
+}
+
+impl Settings {
+    /// Whether Open groups may be served: always on loopback, beyond it only when allowed.
+    pub fn open_allowed(&self) -> bool {
+        self.allow_open_groups || self.listen.ip().is_loopback()
+    }
+
+    /// Refuses Open groups of the file on a listener beyond loopback unless allowed: an image
+    /// or a config must not make an open relay of other people's keys by default.
+    pub fn check_exposure(&self, origin: &str) -> Result<(), ConfigError> {
+        if self.open_allowed() {
+            return Ok(());
+        }
+        match self
+            .groups
+            .iter()
+            .position(|g| g.access.mode == AccessMode::Open)
+        {
+            None => Ok(()),
+            Some(i) => Err(ConfigError {
+                origin: origin.to_owned(),
+                path: format!("groups[{i}].access.mode"),
+                message: format!(
+                    "group {:?} is Open and the listener {} is beyond loopback: anyone who reaches it uses the keys. Use Token access, or allow it with allowOpenGroups: true (GEMINI_PROXY_ALLOW_OPEN_GROUPS=true)",
+                    self.groups[i].name, self.listen
+                ),
+            }),
         }
     }
 }
@@ -288,6 +323,7 @@ impl Resolver<'_> {
             admin,
             groups,
             default_group: file.default_group,
+            allow_open_groups: file.allow_open_groups,
             max_body_bytes,
             shutdown_grace: file
                 .shutdown_grace_seconds

@@ -349,3 +349,25 @@ fn yaml_errors_name_the_place_and_never_quote_the_file() {
     let e = err("groups:\n  - name: g\n    wieght: 2\n");
     assert!(e.contains("wieght") && e.contains("line 3"), "{e}");
 }
+
+#[test]
+fn open_groups_beyond_loopback_need_an_explicit_yes() {
+    let open = "listen: \"0.0.0.0:8080\"\ngroups:\n  - {name: g, access: {mode: Open}, keys: [{value: exposure-key-1}]}\n";
+    let s = parse(open, &[]).unwrap();
+    let e = s.check_exposure("proxy.yaml").unwrap_err().to_string();
+    assert!(
+        e.starts_with("proxy.yaml: groups[0].access.mode: group \"g\" is Open and the listener 0.0.0.0:8080 is beyond loopback"),
+        "{e}"
+    );
+    assert!(e.contains("allowOpenGroups: true"), "{e}");
+    let allowed = parse(&format!("allowOpenGroups: true\n{open}"), &[]).unwrap();
+    assert!(allowed.check_exposure("proxy.yaml").is_ok());
+    let loopback = parse(&open.replace("0.0.0.0", "127.0.0.1"), &[]).unwrap();
+    assert!(loopback.check_exposure("proxy.yaml").is_ok());
+    let token = parse(
+        "listen: \"0.0.0.0:8080\"\ngroups:\n  - {name: g, access: {clientTokens: [exposure-token]}, keys: [{value: exposure-key-1}]}\n",
+        &[],
+    )
+    .unwrap();
+    assert!(token.check_exposure("proxy.yaml").is_ok());
+}

@@ -77,6 +77,41 @@ pub fn route<'a>(method: &Method, path: &'a str, openai_credential: bool) -> Opt
     None
 }
 
+/// Whether `path` could mean another path once normalised: a `.` or `..` segment, raw or
+/// percent-encoded (`%2e`), an encoded `/` or `\\` (`%2f`, `%5c`), or a raw `\\`. Such paths
+/// are refused: `/upload/../v1beta/models/m:generateContent` would pass as an upload here and be
+/// a generate call wherever it is normalised. Allocation-free: it runs on every request.
+pub fn is_ambiguous_path(path: &str) -> bool {
+    let b = path.as_bytes();
+    if !b.iter().any(|&c| matches!(c, b'.' | b'%' | b'\\')) {
+        return false;
+    }
+    if b.contains(&b'\\') {
+        return true;
+    }
+    let encoded_separator = b
+        .windows(3)
+        .any(|w| w[0] == b'%' && matches!((w[1], w[2] | 0x20), (b'2', b'f') | (b'5', b'c')));
+    encoded_separator || path.split('/').any(is_dot_segment)
+}
+
+/// `.` or `..`, each dot raw or as `%2e` / `%2E`.
+fn is_dot_segment(seg: &str) -> bool {
+    let b = seg.as_bytes();
+    let (mut i, mut dots) = (0, 0);
+    while i < b.len() {
+        if b[i] == b'.' {
+            i += 1;
+        } else if b[i] == b'%' && i + 2 < b.len() && b[i + 1] == b'2' && (b[i + 2] | 0x20) == b'e' {
+            i += 3;
+        } else {
+            return false;
+        }
+        dots += 1;
+    }
+    dots == 1 || dots == 2
+}
+
 /// `models` or `models/{id}` (no `:method`, no deeper path).
 fn is_openai_models_path(rest: &str) -> bool {
     match rest.strip_prefix("models") {

@@ -137,3 +137,32 @@ fn segments_are_whole_and_their_ids_end_at_colon_or_slash() {
         "a path starts with a slash"
     );
 }
+
+#[test]
+fn paths_that_mean_another_path_once_normalised_are_ambiguous() {
+    for p in [
+        "/upload/../v1beta/models/m:generateContent",
+        "/upload/%2e%2e/v1beta/models/m:generateContent",
+        "/upload/%2E./v1beta/files",
+        "/v1beta/./models/m:generateContent",
+        "/v1beta/models/m:generateContent/..",
+        "/upload/v1beta/files/..%2fcachedContents",
+        "/v1beta/files/a%2Fb",
+        "/v1beta/files/a%5cb",
+        "/v1beta/files\\..\\x",
+    ] {
+        assert!(is_ambiguous_path(p), "{p}");
+    }
+    for p in [
+        "/v1beta/models/gemini-2.5-flash:generateContent",
+        "/v1beta/models/gemini-2.0-flash-001:streamGenerateContent",
+        "/v1beta/files/abc...",
+        "/v1beta/files/...",
+        "/v1beta/files/a.b",
+        "/v1beta/files/%2e%2e%2e",
+        "/v1beta/files/100%25",
+        "/v1beta/openai/chat/completions",
+    ] {
+        assert!(!is_ambiguous_path(p), "{p}");
+    }
+}

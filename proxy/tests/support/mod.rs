@@ -94,7 +94,7 @@ pub fn open_group(keys: &[&str], extra: &str) -> String {
         "upstream: {url: \"{mock}\"}, "
     };
     format!(
-        "groups:\n  - {{name: g, {upstream}access: {{mode: Open}}, keys: [{}]{extra}}}\n",
+        "defaultGroup: g\ngroups:\n  - {{name: g, {upstream}access: {{mode: Open}}, keys: [{}]{extra}}}\n",
         keys.join(", ")
     )
 }

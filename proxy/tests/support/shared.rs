@@ -27,8 +27,14 @@ impl Shared {
     /// A config with the store and one group: `group` is a YAML flow map's inner entries after
     /// the name and upstream (`access: {mode: Open}, keys: [...]`).
     pub fn config_with(&self, mock: &MockGemini, group: &str) -> String {
+        // An Open group serves requests without a token only as the named default group.
+        let default = if group.contains("mode: Open") {
+            "defaultGroup: shared\n"
+        } else {
+            ""
+        };
         format!(
-            "store:\n  redis: {{url: \"{}\", keyPrefix: \"{}\"}}\n  encryptionKey: {{env: TEST_STATE_KEY}}\ngroups:\n  - {{name: shared, upstream: {{{}}}, {group}}}\n",
+            "{default}store:\n  redis: {{url: \"{}\", keyPrefix: \"{}\"}}\n  encryptionKey: {{env: TEST_STATE_KEY}}\ngroups:\n  - {{name: shared, upstream: {{{}}}, {group}}}\n",
             self.redis_url,
             self.prefix,
             mock.upstream_yaml(),

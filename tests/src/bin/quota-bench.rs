@@ -9,6 +9,8 @@
 //!   cargo build --release --bin gemini-proxy --bin quota-bench
 //!   MINUTES=5 target/release/quota-bench [path/to/gemini-proxy]
 
+#![forbid(unsafe_code)]
+
 use std::time::{Duration, Instant};
 
 use gemini_proxy_tests::{Behaviour, Client, MockGemini, ProxyProcess};
@@ -67,7 +69,7 @@ async fn run_arm(bin: &str, arm: &Arm, minutes: f64) -> (Tally, usize, usize) {
         .map(|(k, p)| format!("{{value: {k}, project: {p}}}"))
         .collect();
     let config = format!(
-        "groups:\n  - {{name: bench, upstream: {{url: \"{}\"}}, access: {{mode: Open}}, rotation: {{strategy: {}}}, limits: {}, keys: [{}]}}\n",
+        "defaultGroup: bench\ngroups:\n  - {{name: bench, upstream: {{url: \"{}\"}}, access: {{mode: Open}}, rotation: {{strategy: {}}}, limits: {}, keys: [{}]}}\n",
         mock.url(),
         arm.rotation,
         arm.limits,

@@ -14,6 +14,8 @@
 //! Prints one line: `rate R sent N ok K errors E achieved A/s p50 X p90 X p99 X p99.9 X max X`
 //! (milliseconds). Answers must carry a `Content-Length` (the canned upstream's do).
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
