@@ -38,6 +38,10 @@ const MISS_FOR: Duration = Duration::from_secs(5);
 /// Names looked up per request at most (a request naming hundreds of files is routed by the
 /// first ones).
 pub const MAX_NAMES: usize = 8;
+/// Longest resource name taken from a request (Google's file, cache and batch names are tens
+/// of bytes): longer ones are not looked up or cached, so a client cannot fill memory with
+/// made-up names.
+pub const MAX_NAME_BYTES: usize = 256;
 
 /// What a successful answer to a request creates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,7 +112,7 @@ pub fn upload_id<'q>(path: &str, query: Option<&'q str>) -> Option<&'q str> {
     query?
         .split('&')
         .find_map(|kv| kv.strip_prefix("upload_id="))
-        .filter(|id| !id.is_empty())
+        .filter(|id| !id.is_empty() && id.len() <= MAX_NAME_BYTES)
 }
 
 /// The store name of an upload session: a digest, never the id itself.
@@ -124,7 +128,7 @@ pub fn named_in_path(path: &str) -> Option<&str> {
     let (kind, id) = crate::routes::segment_after(path, &["files", "cachedContents", "batches"])?;
     // `kind/id` lies in `path` right before and including `id`.
     let end = id.as_ptr() as usize - path.as_ptr() as usize + id.len();
-    Some(&path[end - id.len() - kind.len() - 1..end])
+    Some(&path[end - id.len() - kind.len() - 1..end]).filter(|n| n.len() <= MAX_NAME_BYTES)
 }
 
 /// The resources a request body names: `fileData.fileUri` (a URI or `files/ID`),
@@ -156,11 +160,13 @@ fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
                     ("fileUri" | "file_uri" | "fileName" | "file_name", Some(s)) => {
                         if let Some(name) = s.find("files/").map(|i| &s[i..]) {
                             let end = name.find(['?', '#', ':']).unwrap_or(name.len());
-                            out.push(name[..end].to_owned());
+                            if end <= MAX_NAME_BYTES {
+                                out.push(name[..end].to_owned());
+                            }
                         }
                     }
                     ("cachedContent" | "cached_content", Some(s))
-                        if s.starts_with("cachedContents/") =>
+                        if s.starts_with("cachedContents/") && s.len() <= MAX_NAME_BYTES =>
                     {
                         out.push(s.to_owned())
                     }

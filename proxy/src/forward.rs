@@ -37,6 +37,9 @@ use crate::usage::TokenScan;
 const MAX_ERROR_BODY: usize = 1 << 20;
 /// Answers that create a resource are read whole to learn its name.
 const MAX_CREATED_BODY: usize = 4 << 20;
+/// A request body must arrive whole within this (32 MiB at about 4.5 Mbit/s), so a client that
+/// trickles its body holds its connection for a bounded time.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
@@ -195,10 +198,22 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
     if declared.is_some_and(|n| n > limit as u64) {
         return too_large();
     }
-    let body: Bytes = match Limited::new(body, limit).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(),
+    let read = tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, limit).collect());
+    let body: Bytes = match read.await {
+        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(),
         Err(_) => {
+            return envelope::error(
+                api,
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "the request body did not arrive within {} s",
+                    BODY_READ_TIMEOUT.as_secs()
+                ),
+                None,
+            );
+        }
+        Ok(Err(_)) => {
             return envelope::error(
                 api,
                 StatusCode::BAD_REQUEST,

@@ -1,13 +1,14 @@
 //! Start-up (store, groups, background tasks) and serving with a bounded graceful shutdown.
 
+pub mod conn;
+
 use std::collections::HashSet;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::ServiceExt as _;
 use axum::serve::ListenerExt;
 use keystore::KeyStore;
 use tokio::net::TcpListener;
@@ -123,7 +124,8 @@ pub async fn serve(
     serve_on(listener, service, shutdown, grace).await
 }
 
-/// [`serve`] on any listener (plain TCP, or [`TlsListener`] with handshakes done).
+/// [`serve`] on any listener (plain TCP, or [`TlsListener`] with handshakes done), with the
+/// bounds of [`conn`].
 pub async fn serve_on<L>(
     listener: L,
     service: Entry,
@@ -132,25 +134,8 @@ pub async fn serve_on<L>(
 ) -> std::io::Result<()>
 where
     L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
 {
-    let (fired, mut on_fire) = watch::channel(false);
-    let server = axum::serve(listener, service.into_make_service())
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = fired.send(true);
-        })
-        .into_future();
-    tokio::select! {
-        r = server => r,
-        _ = async {
-            let _ = on_fire.wait_for(|f| *f).await;
-            tokio::time::sleep(grace).await;
-        } => {
-            tracing::warn!(grace_s = grace.as_secs(), "shutdown grace over: closing the requests still in flight");
-            Ok(())
-        }
-    }
+    conn::serve(listener, service, shutdown, grace).await
 }
 
 /// Server threads, each with its own single-threaded runtime and its own listening socket on the

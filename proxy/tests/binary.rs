@@ -324,3 +324,136 @@ async fn sigterm_with_200_open_streams_lets_every_one_finish() {
     );
     assert!(took < Duration::from_secs(20), "exit took {took:?}");
 }
+
+#[tokio::test]
+async fn made_up_names_do_not_fill_memory() {
+    // Two projects: requests that name a file are looked up for their owner. The upstream is a
+    // closed port: what is measured happens before any attempt (each answer is a quick 502).
+    let config = "defaultGroup: g\ngroups:\n  - {name: g, upstream: {url: \"http://127.0.0.1:1\"}, access: {mode: Open}, retry: {maxAttempts: 1}, keys: [{value: mem-a, project: pa}, {value: mem-b, project: pb}]}\n";
+    let p = ProxyProcess::with_config(BIN, config, &[]).await;
+    let c = Client::new();
+    let url = format!("{}{MODEL_PATH}", p.url());
+    assert_eq!(c.call(Method::POST, &url, &[], "{}").await.status, 502);
+    let before = gemini_proxy_tests::process::rss_kib(p.pid());
+    // 12 requests naming 8 distinct 3.5 MB file names each, then 4 with a 9.5 MB model name.
+    for r in 0..12 {
+        let parts: Vec<String> = (0..8)
+            .map(|i| {
+                format!(
+                    r#"{{"fileData":{{"fileUri":"files/{r}-{i}-{}"}}}}"#,
+                    "n".repeat(3_500_000)
+                )
+            })
+            .collect();
+        let body = format!(r#"{{"contents":[{{"parts":[{}]}}]}}"#, parts.join(","));
+        let res = c.call(Method::POST, &url, &[], body).await;
+        assert_eq!(res.status, 502, "{}", res.text());
+    }
+    for _ in 0..4 {
+        let body = format!(
+            r#"{{"model":"{}","messages":[{{"role":"user","content":"hi"}}]}}"#,
+            "m".repeat(9_500_000)
+        );
+        let res = c
+            .call(
+                Method::POST,
+                &format!("{}/v1beta/openai/chat/completions", p.url()),
+                &[],
+                body,
+            )
+            .await;
+        assert_eq!(res.status, 502, "{}", res.text());
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = gemini_proxy_tests::process::rss_kib(p.pid());
+    println!("RSS {before} KiB before, {after} KiB after");
+    assert!(
+        after < before + 100 * 1024,
+        "RSS grew from {before} to {after} KiB"
+    );
+}
+
+/// Reads from `s` until the proxy closes it (or `limit` passes): what it sent, and when.
+async fn until_closed(mut s: tokio::net::TcpStream, limit: Duration) -> (Vec<u8>, Duration) {
+    use tokio::io::AsyncReadExt;
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(limit, s.read_to_end(&mut got)).await;
+    (got, started.elapsed())
+}
+
+#[tokio::test]
+async fn slow_and_silent_clients_are_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let mock = MockGemini::start().await;
+    mock.accept_any_key(Behaviour::Ok);
+    let config = format!(
+        "defaultGroup: g\ngroups:\n  - {{name: g, upstream: {{url: \"{}\"}}, access: {{mode: Open}}, keys: [{{value: slow-key}}]}}\n",
+        mock.url()
+    );
+    let p = ProxyProcess::with_config(BIN, &config, &[]).await;
+    let limit = Duration::from_secs(75);
+    let connect = || tokio::net::TcpStream::connect(p.addr);
+    // Connects and says nothing.
+    let silent = async { until_closed(connect().await.expect("connect"), limit).await };
+    // Trickles a request head, a byte a second, never finishing it.
+    let trickle = async {
+        let mut s = connect().await.expect("connect");
+        s.write_all(b"POST /v1beta/models/m:generateContent HTTP/1.1\r\nx-a: ")
+            .await
+            .expect("write");
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if s.write_all(b"a").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        started.elapsed()
+    };
+    // One request, then idle on the kept-alive connection.
+    let idle = async {
+        let mut s = connect().await.expect("connect");
+        s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("write");
+        until_closed(s, limit).await
+    };
+    // A head, then a body that never completes: 408 in Google's envelope.
+    let slow_body = async {
+        let mut s = connect().await.expect("connect");
+        s.write_all(
+            b"POST /v1beta/models/m:generateContent HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n{\"contents\":",
+        )
+        .await
+        .expect("write");
+        until_closed(s, limit).await
+    };
+    let ((silent_got, silent_t), trickle_t, (idle_got, idle_t), (body_got, body_t)) =
+        tokio::join!(silent, trickle, idle, slow_body);
+    println!(
+        "closed after: silent {silent_t:?}, trickle {trickle_t:?}, idle {idle_t:?}, body {body_t:?}"
+    );
+    assert!(
+        silent_got.is_empty() && silent_t < Duration::from_secs(30),
+        "{silent_t:?}"
+    );
+    assert!(
+        trickle_t < Duration::from_secs(45),
+        "a trickled head ran {trickle_t:?}"
+    );
+    assert!(
+        idle_got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&idle_got)
+    );
+    assert!(
+        idle_t < Duration::from_secs(45),
+        "an idle connection stayed {idle_t:?}"
+    );
+    let body = String::from_utf8_lossy(&body_got);
+    assert!(body.starts_with("HTTP/1.1 408"), "{body}");
+    assert!(body.contains("did not arrive within 60 s"), "{body}");
+    assert!(body_t < Duration::from_secs(70), "{body_t:?}");
+    assert!(mock.requests().is_empty(), "nothing went upstream");
+}

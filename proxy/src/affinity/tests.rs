@@ -150,3 +150,23 @@ fn sessions_are_stored_by_digest() {
         None
     );
 }
+
+#[test]
+fn names_longer_than_the_bound_are_neither_looked_up_nor_kept() {
+    let long = "x".repeat(MAX_NAME_BYTES);
+    let body = format!(
+        r#"{{"contents":[{{"parts":[{{"fileData":{{"fileUri":"files/{long}"}}}},{{"fileData":{{"fileUri":"files/ok1"}}}}]}}],"cachedContent":"cachedContents/{long}"}}"#
+    );
+    assert_eq!(named_in_body(body.as_bytes()), vec!["files/ok1".to_owned()]);
+    assert_eq!(named_in_path(&format!("/v1beta/files/{long}")), None);
+    assert_eq!(named_in_path("/v1beta/files/ok1"), Some("files/ok1"));
+    let id = "u".repeat(MAX_NAME_BYTES + 1);
+    assert_eq!(
+        upload_id("/upload/v1beta/files", Some(&format!("upload_id={id}"))),
+        None
+    );
+    assert_eq!(
+        upload_id("/upload/v1beta/files", Some("upload_id=abc")),
+        Some("abc")
+    );
+}

@@ -209,6 +209,9 @@ pub fn model_in_body(body: &[u8]) -> Option<String> {
         .map(|m| m.strip_prefix("models/").map(str::to_owned).unwrap_or(m))
 }
 
+/// Longest model name taken from a request (Google's are under 64 bytes).
+pub const MAX_MODEL_BYTES: usize = 128;
+
 /// The model of a request, looked up only when a model's cooldown makes it matter (for the
 /// OpenAI layer it means parsing the body).
 pub struct ModelOf<'a> {
@@ -228,11 +231,16 @@ impl<'a> ModelOf<'a> {
         }
     }
 
+    /// The model; a name longer than [`MAX_MODEL_BYTES`] counts as none (it would become a
+    /// key of quota counters and cooldowns).
     pub fn get(&self) -> Option<&str> {
         self.cell
-            .get_or_init(|| match self.api {
-                Api::Native => model_in_path(self.path).map(str::to_owned),
-                Api::OpenAi => model_in_body(self.body),
+            .get_or_init(|| {
+                match self.api {
+                    Api::Native => model_in_path(self.path).map(str::to_owned),
+                    Api::OpenAi => model_in_body(self.body),
+                }
+                .filter(|m| m.len() <= MAX_MODEL_BYTES)
             })
             .as_deref()
     }

@@ -166,3 +166,30 @@ fn paths_that_mean_another_path_once_normalised_are_ambiguous() {
         assert!(!is_ambiguous_path(p), "{p}");
     }
 }
+
+#[test]
+fn an_overlong_model_name_counts_as_none() {
+    let long = "m".repeat(MAX_MODEL_BYTES + 1);
+    let path = format!("/v1beta/models/{long}:generateContent");
+    assert_eq!(ModelOf::new(Api::Native, &path, b"").get(), None);
+    let body = format!(r#"{{"model":"{long}"}}"#);
+    assert_eq!(
+        ModelOf::new(
+            Api::OpenAi,
+            "/v1beta/openai/chat/completions",
+            body.as_bytes()
+        )
+        .get(),
+        None
+    );
+    let fine = r#"{"model":"gemini-2.5-flash"}"#;
+    assert_eq!(
+        ModelOf::new(
+            Api::OpenAi,
+            "/v1beta/openai/chat/completions",
+            fine.as_bytes()
+        )
+        .get(),
+        Some("gemini-2.5-flash")
+    );
+}
