@@ -102,6 +102,8 @@ async fn operator_writes_the_group_and_a_real_proxy_serves_and_follows_a_secret_
     // A proxy pod: no groups of its own, state from Redis, the group as its default.
     let mut settings = Settings::store_only();
     settings.default_group = Some("team-a/gemini".into());
+    // The mock upstream is on loopback, not Google's host.
+    settings.allowed_upstream_hosts = vec!["127.0.0.1".into()];
     let proxy_store: Arc<dyn KeyStore> = RedisStore::new(config).unwrap();
     let proxy = Proxy::start(&settings, proxy_store, "redis").await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -24,6 +24,8 @@ pub mod forward;
 pub mod guardrail;
 pub mod metrics;
 pub mod pool;
+#[cfg(test)]
+mod proptests;
 pub mod quota;
 pub mod redact;
 pub mod registry;

@@ -55,6 +55,14 @@ struct Cli {
     /// their keys).
     #[arg(long, env = "GEMINI_PROXY_ALLOW_OPEN_GROUPS")]
     allow_open_groups: bool,
+    /// Hosts the store's groups may use as upstream, comma-separated (default
+    /// generativelanguage.googleapis.com; `*` for any).
+    #[arg(
+        long,
+        env = "GEMINI_PROXY_ALLOWED_UPSTREAM_HOSTS",
+        value_delimiter = ','
+    )]
+    allowed_upstream_hosts: Vec<String>,
     /// Largest request body kept for retries (bytes); larger ones get 413.
     #[arg(long, env = "GEMINI_PROXY_MAX_BODY_BYTES")]
     max_body_bytes: Option<usize>,
@@ -190,6 +198,15 @@ fn load(cli: &Cli) -> Result<Settings, String> {
     }
     if cli.allow_open_groups {
         settings.allow_open_groups = true;
+    }
+    let hosts: Vec<String> = cli
+        .allowed_upstream_hosts
+        .iter()
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .collect();
+    if !hosts.is_empty() {
+        settings.allowed_upstream_hosts = hosts;
     }
     let origin = cli
         .config

@@ -61,6 +61,9 @@ pub struct Selection {
     /// Whether Open groups are served. Off on a non-loopback listener unless opted in, so an
     /// image or chart is not an open relay by default; a refused Open group is logged.
     pub open_allowed: bool,
+    /// Hosts the groups from the store may send requests to (`None`: any). A tenant who may
+    /// create a group must not be able to point its keys, or the proxies, elsewhere.
+    pub upstream_hosts: Option<Arc<[String]>>,
 }
 
 impl Registry {
@@ -137,6 +140,13 @@ impl Registry {
                 tracing::error!(group = %snap.name, "Open group not served: this proxy listens beyond loopback and Open groups were not allowed (--allow-open-groups, allowOpenGroups: true)");
                 continue;
             }
+            if let Some(hosts) = &selection.upstream_hosts
+                && selection.only.is_none()
+                && !host_allowed(&snap.upstream.url, hosts)
+            {
+                tracing::error!(group = %snap.name, upstream = %snap.upstream.url, "group not served: its upstream host is not allowed (--allowed-upstream-hosts)");
+                continue;
+            }
             let upstream = match Upstream::new(&snap.upstream) {
                 Ok(u) => u,
                 Err(e) => {
@@ -197,6 +207,14 @@ impl Registry {
             }
         }
     }
+}
+
+/// Whether `url`'s host is one of `hosts` (exactly, ignoring case).
+fn host_allowed(url: &str, hosts: &[String]) -> bool {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+        .is_some_and(|h| hosts.iter().any(|a| a.eq_ignore_ascii_case(&h)))
 }
 
 /// The audit trail's log side of keys coming and going (the store records them at publish).

@@ -123,6 +123,7 @@ impl Reloader {
             only,
             // The listener is the running one (it changes only with a restart).
             open_allowed: next.allow_open_groups || old.listen.ip().is_loopback(),
+            upstream_hosts: next.upstream_allowlist(),
         });
         self.ctx.own_groups.store(Arc::new(next.groups.clone()));
         let store = self.ctx.store.as_ref();

@@ -45,6 +45,7 @@ impl Proxy {
             default_group: settings.default_group.clone(),
             only,
             open_allowed: settings.open_allowed(),
+            upstream_hosts: settings.upstream_allowlist(),
         }));
         let status = Arc::new(StoreStatus::new(kind));
         let loaded = sync::publish_and_reload(store.as_ref(), &registry, &settings.groups).await;

@@ -807,3 +807,53 @@ async fn a_reloaded_file_is_published_and_status_reads_the_store() {
     }
     assert_eq!(generate(&p).await, 200);
 }
+
+#[tokio::test]
+async fn a_group_from_the_store_reaches_only_allowed_upstream_hosts() {
+    let redis = RedisServer::start();
+    let shared = Shared::new(&redis);
+    let mock = MockGemini::start().await;
+    mock.accept_any_key(Behaviour::Ok);
+    // A tenant's group pointing its keys at a host of its choosing (here the mock).
+    let store = shared.store();
+    let mut group = GroupSnapshot::for_test("team-a/exfil", &["allow-key"]);
+    group.upstream.url = mock.url();
+    store.publish_group(group).await.unwrap();
+    let args = [
+        "--redis-url",
+        shared.redis_url.as_str(),
+        "--redis-key-prefix",
+        shared.prefix.as_str(),
+        "--default-group",
+        "team-a/exfil",
+    ];
+    // The default list: Google's endpoint only.
+    let p = ProxyProcess::spawn(
+        BIN,
+        &args,
+        &[
+            ("GEMINI_PROXY_STATE_KEY", &shared.state_key),
+            ("GEMINI_PROXY_ALLOWED_UPSTREAM_HOSTS", ""),
+        ],
+    )
+    .await;
+    assert_eq!(generate(&p).await, 401, "no group serves");
+    assert_eq!(mock.count("allow-key"), 0, "the key went to the host");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !p.logs().contains("its upstream host is not allowed") {
+        assert!(Instant::now() < deadline, "{}", p.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Allowed by the proxy's operator: served.
+    let p = ProxyProcess::spawn(
+        BIN,
+        &args,
+        &[
+            ("GEMINI_PROXY_STATE_KEY", &shared.state_key),
+            ("GEMINI_PROXY_ALLOWED_UPSTREAM_HOSTS", "127.0.0.1"),
+        ],
+    )
+    .await;
+    assert_eq!(generate(&p).await, 200);
+    assert_eq!(mock.count("allow-key"), 1);
+}

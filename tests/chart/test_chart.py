@@ -100,6 +100,7 @@ def test_proxy_has_no_api_token_and_probes_its_endpoints():
     env = {e["name"]: e for e in c["env"]}
     assert env["GEMINI_PROXY_ADMIN_LISTEN"]["value"] == "0.0.0.0:9464"
     assert "GEMINI_PROXY_ADMIN_TOKEN" not in env
+    assert env["GEMINI_PROXY_ALLOWED_UPSTREAM_HOSTS"]["value"] == "generativelanguage.googleapis.com"
     # Not an open relay by default: Open groups are served only when allowed.
     assert "GEMINI_PROXY_ALLOW_OPEN_GROUPS" not in env
     docs = render(["--set", "proxy.allowOpenGroups=true"])

@@ -84,6 +84,8 @@ impl ProxyProcess {
             .arg(admin.to_string())
             .env_remove("GEMINI_API_KEYS")
             .env("RUST_LOG", "info")
+            // The mock upstreams are on loopback; a test can set its own list.
+            .env("GEMINI_PROXY_ALLOWED_UPSTREAM_HOSTS", "127.0.0.1,localhost")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

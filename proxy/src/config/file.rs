@@ -23,6 +23,9 @@ pub struct FileConfig {
     /// Serve Open groups on a listener beyond loopback (default false).
     #[serde(default)]
     pub allow_open_groups: bool,
+    /// Hosts the store's groups may use as upstream (default Google's Gemini endpoint; `*` for
+    /// any). Groups of this file are not limited.
+    pub allowed_upstream_hosts: Option<Vec<String>>,
     /// Largest request body kept for retries; larger ones get 413. Default 32 MiB.
     pub max_body_bytes: Option<u64>,
     /// How long in-flight requests and streams may run on after SIGTERM. Default 30.

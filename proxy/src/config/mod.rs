@@ -20,6 +20,12 @@ use file::{FileConfig, GroupConfig, KeyConfig, SecretRef, SecretSource, StoreCon
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
+/// The upstream hosts a store's group may use unless the proxy's operator says otherwise.
+pub const DEFAULT_UPSTREAM_HOSTS: [&str; 1] = ["generativelanguage.googleapis.com"];
+
+fn default_upstream_hosts() -> Vec<String> {
+    DEFAULT_UPSTREAM_HOSTS.map(str::to_owned).to_vec()
+}
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -35,6 +41,9 @@ pub struct Settings {
     /// Serve Open groups on a listener beyond loopback (off: refused at start for the file's
     /// groups, not served for the store's).
     pub allow_open_groups: bool,
+    /// Hosts the store's groups may send requests (and keys) to; `*` for any. The config
+    /// file's own groups are its author's and not limited.
+    pub allowed_upstream_hosts: Vec<String>,
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
     /// Shared state in Redis; `None`: the in-memory store.
@@ -144,6 +153,7 @@ impl Settings {
             groups: vec![group],
             default_group: Some("default".into()),
             allow_open_groups: false,
+            allowed_upstream_hosts: default_upstream_hosts(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             store: None,
@@ -160,6 +170,7 @@ impl Settings {
             groups: Vec::new(),
             default_group: None,
             allow_open_groups: false,
+            allowed_upstream_hosts: default_upstream_hosts(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             store: None,
@@ -168,6 +179,12 @@ impl Settings {
 }
 
 impl Settings {
+    /// The upstream hosts the store's groups are limited to (`None`: any).
+    pub fn upstream_allowlist(&self) -> Option<std::sync::Arc<[String]>> {
+        (!self.allowed_upstream_hosts.iter().any(|h| h == "*"))
+            .then(|| self.allowed_upstream_hosts.clone().into())
+    }
+
     /// Whether Open groups may be served: always on loopback, beyond it only when allowed.
     pub fn open_allowed(&self) -> bool {
         self.allow_open_groups || self.listen.ip().is_loopback()
@@ -324,6 +341,10 @@ impl Resolver<'_> {
             groups,
             default_group: file.default_group,
             allow_open_groups: file.allow_open_groups,
+            allowed_upstream_hosts: file
+                .allowed_upstream_hosts
+                .map(|h| h.iter().map(|h| h.trim().to_ascii_lowercase()).collect())
+                .unwrap_or_else(default_upstream_hosts),
             max_body_bytes,
             shutdown_grace: file
                 .shutdown_grace_seconds
@@ -612,25 +633,42 @@ impl Resolver<'_> {
 }
 
 /// A YAML error as the problem and its place, never the text around it: the parser's snippet
-/// is left out and quoted values are blanked, as the file may hold keys inline.
+/// is left out, quoted values are blanked, and so are names in backticks longer than any field
+/// (a key written where a field name belongs would be quoted so), as the file may hold keys.
 fn yaml_problem(e: &serde_saphyr::Error) -> String {
+    /// The longest field name of the file format (`maxInputTokensPerRequest`).
+    const LONGEST_FIELD: usize = 24;
     let plain = e.without_snippet().to_string();
     let mut out = String::with_capacity(plain.len());
     let mut quoted = false;
+    let mut name: Option<String> = None;
     for c in plain.chars() {
-        if c == '"' {
-            if quoted {
-                out.push_str("…\"");
-            } else {
-                out.push('"');
+        match (c, &mut name) {
+            ('`', Some(n)) => {
+                out.push('`');
+                out.push_str(if n.chars().count() > LONGEST_FIELD {
+                    "…"
+                } else {
+                    n
+                });
+                out.push('`');
+                name = None;
             }
-            quoted = !quoted;
-        } else if !quoted {
-            out.push(c);
+            (c, Some(n)) => n.push(c),
+            ('`', None) if !quoted => name = Some(String::new()),
+            ('"', None) => {
+                out.push_str(if quoted { "…\"" } else { "\"" });
+                quoted = !quoted;
+            }
+            (c, None) if !quoted => out.push(c),
+            _ => {}
         }
     }
     if quoted {
         out.push_str("…\"");
+    }
+    if name.is_some() {
+        out.push_str("`…`");
     }
     // One line: a multi-line message would be cut apart by log readers.
     out.split_whitespace().collect::<Vec<_>>().join(" ")

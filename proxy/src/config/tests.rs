@@ -345,9 +345,13 @@ fn yaml_errors_name_the_place_and_never_quote_the_file() {
         assert!(!e.contains("yaml-secret-value"), "{e}");
         assert!(!e.contains('\n'), "{e}");
     }
-    // Field names are still named.
+    // Field names are still named; a key written where a field name belongs is not.
     let e = err("groups:\n  - name: g\n    wieght: 2\n");
     assert!(e.contains("wieght") && e.contains("line 3"), "{e}");
+    let e =
+        err("groups:\n  - name: g\n    keys:\n      - yaml-secret-value-written-as-a-field: 1\n");
+    assert!(!e.contains("yaml-secret-value"), "{e}");
+    assert!(e.contains("line 4"), "{e}");
 }
 
 #[test]

@@ -24,6 +24,7 @@ fn selection(default_group: Option<&str>, open_allowed: bool) -> Selection {
         default_group: default_group.map(str::to_owned),
         only: None,
         open_allowed,
+        upstream_hosts: None,
     }
 }
 
@@ -81,4 +82,32 @@ fn open_groups_are_not_served_unless_allowed() {
     r.select(selection(Some("open"), true));
     r.rebuild(vec![team(&["tok-1"]), open()], &HashMap::new());
     assert_eq!(group_of(&r, None).as_deref(), Some("open"));
+}
+
+#[test]
+fn groups_from_the_store_reach_only_allowed_hosts() {
+    let hosts: Arc<[String]> = vec!["generativelanguage.googleapis.com".to_owned()].into();
+    let r = Registry::new(Selection {
+        upstream_hosts: Some(hosts.clone()),
+        ..selection(Some("open"), true)
+    });
+    let mut evil = team(&["tok-1"]);
+    evil.upstream.url = "https://collector.example".into();
+    let mut google = open();
+    google.upstream.url = "https://GenerativeLanguage.googleapis.com".into();
+    r.rebuild(vec![evil.clone(), google.clone()], &HashMap::new());
+    assert!(
+        r.groups().get("team").is_none(),
+        "a group pointing elsewhere"
+    );
+    assert!(r.groups().get("open").is_some());
+    assert_eq!(group_of(&r, Some("tok-1")).as_deref(), Some("open"));
+    // The config file's own groups are its author's: not limited.
+    r.select(Selection {
+        only: Some(["team".to_owned()].into()),
+        upstream_hosts: Some(hosts),
+        ..selection(None, true)
+    });
+    r.rebuild(vec![evil, google], &HashMap::new());
+    assert!(r.groups().get("team").is_some());
 }
