@@ -136,15 +136,9 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     // The control runtime: start-up, signals, and the store's background tasks. Requests are
     // served on the worker threads (`Workers`).
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match control_runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("gemini-proxy: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let workers = cli.worker_threads.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
@@ -237,18 +231,23 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// A single-threaded runtime for start-up, signals and background work (or a CLI command).
+fn control_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("gemini-proxy: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
 /// `gemini-proxy status`: a running proxy's view (its admin listener) or a store's.
 fn status(admin: &str, token: Option<&str>, redis: &RedisArgs, output: Output) -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match control_runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("gemini-proxy: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let report = rt.block_on(async {
         if redis.given() {
