@@ -80,7 +80,8 @@ cargo test --workspace --locked
 # Production reaches Gemini over https:// (rustls, HTTP/2 by ALPN): the upstream-facing suites
 # run again with the mock serving TLS from a test CA that the proxy trusts via upstream.caFile.
 log "upstream-facing suites again over https://"
-GEMINI_PROXY_TEST_UPSTREAM=https cargo test --locked -p gemini-proxy \
+# (--workspace, not -p: the same feature set as above, so nothing is compiled again.)
+GEMINI_PROXY_TEST_UPSTREAM=https cargo test --locked --workspace \
   --test classification --test streaming --test sdk --test affinity --test healthy_key_wins
 
 log "chart, manifests, Dockerfiles (pytest)"
