@@ -84,12 +84,20 @@ impl Creates {
 }
 
 /// The id of the upload session a chunk request continues (`?upload_id=`), when the request is
-/// a chunk command (`upload`, `finalize`, `query`, `cancel`): the session authorises nothing else.
+/// a chunk command (`upload`, `finalize`, `query`, `cancel`) sent as `POST` or `PUT` to the
+/// upload endpoint itself (`/upload/v1beta/files`, `/upload/v1/files`): the session authorises
+/// nothing else, not another path and not another method.
 pub fn chunk_of_session<'q>(
+    method: &Method,
     path: &str,
     query: Option<&'q str>,
     headers: &HeaderMap,
 ) -> Option<&'q str> {
+    if !matches!(*method, Method::POST | Method::PUT)
+        || !matches!(path, "/upload/v1beta/files" | "/upload/v1/files")
+    {
+        return None;
+    }
     let command = headers
         .get(X_GOOG_UPLOAD_COMMAND)
         .and_then(|v| v.to_str().ok())?

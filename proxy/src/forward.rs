@@ -143,7 +143,12 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
     trace.api = api;
     trace.route = route.operation;
     // The chunks of a resumable upload carry no key: the session is their credential.
-    let session = affinity::chunk_of_session(parts.uri.path(), parts.uri.query(), &parts.headers);
+    let session = affinity::chunk_of_session(
+        &parts.method,
+        parts.uri.path(),
+        parts.uri.query(),
+        &parts.headers,
+    );
     let session_binding = match session {
         Some(id) => app
             .affinity

@@ -338,3 +338,33 @@ async fn paths_that_normalise_elsewhere_never_go_upstream() {
     }
     assert!(mock.requests().is_empty(), "{:?}", mock.requests());
 }
+
+#[tokio::test]
+async fn an_upload_session_is_no_pass_for_other_calls() {
+    let (mock, p) = two_groups().await;
+    // Chunk-command headers and an upload id on anything but the upload endpoint's POST/PUT:
+    // not a chunk, so a token is needed like for any call.
+    for (method, path) in [
+        (
+            Method::DELETE,
+            "/upload/v1beta/cachedContents/c1?upload_id=abc",
+        ),
+        (Method::DELETE, "/upload/v1beta/files?upload_id=abc"),
+        (
+            Method::POST,
+            "/upload/v1beta/models/m:generateContent?upload_id=abc",
+        ),
+    ] {
+        let r = p
+            .client
+            .call(
+                method.clone(),
+                &format!("{}{path}", p.url),
+                &[("x-goog-upload-command", "cancel")],
+                "",
+            )
+            .await;
+        assert_eq!(r.status, 401, "{method} {path}: {}", r.text());
+    }
+    assert!(mock.requests().is_empty());
+}

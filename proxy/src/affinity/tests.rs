@@ -134,21 +134,41 @@ fn sessions_are_stored_by_digest() {
         h
     };
     assert_eq!(
-        chunk_of_session("/upload/v1/files", q, &with("upload, finalize")),
+        chunk_of_session(
+            &Method::POST,
+            "/upload/v1/files",
+            q,
+            &with("upload, finalize")
+        ),
         Some("AbC")
     );
     assert_eq!(
-        chunk_of_session("/upload/v1/files", q, &with("query")),
+        chunk_of_session(&Method::POST, "/upload/v1/files", q, &with("query")),
         Some("AbC")
     );
     assert_eq!(
-        chunk_of_session("/upload/v1/files", q, &with("start")),
+        chunk_of_session(&Method::POST, "/upload/v1/files", q, &with("start")),
         None
     );
     assert_eq!(
-        chunk_of_session("/upload/v1/files", q, &HeaderMap::new()),
+        chunk_of_session(&Method::POST, "/upload/v1/files", q, &HeaderMap::new()),
         None
     );
+    // Only on the upload endpoint, and only POST or PUT: a session is no pass to other calls.
+    let cancel = with("cancel");
+    assert_eq!(
+        chunk_of_session(&Method::PUT, "/upload/v1beta/files", q, &cancel),
+        Some("AbC")
+    );
+    for (m, path) in [
+        (Method::DELETE, "/upload/v1beta/files"),
+        (Method::GET, "/upload/v1beta/files"),
+        (Method::POST, "/upload/v1beta/cachedContents/x"),
+        (Method::POST, "/upload/v1beta/files/x:generateContent"),
+        (Method::DELETE, "/upload/v1beta/cachedContents/x"),
+    ] {
+        assert_eq!(chunk_of_session(&m, path, q, &cancel), None, "{m} {path}");
+    }
 }
 
 #[test]
