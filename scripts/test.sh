@@ -56,16 +56,6 @@ bash scripts/k8s-servers.sh start "$K8S_DIR"
 export GEMINI_PROXY_K8S="$K8S_DIR"
 export HELM="$PWD/.tools/helm"
 
-# The Rust build is the expensive part of a run: its target directory lives outside the clone,
-# keyed by the toolchain's version, so a fresh clone on a machine that ran the tests before
-# rebuilds only the workspace's own crates. CARGO_TARGET_DIR set by the caller wins.
-if [ -z "${CARGO_TARGET_DIR:-}" ]; then
-  CARGO_TARGET_DIR="$HOME/.cache/gemini-proxy/target-$(rustc -V | tr -c 'A-Za-z0-9.' '-' | sed 's/-*$//')"
-  export CARGO_TARGET_DIR
-fi
-mkdir -p "$CARGO_TARGET_DIR"
-echo "target directory: $CARGO_TARGET_DIR"
-
 log "cargo fmt --check"
 cargo fmt --all -- --check
 
