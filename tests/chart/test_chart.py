@@ -27,6 +27,17 @@ VALUE_SETS = {
     "monitoring": ["--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.grafanaDashboard.enabled=true",
                    "--set", "metrics.prometheusRule.enabled=true",
                    "--set", "proxy.autoscaling.enabled=false", "--set", "proxy.replicas=3"],
+    # NetworkPolicies with every knob turned (they are on in every set above too).
+    "network-policy": ["--set", "redis.bundled.auth.existingSecret=my-redis-auth",
+                       "--set-json", 'networkPolicy.proxy.clientNamespaceSelector={"matchExpressions":[{"key":"team","operator":"In","values":["a","b"]}]}',
+                       "--set-json", 'networkPolicy.proxy.clientPodSelector={"matchLabels":{"gemini-proxy.io/client":"true"}}',
+                       "--set-json", 'networkPolicy.proxy.clientCidrs=["192.0.2.0/24","2001:db8::/32"]',
+                       "--set-json", 'networkPolicy.proxy.egressHttpsCidrs=["142.250.0.0/15"]',
+                       "--set-json", 'networkPolicy.proxy.extraEgress=[{"to":[{"ipBlock":{"cidr":"10.0.0.0/8"}}],"ports":[{"port":4317,"protocol":"TCP"}]}]',
+                       "--set-json", 'networkPolicy.operator.apiServerCidrs=["172.18.0.2/32"]',
+                       "--set-json", 'networkPolicy.metrics.namespaceSelector={}',
+                       "--set-json", 'networkPolicy.metrics.podSelector={"matchLabels":{"app.kubernetes.io/name":"prometheus"}}',
+                       "--set-json", 'networkPolicy.redis.extraClientSelectors=[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"research"}},"podSelector":{"matchLabels":{"app":"research-notebook"}}}]'],
 }
 
 
@@ -347,7 +358,7 @@ def served_resources(env, api_version):
     return {r["kind"]: (r["name"], r["namespaced"]) for r in body.get("resources", []) if "/" not in r["name"]}
 
 
-@pytest.mark.parametrize("name", ["defaults", "single-namespace", "external-redis", "monitoring"])
+@pytest.mark.parametrize("name", ["defaults", "single-namespace", "external-redis", "monitoring", "network-policy"])
 def test_rendered_chart_passes_server_side_dry_run(name):
     """Every rendered object whose API version the servers serve (Kubernetes 1.20 for the core
     API, 1.36 for CRDs) is created with dryRun=All: the servers' own validation and admission."""
@@ -366,7 +377,7 @@ def test_rendered_chart_passes_server_side_dry_run(name):
         code, body = dry_run_apply(env, d)
         assert code in (200, 201), f'{d["kind"]} {d["metadata"]["name"]}: {code} {body.get("message")}'
         checked.append(d["kind"])
-    for kind in ["Deployment", "Service", "ServiceAccount", "Job", "CustomResourceDefinition"]:
+    for kind in ["Deployment", "Service", "ServiceAccount", "Job", "CustomResourceDefinition", "NetworkPolicy", "Secret"]:
         assert kind in checked, (kind, checked, unserved)
     assert any(k in checked for k in ["ClusterRole", "Role"])
     # What 1.20 cannot judge (newer API versions) is named, and nothing else is left out.

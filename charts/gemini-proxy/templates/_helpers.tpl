@@ -50,12 +50,41 @@ seccompProfile:
   type: RuntimeDefault
 {{- end -}}
 
-{{/* The store's environment, the same for operator and proxy. */}}
+{{- define "gp.redisAuthSecret" -}}
+{{- .Values.redis.bundled.auth.existingSecret | default (printf "%s-redis-auth" (include "gp.fullname" .)) -}}
+{{- end -}}
+
+{{/* The bundled Redis's ACL users, one line each (the key prefix is checked first, since it
+goes into glob patterns). Expects the shell variables OP_HASH and PROXY_HASH (SHA-256 hex of
+the passwords) where it is used. The proxy reads group snapshots (`{g:NAME}:group`) and the
+group index (`{index}:groups`) and writes nothing else than its own state. */}}
+{{- define "gp.redisAcl" -}}
+{{- $p := .Values.redis.keyPrefix -}}
+{{- if not (regexMatch "^[A-Za-z0-9:_.-]*$" $p) -}}
+{{- fail (printf `redis.keyPrefix %q: with the bundled Redis it may hold only letters, digits and ":_.-" (it goes into the ACL's key patterns)` $p) -}}
+{{- end -}}
+{{- $cmds := "+@all -@dangerous -function -script|flush -script|kill -script|debug" -}}
+user default reset off
+user operator reset on #${OP_HASH} ~{{ $p }}* &{{ $p }}* {{ $cmds }}
+user proxy reset on #${PROXY_HASH} %R~{{ $p }}{g:*}:group %R~{{ $p }}{index}:groups ~{{ $p }}{g:*}:keys ~{{ $p }}{g:*}:health ~{{ $p }}{g:*}:usage:m:* ~{{ $p }}{g:*}:usage:d:* ~{{ $p }}{g:*}:rate:s:* ~{{ $p }}{g:*}:rate:d:* ~{{ $p }}{g:*}:audit ~{{ $p }}aff:* ~{{ $p }}{index}:proxies &{{ $p }}events {{ $cmds }}
+{{- end -}}
+
+{{/* The store's environment. Pass (dict "ctx" . "user" "operator"|"proxy"): with the bundled
+Redis, that ACL user and its password; with an external one, redis.external's credentials
+(the proxies' own, redis.external.proxy, when set). */}}
 {{- define "gp.storeEnv" -}}
-{{- $r := .Values.redis -}}
+{{- $ctx := .ctx -}}
+{{- $r := $ctx.Values.redis -}}
 {{- if $r.bundled.enabled }}
 - name: GEMINI_PROXY_REDIS_URL
-  value: {{ printf "redis://%s-redis:6379" (include "gp.fullname" .) | quote }}
+  value: {{ printf "redis://%s-redis:6379" (include "gp.fullname" $ctx) | quote }}
+- name: GEMINI_PROXY_REDIS_USERNAME
+  value: {{ .user | quote }}
+- name: GEMINI_PROXY_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "gp.redisAuthSecret" $ctx }}
+      key: {{ printf "%s-password" .user }}
 {{- else if $r.external.url }}
 - name: GEMINI_PROXY_REDIS_URL
   value: {{ $r.external.url | quote }}
@@ -70,22 +99,86 @@ seccompProfile:
 {{- else }}
 {{- fail "redis: enable redis.bundled, or set redis.external.url, .sentinel or .cluster" }}
 {{- end }}
-{{- if and (not $r.bundled.enabled) $r.external.username }}
-- name: GEMINI_PROXY_REDIS_USERNAME
-  value: {{ $r.external.username | quote }}
+{{- if not $r.bundled.enabled }}
+{{- $username := $r.external.username -}}
+{{- $password := $r.external.passwordSecret -}}
+{{- if eq .user "proxy" -}}
+{{- $username = $r.external.proxy.username | default $username -}}
+{{- if $r.external.proxy.passwordSecret.name -}}
+{{- $password = $r.external.proxy.passwordSecret -}}
+{{- end -}}
 {{- end }}
-{{- if and (not $r.bundled.enabled) $r.external.passwordSecret.name }}
+{{- if $username }}
+- name: GEMINI_PROXY_REDIS_USERNAME
+  value: {{ $username | quote }}
+{{- end }}
+{{- if $password.name }}
 - name: GEMINI_PROXY_REDIS_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ $r.external.passwordSecret.name }}
-      key: {{ $r.external.passwordSecret.key }}
+      name: {{ $password.name }}
+      key: {{ $password.key }}
+{{- end }}
 {{- end }}
 - name: GEMINI_PROXY_REDIS_KEY_PREFIX
   value: {{ $r.keyPrefix | quote }}
 - name: GEMINI_PROXY_STATE_KEY
   valueFrom:
     secretKeyRef:
-      name: {{ include "gp.stateKeySecret" . }}
+      name: {{ include "gp.stateKeySecret" $ctx }}
       key: key
+{{- end -}}
+
+{{/* NetworkPolicy egress rules for the proxies and the operator alike: DNS and the store. */}}
+{{- define "gp.np.egressCommon" -}}
+{{- $np := .Values.networkPolicy -}}
+# DNS, wherever the resolver is (a node-local cache included).
+- ports:
+    {{- range $np.dnsPorts }}
+    - {port: {{ . }}, protocol: UDP}
+    - {port: {{ . }}, protocol: TCP}
+    {{- end }}
+{{- if .Values.redis.bundled.enabled }}
+# The bundled Redis.
+- to:
+    - podSelector:
+        matchLabels:
+          {{- include "gp.selector" (dict "ctx" . "component" "redis") | nindent 10 }}
+  ports:
+    - {port: 6379, protocol: TCP}
+{{- else }}
+{{- /* The configured ports, and those of the URLs (6379 when a URL names none). */ -}}
+{{- $ext := .Values.redis.external -}}
+{{- $ports := list -}}
+{{- range $np.externalRedisPorts }}
+{{- $ports = append $ports (int .) -}}
+{{- end }}
+{{- range concat (compact (list $ext.url)) $ext.sentinel.urls $ext.cluster.urls }}
+{{- $port := regexFind ":[0-9]+$" (urlParse .).host | trimPrefix ":" | default "6379" -}}
+{{- $ports = append $ports (int $port) -}}
+{{- end }}
+# The external Redis (its Sentinels or Cluster nodes too).
+- to:
+    {{- range $np.externalRedisCidrs }}
+    - ipBlock: {cidr: {{ . | quote }}}
+    {{- end }}
+  ports:
+    {{- range $ports | uniq }}
+    - {port: {{ . }}, protocol: TCP}
+    {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Who may scrape (networkPolicy.metrics), as a NetworkPolicyPeer list. */}}
+{{- define "gp.np.metricsPeer" -}}
+{{- with .Values.networkPolicy.metrics.namespaceSelector }}
+- namespaceSelector:
+    {{- toYaml . | nindent 4 }}
+{{- else }}
+- namespaceSelector: {}
+{{- end }}
+  {{- with .Values.networkPolicy.metrics.podSelector }}
+  podSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
 {{- end -}}
