@@ -60,6 +60,12 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Every group, at its current version.
     fn groups(&self) -> BoxFuture<'_, Result<Vec<GroupSnapshot>, StoreError>>;
 
+    /// Groups the last [`KeyStore::groups`] refused (name, reason): their snapshots could not
+    /// be authenticated or read.
+    fn refused_groups(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
     /// The names of the groups the store holds (one cheap read: proxies check it every second,
     /// so a new group is served within a second even when its pub/sub event was missed).
     fn group_names(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {

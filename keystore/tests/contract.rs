@@ -456,6 +456,24 @@ async fn redis_sentinel_keeps_the_contract() {
     contract(store.clone()).await;
 }
 
+/// Sentinel and its master want a password: the store reaches the master with it (data and
+/// pub/sub), not only the sentinels.
+#[tokio::test]
+async fn redis_sentinel_with_a_password_keeps_the_contract() {
+    let s = RedisSentinel::start_with_password("fake-redis-pass-1234");
+    let store = RedisStore::new(redis_config(RedisTarget::Sentinel {
+        master: s.name.clone(),
+        urls: s
+            .urls()
+            .into_iter()
+            .map(|u| Secret::new(u.replace("redis://", "redis://:fake-redis-pass-1234@")))
+            .collect(),
+    }))
+    .unwrap();
+    subscribed(&store).await;
+    contract(store.clone()).await;
+}
+
 #[tokio::test]
 async fn redis_cluster_keeps_the_contract() {
     let cluster = RedisCluster::start();
@@ -481,11 +499,110 @@ async fn another_encryption_key_cannot_read_the_keys() {
         Some(EncryptionKey::from_base64(&EncryptionKey::generate_base64()).unwrap());
     let b = RedisStore::new(cfg.clone()).unwrap();
     let err = b.groups().await.unwrap_err().to_string();
-    assert!(err.contains("cannot decrypt"), "{err}");
+    assert!(err.contains("does not authenticate"), "{err}");
     assert!(!err.contains("fake-contract"), "{err}");
     cfg.encryption_key = None;
     let plain = RedisStore::new(cfg).unwrap();
     assert!(plain.groups().await.is_err());
+}
+
+/// Someone who can write to Redis but has no state key: whatever they put in a group's
+/// snapshot (a forged one in clear, another group's sealed one, damaged bytes) is refused and
+/// named as refused; the other groups are served; the next publish repairs it.
+#[tokio::test]
+async fn a_redis_writer_cannot_forge_or_move_a_snapshot() {
+    let server = RedisServer::start();
+    let cfg = redis_config(RedisTarget::Standalone {
+        url: Secret::new(server.url()),
+    });
+    let p = cfg.key_prefix.clone();
+    let store = RedisStore::new(cfg.clone()).unwrap();
+    store.publish_group(group("team/a")).await.unwrap();
+    store.publish_group(group("team/b")).await.unwrap();
+    store.publish_group(group("team/c")).await.unwrap();
+    let hash = |g: &str| format!("{p}{{g:{g}}}:group");
+    // 1. A forged snapshot in clear: the upstream pointed at the attacker, keys as `plain.`.
+    let forged = serde_json::json!({
+        "name": "team/a",
+        "upstream": {"url": "https://attacker.example", "timeoutSecs": 600},
+        "keys": [{"id": "k-x", "secret": "plain.fake-forged-key-zzzz", "weight": 1, "source": "x"}],
+        "rotation": "RoundRobin", "accessMode": "Open", "clients": [], "maxAttempts": 3
+    })
+    .to_string();
+    server.cli(&["HSET", &hash("team/a"), "data", &forged]);
+    // 2. Group b's (valid, sealed) snapshot copied over group c's.
+    let b_data = server.cli(&["HGET", &hash("team/b"), "data"]);
+    server.cli(&["HSET", &hash("team/c"), "data", b_data.trim()]);
+    let groups = store.groups().await.unwrap();
+    let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(names, ["team/b"], "only the untouched group is served");
+    let refused = store.refused_groups();
+    let refused_names: Vec<&str> = refused.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(refused_names, ["team/a", "team/c"]);
+    assert!(refused[0].1.contains("not sealed"), "{refused:?}");
+    assert!(
+        refused[1].1.contains("does not authenticate"),
+        "{refused:?}"
+    );
+    // 3. Damaged: one character of the sealed value changed.
+    let mut damaged = b_data.trim().to_owned();
+    let last = damaged.pop().unwrap();
+    damaged.push(if last == 'A' { 'B' } else { 'A' });
+    server.cli(&["HSET", &hash("team/b"), "data", &damaged]);
+    assert!(store.groups().await.is_err(), "no group left to serve");
+    // The operator's next publish of the same snapshots rewrites them, though the
+    // fingerprints stored beside the forged values still match.
+    for n in ["team/a", "team/b", "team/c"] {
+        store.publish_group(group(n)).await.unwrap();
+    }
+    assert_eq!(store.groups().await.unwrap().len(), 3);
+    assert!(store.refused_groups().is_empty());
+    assert_eq!(
+        store.groups().await.unwrap()[0].upstream.url,
+        keystore::snapshot::DEFAULT_UPSTREAM,
+        "the real upstream is back"
+    );
+}
+
+/// A proxy given one namespace's derived key reads that namespace's groups and no other.
+#[tokio::test]
+async fn a_namespace_key_reads_only_its_namespace() {
+    let server = RedisServer::start();
+    let cfg = redis_config(RedisTarget::Standalone {
+        url: Secret::new(server.url()),
+    });
+    let master = cfg.encryption_key.clone().unwrap();
+    let operator = RedisStore::new(cfg.clone()).unwrap();
+    operator.publish_group(group("research/g")).await.unwrap();
+    operator.publish_group(group("billing/g")).await.unwrap();
+    let derived = |ns: &str, claimed: &str| {
+        EncryptionKey::from_base64(&master.derive_base64(ns).unwrap())
+            .unwrap()
+            .scoped_to(claimed)
+            .unwrap()
+    };
+    let mut sidecar_cfg = cfg.clone();
+    sidecar_cfg.encryption_key = Some(derived("research", "research"));
+    let sidecar = RedisStore::new(sidecar_cfg.clone()).unwrap();
+    let names: Vec<String> = sidecar
+        .groups()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|g| g.name)
+        .collect();
+    assert_eq!(names, ["research/g"]);
+    assert!(
+        sidecar.refused_groups().is_empty(),
+        "others are skipped, not refused"
+    );
+    // Research's key, claimed to be billing's, opens nothing.
+    sidecar_cfg.encryption_key = Some(derived("research", "billing"));
+    let liar = RedisStore::new(sidecar_cfg).unwrap();
+    let err = liar.groups().await.unwrap_err().to_string();
+    assert!(err.contains("does not authenticate"), "{err}");
+    // The sealed values do not reveal which namespace key made them.
+    assert_no_clear_secrets(&server.dump());
 }
 
 #[tokio::test]

@@ -131,6 +131,12 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
         body.push('\n');
         body.push_str(&l);
     }
+    for r in &groups.refused {
+        body.push_str(&format!(
+            "\ngroup {}: refused ({}): {}",
+            r.group, r.reason, r.detail
+        ));
+    }
     body.push('\n');
     (crate::app::readiness_code(&groups), body).into_response()
 }

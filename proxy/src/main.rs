@@ -99,6 +99,14 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Prints the state key of one namespace, derived from the master state key (read from
+    /// GEMINI_PROXY_STATE_KEY, else from stdin). A proxy given it (with
+    /// --state-key-namespace) reads that namespace's groups and no other: the sidecar case.
+    DeriveStateKey {
+        /// The namespace.
+        #[arg(long)]
+        namespace: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -123,6 +131,7 @@ fn main() -> ExitCode {
             redis,
             output,
         }) => return status(&admin, admin_token.as_deref(), &redis, output),
+        Some(Command::DeriveStateKey { namespace }) => return derive_state_key(&namespace),
         None => {}
     }
     let settings = match load(&cli) {
@@ -150,6 +159,33 @@ fn main() -> ExitCode {
             tracing::error!(error = %e, "gemini-proxy stopped");
             eprintln!("gemini-proxy: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn derive_state_key(namespace: &str) -> ExitCode {
+    let master = match std::env::var("GEMINI_PROXY_STATE_KEY") {
+        Ok(k) if !k.trim().is_empty() => k,
+        _ => {
+            let mut text = String::new();
+            // A base64 key is 44 characters; read a little more to see a wrong input.
+            let _ = std::io::Read::read_to_string(
+                &mut std::io::Read::take(std::io::stdin(), 4096),
+                &mut text,
+            );
+            text
+        }
+    };
+    let derived =
+        keystore::EncryptionKey::from_base64(&master).and_then(|k| k.derive_base64(namespace));
+    match derived {
+        Ok(key) => {
+            println!("{key}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gemini-proxy derive-state-key: {e}");
+            ExitCode::from(2)
         }
     }
 }

@@ -58,6 +58,7 @@ pub struct Metrics {
     key_health: GaugeVec,
     /// Requests in flight on each key.
     key_in_flight: IntGaugeVec,
+    group_refused: IntGaugeVec,
     /// 1 while the state store answers.
     store_up: IntGauge,
     /// 1 once groups are loaded (what `/readyz` answers), for alerts on unready proxies.
@@ -162,6 +163,13 @@ impl Metrics {
             Opts::new("key_in_flight", "Requests in flight on each key"),
             &["group", "key_id"],
         ));
+        let group_refused = must(IntGaugeVec::new(
+            Opts::new(
+                "group_refused",
+                "1 for each group this proxy does not serve, by reason (unauthenticated, open_not_allowed, upstream_not_allowed, bad_upstream)",
+            ),
+            &["group", "reason"],
+        ));
         let store_up = must(IntGauge::new(
             "store_up",
             "1 while the key-state store answers, 0 during an outage",
@@ -187,6 +195,7 @@ impl Metrics {
             Box::new(key_state.clone()),
             Box::new(key_health.clone()),
             Box::new(key_in_flight.clone()),
+            Box::new(group_refused.clone()),
         ] {
             must(registry.register(c));
         }
@@ -208,6 +217,7 @@ impl Metrics {
             key_state,
             key_health,
             key_in_flight,
+            group_refused,
             store_up,
             ready,
         }
@@ -276,6 +286,12 @@ impl Metrics {
         self.key_state.reset();
         self.key_health.reset();
         self.key_in_flight.reset();
+        self.group_refused.reset();
+        for r in &groups.refused {
+            self.group_refused
+                .with_label_values(&[r.group.as_str(), r.reason])
+                .set(1);
+        }
         for pool in groups.pools() {
             for m in &pool.members {
                 let id = m.slot.id.as_str();

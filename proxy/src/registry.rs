@@ -22,6 +22,18 @@ pub struct Groups {
     revoked: HashSet<TokenDigest>,
     /// Whether a snapshot was ever loaded (readiness).
     pub loaded: bool,
+    /// Groups not served, and why (shown by `/readyz` and `gemini_proxy_group_refused`).
+    pub refused: Vec<Refused>,
+}
+
+/// A group this proxy does not serve.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Refused {
+    pub group: String,
+    /// A short reason, also the metric's label: `unauthenticated` (the store's snapshot could
+    /// not be authenticated or read), `open_not_allowed`, `upstream_not_allowed`, `bad_upstream`.
+    pub reason: &'static str,
+    pub detail: String,
 }
 
 impl Groups {
@@ -117,6 +129,16 @@ impl Registry {
         snapshots: Vec<GroupSnapshot>,
         statuses: &HashMap<String, HashMap<KeyId, KeyStatus>>,
     ) {
+        self.rebuild_refusing(snapshots, statuses, Vec::new());
+    }
+
+    /// [`Registry::rebuild`], with the groups the store refused to hand out (name, reason).
+    pub fn rebuild_refusing(
+        &self,
+        snapshots: Vec<GroupSnapshot>,
+        statuses: &HashMap<String, HashMap<KeyId, KeyStatus>>,
+        store_refused: Vec<(String, String)>,
+    ) {
         let selection = self
             .selection
             .lock()
@@ -128,6 +150,21 @@ impl Registry {
             ..Groups::default()
         };
         let empty = HashMap::new();
+        next.refused = store_refused
+            .into_iter()
+            .map(|(group, detail)| Refused {
+                group,
+                reason: "unauthenticated",
+                detail,
+            })
+            .collect();
+        let mut refuse = |group: &str, reason: &'static str, detail: String| {
+            next.refused.push(Refused {
+                group: group.to_owned(),
+                reason,
+                detail,
+            })
+        };
         for snap in snapshots {
             if selection
                 .only
@@ -138,6 +175,11 @@ impl Registry {
             }
             if snap.access.mode == AccessMode::Open && !selection.open_allowed {
                 tracing::error!(group = %snap.name, "Open group not served: this proxy listens beyond loopback and Open groups were not allowed (--allow-open-groups, allowOpenGroups: true)");
+                refuse(
+                    &snap.name,
+                    "open_not_allowed",
+                    "an Open group, and Open groups are not allowed on this listener".into(),
+                );
                 continue;
             }
             if let Some(hosts) = &selection.upstream_hosts
@@ -145,12 +187,18 @@ impl Registry {
                 && !host_allowed(&snap.upstream.url, hosts)
             {
                 tracing::error!(group = %snap.name, upstream = %snap.upstream.url, "group not served: its upstream host is not allowed (--allowed-upstream-hosts)");
+                refuse(
+                    &snap.name,
+                    "upstream_not_allowed",
+                    "its upstream host is not in --allowed-upstream-hosts".into(),
+                );
                 continue;
             }
             let upstream = match Upstream::new(&snap.upstream) {
                 Ok(u) => u,
                 Err(e) => {
                     tracing::error!(group = %snap.name, error = %e, "group skipped: bad upstream");
+                    refuse(&snap.name, "bad_upstream", e.to_string());
                     continue;
                 }
             };

@@ -138,7 +138,7 @@ pub async fn reload(store: &dyn KeyStore, registry: &Registry) -> Result<(), Sto
     for g in &groups {
         statuses.insert(g.name.clone(), store.key_statuses(&g.name).await?);
     }
-    registry.rebuild(groups, &statuses);
+    registry.rebuild_refusing(groups, &statuses, store.refused_groups());
     Ok(())
 }
 

@@ -857,3 +857,126 @@ async fn a_group_from_the_store_reaches_only_allowed_upstream_hosts() {
     assert_eq!(generate(&p).await, 200);
     assert_eq!(mock.count("allow-key"), 1);
 }
+
+/// Someone who can write to Redis, without the state key, writes a group snapshot of their own
+/// (Open, its upstream their server): the proxy refuses it, says so in `/readyz` and the
+/// metrics, and no key or request goes there. A proxy given one namespace's derived key
+/// (`gemini-proxy derive-state-key`) serves that namespace's groups only.
+#[tokio::test]
+async fn a_forged_snapshot_is_refused_and_a_namespace_key_reads_its_namespace_only() {
+    let redis = RedisServer::start();
+    let shared = Shared::new(&redis);
+    let mock = MockGemini::start().await;
+    mock.accept_any_key(Behaviour::Ok);
+    let attacker = MockGemini::start().await;
+    attacker.accept_any_key(Behaviour::Ok);
+    let store = shared.store();
+    for name in ["team-a/real", "team-b/other"] {
+        let mut g = GroupSnapshot::for_test(name, &["fake-real-key-1111"]);
+        g.upstream.url = mock.url();
+        g.access.mode = keystore::AccessMode::Open;
+        store.publish_group(g).await.unwrap();
+    }
+    let forged_key = "fake-forged-key-2222";
+    let forged = serde_json::json!({
+        "name": "team-a/evil",
+        "upstream": {"url": attacker.url(), "timeoutSecs": 600},
+        "keys": [{"id": KeyId::of(forged_key).as_str(), "secret": format!("plain.{forged_key}"),
+                  "weight": 1, "source": "forged"}],
+        "rotation": "RoundRobin", "accessMode": "Open", "clients": [], "maxAttempts": 3
+    })
+    .to_string();
+    let p = &shared.prefix;
+    redis.cli(&[
+        "HSET",
+        &format!("{p}{{g:team-a/evil}}:group"),
+        "version",
+        "1",
+        "fingerprint",
+        "x",
+        "data",
+        &forged,
+    ]);
+    redis.cli(&["SADD", &format!("{p}{{index}}:groups"), "team-a/evil"]);
+    let args = |group: &'static str| {
+        vec![
+            "--redis-url".to_owned(),
+            shared.redis_url.clone(),
+            "--redis-key-prefix".to_owned(),
+            shared.prefix.clone(),
+            "--default-group".to_owned(),
+            group.to_owned(),
+        ]
+    };
+    let argv = args("team-a/evil");
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let proxy =
+        ProxyProcess::spawn(BIN, &argv, &[("GEMINI_PROXY_STATE_KEY", &shared.state_key)]).await;
+    assert_eq!(
+        generate(&proxy).await,
+        401,
+        "the forged group must not serve"
+    );
+    assert_eq!(
+        attacker.requests().len(),
+        0,
+        "a request reached the forged upstream"
+    );
+    let ready = Client::new()
+        .call(
+            Method::GET,
+            &format!("{}/readyz", proxy.admin_url()),
+            &[],
+            "",
+        )
+        .await
+        .text();
+    assert!(
+        ready.contains("group team-a/evil: refused (unauthenticated)"),
+        "{ready}"
+    );
+    assert!(
+        ready.contains("group team-a/real: 1 of 1 keys usable"),
+        "{ready}"
+    );
+    until_metric(
+        &proxy,
+        "gemini_proxy_group_refused{group=\"team-a/evil\",reason=\"unauthenticated\"} 1",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(proxy.logs().contains("group refused"), "{}", proxy.logs());
+    assert!(!proxy.logs().contains(forged_key));
+    // The sidecar: team-a's derived key, from the CLI.
+    let out = std::process::Command::new(BIN)
+        .args(["derive-state-key", "--namespace", "team-a"])
+        .env("GEMINI_PROXY_STATE_KEY", &shared.state_key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let derived = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_ne!(derived, shared.state_key);
+    let argv = args("team-a/real");
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let sidecar = ProxyProcess::spawn(
+        BIN,
+        &argv,
+        &[
+            ("GEMINI_PROXY_STATE_KEY", &derived),
+            ("GEMINI_PROXY_STATE_KEY_NAMESPACE", "team-a"),
+        ],
+    )
+    .await;
+    assert_eq!(generate(&sidecar).await, 200);
+    let m = metrics(&sidecar).await;
+    assert!(m.contains("group=\"team-a/real\""), "{m}");
+    assert!(
+        !m.contains("team-b/other"),
+        "another namespace's group is read: {m}"
+    );
+    // The derived key given as a master opens nothing (it derives other keys from itself).
+    let argv = args("team-b/other");
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let confused = ProxyProcess::spawn(BIN, &argv, &[("GEMINI_PROXY_STATE_KEY", &derived)]).await;
+    assert_eq!(generate(&confused).await, 401);
+}

@@ -34,7 +34,9 @@ pub fn cli(port: u16, args: &[&str]) -> String {
 fn wait_ping(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if cli(port, &["PING"]).trim() == "PONG" {
+        let answer = cli(port, &["PING"]);
+        // A server with a password is up when it asks for it.
+        if answer.trim() == "PONG" || answer.contains("NOAUTH") {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -157,7 +159,23 @@ pub struct RedisSentinel {
 
 impl RedisSentinel {
     pub fn start() -> Self {
-        let master = RedisServer::start();
+        Self::start_inner(None)
+    }
+
+    /// The master and the sentinels all want `password` (`requirepass`), and the sentinels
+    /// know the master's (`auth-pass`).
+    pub fn start_with_password(password: &str) -> Self {
+        Self::start_inner(Some(password))
+    }
+
+    fn start_inner(password: Option<&str>) -> Self {
+        let master = match password {
+            Some(p) => RedisServer::start_with(&["--requirepass", p]),
+            None => RedisServer::start(),
+        };
+        let auth = password.map_or(String::new(), |p| {
+            format!("requirepass {p}\nsentinel auth-pass mymaster {p}\n")
+        });
         let name = "mymaster".to_owned();
         let mut sentinels = Vec::new();
         for _ in 0..3 {
@@ -167,7 +185,7 @@ impl RedisSentinel {
             std::fs::write(
                 &conf,
                 format!(
-                    "bind 127.0.0.1\nport {port}\ndir {}\nsentinel monitor {name} 127.0.0.1 {} 2\nsentinel down-after-milliseconds {name} 1000\nsentinel failover-timeout {name} 5000\n",
+                    "bind 127.0.0.1\nport {port}\ndir {}\nsentinel monitor {name} 127.0.0.1 {} 2\nsentinel down-after-milliseconds {name} 1000\nsentinel failover-timeout {name} 5000\n{auth}",
                     dir.display(),
                     master.port
                 ),
@@ -186,10 +204,12 @@ impl RedisSentinel {
         // Wait until the sentinels agree on the master.
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            let addr = cli(
-                sentinels[0].0,
-                &["SENTINEL", "get-master-addr-by-name", &name],
-            );
+            let mut args = vec!["--no-auth-warning"];
+            if let Some(p) = password {
+                args.extend(["-a", p]);
+            }
+            args.extend(["SENTINEL", "get-master-addr-by-name", &name]);
+            let addr = cli(sentinels[0].0, &args);
             if addr.contains(&master.port.to_string()) {
                 break;
             }

@@ -45,6 +45,10 @@ pub struct RedisArgs {
     /// File holding the state encryption key.
     #[arg(long, env = "GEMINI_PROXY_STATE_KEY_FILE")]
     pub state_key_file: Option<PathBuf>,
+    /// The namespace whose derived key the state key is (from `gemini-proxy derive-state-key`):
+    /// only that namespace's groups are read. Absent: the state key is the master key.
+    #[arg(long, env = "GEMINI_PROXY_STATE_KEY_NAMESPACE")]
+    pub state_key_namespace: Option<String>,
     /// Allow key material in Redis in clear (not recommended).
     #[arg(long, env = "GEMINI_PROXY_ALLOW_PLAINTEXT_STATE")]
     pub allow_plaintext_state: bool,
@@ -122,7 +126,18 @@ impl RedisArgs {
             (None, None) => None,
         };
         let encryption_key = match key_text {
-            Some(k) => Some(EncryptionKey::from_base64(&k)?),
+            Some(k) => {
+                let key = EncryptionKey::from_base64(&k)?;
+                Some(match &self.state_key_namespace {
+                    Some(ns) => key.scoped_to(ns)?,
+                    None => key,
+                })
+            }
+            None if self.state_key_namespace.is_some() => {
+                return Err(
+                    "--state-key-namespace needs --state-key (that namespace's derived key)".into(),
+                );
+            }
             None if self.allow_plaintext_state => None,
             None => {
                 return Err("key material in Redis must be encrypted: set GEMINI_PROXY_STATE_KEY (base64 of 32 random bytes) or --state-key-file, or --allow-plaintext-state".into());

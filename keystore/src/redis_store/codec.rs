@@ -1,9 +1,10 @@
-//! A group snapshot as stored: JSON, key material and egress URLs sealed (see [`super::crypto`]).
+//! A group snapshot as stored: JSON, sealed as a whole when a state key is configured (see
+//! [`super::crypto`]). Inside, key values and the egress URL are written `plain.VALUE`.
 
 use serde::{Deserialize, Serialize};
 
 use super::crypto::Sealer;
-use crate::secret::{KeyId, TokenDigest};
+use crate::secret::{KeyId, Secret, TokenDigest};
 use crate::snapshot::{
     AccessMode, AccessSpec, ClientEntry, ClientLimits, GroupSnapshot, KeyEntry, QuotaLimits,
     RetrySpec, RotationStrategy, UpstreamSpec,
@@ -58,12 +59,25 @@ struct StoredClient {
     digest: TokenDigest,
 }
 
-fn key_context(group: &str, id: &KeyId) -> String {
-    format!("{group}|{id}")
+const PLAIN: &str = "plain.";
+
+fn inner(secret: &Secret) -> String {
+    format!("{PLAIN}{}", secret.expose())
 }
 
-fn egress_context(group: &str) -> String {
-    format!("{group}|egressProxy")
+fn from_inner(group: &str, what: &str, value: &str) -> Result<Secret, StoreError> {
+    value.strip_prefix(PLAIN).map(Secret::new).ok_or_else(|| {
+        StoreError::Corrupt(format!(
+            "group {group}: {what} is encrypted by an older version and no longer readable; \
+             the operator rewrites it"
+        ))
+    })
+}
+
+/// The fingerprint the store keeps: the snapshot's, plus the stored format, so that a
+/// snapshot written in an older format is rewritten by the next publish even when unchanged.
+pub fn fingerprint(g: &GroupSnapshot) -> String {
+    format!("{}.s2", g.fingerprint())
 }
 
 pub fn encode(g: &GroupSnapshot, sealer: &Sealer) -> Result<String, StoreError> {
@@ -73,7 +87,7 @@ pub fn encode(g: &GroupSnapshot, sealer: &Sealer) -> Result<String, StoreError> 
         .map(|k| {
             Ok(StoredKey {
                 id: k.id.clone(),
-                secret: sealer.seal(&k.secret, &key_context(&g.name, &k.id))?,
+                secret: inner(&k.secret),
                 project: k.project.clone(),
                 weight: k.weight,
                 disabled: k.disabled,
@@ -85,12 +99,7 @@ pub fn encode(g: &GroupSnapshot, sealer: &Sealer) -> Result<String, StoreError> 
         name: g.name.clone(),
         upstream: StoredUpstream {
             url: g.upstream.url.clone(),
-            egress_proxy: g
-                .upstream
-                .egress_proxy
-                .as_ref()
-                .map(|p| sealer.seal(p, &egress_context(&g.name)))
-                .transpose()?,
+            egress_proxy: g.upstream.egress_proxy.as_ref().map(inner),
             timeout_secs: g.upstream.timeout_secs,
             ca_pem: g.upstream.ca_pem.clone(),
         },
@@ -111,15 +120,29 @@ pub fn encode(g: &GroupSnapshot, sealer: &Sealer) -> Result<String, StoreError> 
         limits: g.limits,
         client_limits: g.access.client_limits,
     };
-    serde_json::to_string(&stored).map_err(|e| StoreError::Corrupt(e.to_string()))
+    let json = serde_json::to_string(&stored).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    sealer.seal(&g.name, json)
 }
 
-pub fn decode(data: &str, version: u64, sealer: &Sealer) -> Result<GroupSnapshot, StoreError> {
-    let s: StoredGroup = serde_json::from_str(data)
-        .map_err(|e| StoreError::Corrupt(format!("group snapshot: {e}")))?;
+/// The snapshot stored under the name `name`. A snapshot that names another group is refused.
+pub fn decode(
+    name: &str,
+    data: &str,
+    version: u64,
+    sealer: &Sealer,
+) -> Result<GroupSnapshot, StoreError> {
+    let json = sealer.open(name, data)?;
+    let s: StoredGroup = serde_json::from_str(&json)
+        .map_err(|e| StoreError::Corrupt(format!("group {name}: snapshot: {e}")))?;
+    if s.name != name {
+        return Err(StoreError::Corrupt(format!(
+            "group {name}: refused: the snapshot stored there is named {:?}",
+            s.name
+        )));
+    }
     let mut keys = Vec::with_capacity(s.keys.len());
     for k in s.keys {
-        let secret = sealer.open(&k.secret, &key_context(&s.name, &k.id))?;
+        let secret = from_inner(&s.name, "a key", &k.secret)?;
         if secret.key_id() != k.id {
             return Err(StoreError::Corrupt(format!(
                 "group {}: key {} does not match its id",
@@ -139,7 +162,7 @@ pub fn decode(data: &str, version: u64, sealer: &Sealer) -> Result<GroupSnapshot
         .upstream
         .egress_proxy
         .as_deref()
-        .map(|p| sealer.open(p, &egress_context(&s.name)))
+        .map(|p| from_inner(&s.name, "the egress proxy", p))
         .transpose()?;
     Ok(GroupSnapshot {
         name: s.name,

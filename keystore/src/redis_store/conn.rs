@@ -6,8 +6,11 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::sentinel::{SentinelClient, SentinelServerType};
-use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, RedisFuture, Value};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, IntoConnectionInfo, Pipeline, RedisError,
+    RedisFuture, TlsMode, Value,
+};
 use tokio::sync::Mutex;
 
 use crate::secret::Secret;
@@ -87,6 +90,29 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// How to talk to the master Sentinel names: the credentials, database and TLS of the first
+/// Sentinel URL (`rediss://` means TLS to the master too). Without this the master would be
+/// reached without a password and in clear.
+fn master_connection(urls: &[Secret]) -> Result<SentinelNodeConnectionInfo, RedisError> {
+    let Some(first) = urls.first() else {
+        return Err(RedisError::from((
+            redis::ErrorKind::Client,
+            "sentinel needs at least one URL",
+        )));
+    };
+    let info = first.expose().into_connection_info()?;
+    let node = SentinelNodeConnectionInfo::default()
+        .set_redis_connection_info(info.redis_settings().clone());
+    Ok(match info.addr() {
+        ConnectionAddr::TcpTls { insecure, .. } => node.set_tls_mode(if *insecure {
+            TlsMode::Insecure
+        } else {
+            TlsMode::Secure
+        }),
+        _ => node,
+    })
+}
+
 pub struct Connector {
     target: RedisTarget,
     current: Mutex<Option<Conn>>,
@@ -156,7 +182,7 @@ impl Connector {
         let mut sentinel = SentinelClient::build(
             urls.iter().map(|u| u.expose().to_owned()).collect(),
             master.clone(),
-            None,
+            Some(master_connection(urls)?),
             SentinelServerType::Master,
         )?;
         tokio::time::timeout(CONNECT_TIMEOUT * 3, sentinel.async_get_client())
@@ -164,7 +190,8 @@ impl Connector {
             .map_err(|_| RedisError::from((redis::ErrorKind::Io, "sentinel timed out")))?
     }
 
-    /// A client for a pub/sub connection: the node itself, Sentinel's current master, or the
+    /// A client for a pub/sub connection (Sentinel's master with the same credentials and TLS
+    /// as the data connection): the node itself, Sentinel's current master, or the
     /// first cluster node that answers (PUBLISH reaches every node of a cluster).
     pub async fn pubsub_client(&self) -> Result<Client, RedisError> {
         match &self.target {

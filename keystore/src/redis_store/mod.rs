@@ -7,7 +7,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `P{g:NAME}:group` | hash | `version` (grows by one per change), `fingerprint` (of the snapshot minus version), `data` (snapshot JSON; key values and egress URLs sealed) |
+//! | `P{g:NAME}:group` | hash | `version` (grows by one per change), `fingerprint` (of the snapshot minus version, and the stored format), `data` (the snapshot JSON, sealed as a whole: see [`crypto`]) |
 //! | `P{g:NAME}:keys` | hash | key id → [`KeyStatus`] JSON (`invalid`, `cooldowns[{untilMs, reason, model}]`, `updatedMs`) |
 //! | `P{g:NAME}:health` | hash | proxy id → [`HealthReport`] JSON with `expiresMs`; expired fields are dropped on read |
 //! | `P{g:NAME}:usage:m:MINUTE` | hash | `p:PROXY`: that proxy's running totals for minute `MINUTE` since the epoch, as lines `k\tID\tREQUESTS\tTOKENS` and `s\tSCOPE\tREQUESTS\tTOKENS` (replaced on each write, so two commands per flush whatever the number of keys); single counters `k:ID:req`, `k:ID:tok`, `s:SCOPE:req`, `s:SCOPE:tok` are read too; expires after 2 h |
@@ -20,9 +20,26 @@
 //! | `P{index}:proxies` | hash | proxy id → heartbeat expiry (Unix ms) |
 //! | `Pevents` | pub/sub channel | JSON: `{type: group, name, version}`, `{type: removed, name}`, `{type: keys, group, origin, changes: [[id, status-json]]}` |
 //!
-//! Key values never appear in a key name or in clear in a value: names use key ids, and values
-//! are sealed with AES-256-GCM (random nonce per value, group and key id as associated data)
-//! unless plaintext was explicitly allowed.
+//! Key values never appear in a key name or in clear in a value: names use key ids, and group
+//! snapshots are sealed as a whole with AES-256-GCM under the group's namespace key (random
+//! nonce per value, the group name as associated data) unless plaintext was explicitly allowed.
+//! With a state key, a snapshot that is not sealed, or sealed for another name or under
+//! another key, is refused: the group is not served, and the refusal is logged, counted and
+//! shown in `/readyz`.
+//!
+//! # What someone who can write to Redis can still do
+//! The snapshot is authenticated; the rest of the layout is not, and it holds no secret:
+//! - roll a group back to an earlier snapshot of the *same* group (one its operator wrote),
+//!   e.g. bring back a client token revoked since: the version is not bound into the seal;
+//! - deny service: delete groups, mark keys invalid or cooling (`:keys`), remove a group from
+//!   the index, flood the events channel, or fill memory;
+//! - skew what is reported and scheduled: usage and rate counters, health reports, heartbeats,
+//!   the audit trail (it is a record for people, not evidence);
+//! - steer a named resource (`aff:`) to another key *of the group it names*: bindings only pick
+//!   among a group's own keys, they never carry a key or a URL.
+//!
+//! None of these reveals a key or sends one anywhere else. Give proxies a Redis user that
+//! cannot write snapshots (the chart does: `docs/redis-acl.md`).
 //!
 //! # Guarantees
 //! - A snapshot is written by one script (version, fingerprint and data together) and announced
@@ -96,6 +113,8 @@ pub struct RedisStore {
     transition_script: Script,
     listener: JoinHandle<()>,
     subscribed: Arc<AtomicBool>,
+    /// Groups the last [`KeyStore::groups`] read and refused, with the reason.
+    refused: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 impl Drop for RedisStore {
@@ -169,12 +188,8 @@ impl RedisStore {
             transition_script: Script::new(scripts::TRANSITION),
             listener,
             subscribed,
+            refused: std::sync::Mutex::new(Vec::new()),
         }))
-    }
-
-    /// Whether key material is encrypted.
-    pub fn encrypts(&self) -> bool {
-        self.sealer.encrypts()
     }
 
     /// Whether the pub/sub link is up now.
@@ -230,7 +245,7 @@ impl RedisStore {
             return Ok(None);
         };
         let version = version.parse().map_err(corrupt)?;
-        codec::decode(data, version, &self.sealer).map(Some)
+        codec::decode(name, data, version, &self.sealer).map(Some)
     }
 }
 
@@ -340,19 +355,22 @@ impl KeyStore for RedisStore {
             // For the audit trail: which keys come and go (recorded only by the publish that
             // changed the group). A group that cannot be read (another encryption key) counts
             // as new.
-            let old = match self.load_group(&snapshot.name).await {
-                Ok(old) => old,
-                Err(StoreError::Corrupt(_)) => None,
+            // A stored value that does not authenticate (forged, moved, an older format) is
+            // rewritten even when its fingerprint claims it is current.
+            let (old, force) = match self.load_group(&snapshot.name).await {
+                Ok(old) => (old, "0"),
+                Err(StoreError::Corrupt(_)) => (None, "1"),
                 Err(e) => return Err(e),
             };
             let data = codec::encode(&snapshot, &self.sealer)?;
             let mut inv = self.publish_script.prepare_invoke();
             inv.key(self.group_key(&snapshot.name, "group"))
                 .key(self.group_key(&snapshot.name, "keys"))
-                .arg(snapshot.fingerprint())
+                .arg(codec::fingerprint(&snapshot))
                 .arg(data)
                 .arg(self.channel())
-                .arg(&snapshot.name);
+                .arg(&snapshot.name)
+                .arg(force);
             for k in &snapshot.keys {
                 inv.arg(k.id.as_str());
             }
@@ -427,27 +445,37 @@ impl KeyStore for RedisStore {
             let mut names: Vec<String> = self
                 .run(|mut c| async move { c.smembers(&index).await })
                 .await?;
+            // A namespace's key reads its namespace's groups; the others are not its business.
+            names.retain(|n| self.sealer.reads(n));
             names.sort();
             let mut out = Vec::with_capacity(names.len());
-            let mut unreadable = None;
+            let mut refused = Vec::new();
             for n in names {
                 match self.load_group(&n).await {
                     Ok(Some(g)) => out.push(g),
                     Ok(None) => {}
-                    // One unreadable group (another encryption key, a damaged value) must not
-                    // take the others down with it.
+                    // One unreadable or unauthenticated group (another state key, a damaged or
+                    // forged value) is refused; it must not take the others down with it.
                     Err(StoreError::Corrupt(e)) => {
-                        tracing::error!(group = %n, error = %e, "group skipped: cannot read it from the store");
-                        unreadable = Some(e);
+                        tracing::error!(group = %n, error = %e, "group refused: its snapshot in the store cannot be trusted or read");
+                        refused.push((n, e));
                     }
                     Err(e) => return Err(e),
                 }
             }
-            match (out.is_empty(), unreadable) {
+            let last = refused.last().map(|(_, e)| e.clone());
+            if let Ok(mut r) = self.refused.lock() {
+                *r = refused;
+            }
+            match (out.is_empty(), last) {
                 (true, Some(e)) => Err(StoreError::Corrupt(e)),
                 _ => Ok(out),
             }
         })
+    }
+
+    fn refused_groups(&self) -> Vec<(String, String)> {
+        self.refused.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
     fn key_statuses<'a>(

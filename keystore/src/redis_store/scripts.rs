@@ -4,16 +4,17 @@
 /// that left; publishes a `group` event. Returns the current version and 1 when this call
 /// changed it (0 when the fingerprint was the same).
 ///
-/// KEYS: group hash, key-state hash. ARGV: fingerprint, data, channel, group name, key ids...
+/// KEYS: group hash, key-state hash. ARGV: fingerprint, data, channel, group name, force (`1`
+/// rewrites even an equal fingerprint: the stored value did not authenticate), key ids...
 pub const PUBLISH_GROUP: &str = r#"
 local fp = redis.call('HGET', KEYS[1], 'fingerprint')
-if fp == ARGV[1] then
+if fp == ARGV[1] and ARGV[5] ~= '1' then
   return {tonumber(redis.call('HGET', KEYS[1], 'version')), 0}
 end
 local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('HSET', KEYS[1], 'fingerprint', ARGV[1], 'data', ARGV[2])
 local keep = {}
-for i = 5, #ARGV do keep[ARGV[i]] = true end
+for i = 6, #ARGV do keep[ARGV[i]] = true end
 for _, f in ipairs(redis.call('HKEYS', KEYS[2])) do
   if not keep[f] then redis.call('HDEL', KEYS[2], f) end
 end

@@ -58,6 +58,9 @@ pub struct StoreConfig {
     pub redis: Option<RedisFileConfig>,
     /// Base64 of 32 random bytes: seals key material in Redis.
     pub encryption_key: Option<SecretRef>,
+    /// The namespace whose derived key `encryptionKey` is (`gemini-proxy derive-state-key`):
+    /// only that namespace's groups are read. Absent: `encryptionKey` is the master key.
+    pub encryption_key_namespace: Option<String>,
     /// Store key material in clear (refused unless set).
     #[serde(default)]
     pub allow_plaintext: bool,

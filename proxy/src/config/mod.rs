@@ -397,10 +397,20 @@ impl Resolver<'_> {
         let encryption_key = match (&sc.encryption_key, sc.allow_plaintext) {
             (Some(k), _) => {
                 let (_, secret) = self.secret("store.encryptionKey", k)?;
-                Some(
-                    EncryptionKey::from_base64(secret.expose())
-                        .map_err(|m| self.err("store.encryptionKey", m))?,
-                )
+                let key = EncryptionKey::from_base64(secret.expose())
+                    .map_err(|m| self.err("store.encryptionKey", m))?;
+                Some(match &sc.encryption_key_namespace {
+                    Some(ns) => key
+                        .scoped_to(ns)
+                        .map_err(|m| self.err("store.encryptionKeyNamespace", m))?,
+                    None => key,
+                })
+            }
+            (None, _) if sc.encryption_key_namespace.is_some() => {
+                return Err(self.err(
+                    "store.encryptionKeyNamespace",
+                    "needs encryptionKey (that namespace's derived key)",
+                ));
             }
             (None, true) => None,
             (None, false) => {
