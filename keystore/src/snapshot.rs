@@ -37,6 +37,20 @@ pub struct UpstreamSpec {
     pub ca_pem: Option<String>,
 }
 
+/// The host Gemini is reached at; the default of every upstream allowlist.
+pub const DEFAULT_UPSTREAM_HOST: &str = "generativelanguage.googleapis.com";
+
+impl UpstreamSpec {
+    /// Whether the upstream's host is one of `hosts` (exactly, ignoring case). The URL is
+    /// parsed as a browser would, so `https://allowed@elsewhere` is `elsewhere`.
+    pub fn host_allowed(&self, hosts: &[String]) -> bool {
+        url::Url::parse(&self.url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+            .is_some_and(|h| hosts.iter().any(|a| a.eq_ignore_ascii_case(&h)))
+    }
+}
+
 impl Default for UpstreamSpec {
     fn default() -> Self {
         Self {

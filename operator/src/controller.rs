@@ -79,6 +79,8 @@ pub struct Context {
     secrets_listed: watch::Sender<bool>,
     /// Failures in a row per group (`namespace/name`), for the backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Hosts a group's upstream may name (`None`: any); others get no keys in the store.
+    allowed_upstream_hosts: Option<Vec<String>>,
 }
 
 impl Context {
@@ -95,7 +97,14 @@ impl Context {
             secrets: RwLock::new(reflector::store().0),
             secrets_listed: watch::Sender::new(false),
             failures: Mutex::new(HashMap::new()),
+            allowed_upstream_hosts: None,
         }
+    }
+
+    /// Limits the hosts a group's upstream may name (`None`: any host).
+    pub fn with_allowed_upstream_hosts(mut self, hosts: Option<Vec<String>>) -> Self {
+        self.allowed_upstream_hosts = hosts;
+        self
     }
 
     /// The same context with `secrets` in its cache, as if the watch had listed them (tests).
@@ -403,7 +412,8 @@ async fn sync_store(
 
 async fn apply(g: &GeminiKeyGroup, ns: &str, ctx: &Context) -> Result<Action, Error> {
     let secrets = ctx.secrets_for(g, ns);
-    let plan = plan::plan(g, ns, &secrets);
+    let mut plan = plan::plan(g, ns, &secrets);
+    plan::restrict_upstream(&mut plan, ctx.allowed_upstream_hosts.as_deref());
     let before = g.status.as_ref();
     let reachable_before = plan::store_was_reachable(before);
     let since = before

@@ -80,6 +80,15 @@ struct RunArgs {
     /// long after the leader dies.
     #[arg(long, env = "GEMINI_PROXY_OPERATOR_LEASE_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(4..=300))]
     lease_seconds: u64,
+    /// Hosts a GeminiKeyGroup's upstream.url may name, comma-separated; `*` for any. A group
+    /// pointing elsewhere is published without keys (its status says why).
+    #[arg(
+        long,
+        env = "GEMINI_PROXY_ALLOWED_UPSTREAM_HOSTS",
+        value_delimiter = ',',
+        default_value = keystore::snapshot::DEFAULT_UPSTREAM_HOST
+    )]
+    allowed_upstream_hosts: Vec<String>,
     #[command(flatten)]
     redis: RedisArgs,
 }
@@ -170,7 +179,22 @@ async fn run(args: RunArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("kubernetes client: {e}"))?;
     let metrics = Arc::new(Metrics::new());
-    let ctx = Arc::new(Context::new(client.clone(), store.clone(), metrics.clone()));
+    let hosts: Vec<String> = args
+        .allowed_upstream_hosts
+        .iter()
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .collect();
+    let hosts = if hosts.is_empty() {
+        vec![keystore::snapshot::DEFAULT_UPSTREAM_HOST.to_owned()]
+    } else {
+        hosts
+    };
+    let hosts = (!hosts.iter().any(|h| h == "*")).then_some(hosts);
+    let ctx = Arc::new(
+        Context::new(client.clone(), store.clone(), metrics.clone())
+            .with_allowed_upstream_hosts(hosts),
+    );
     let probe = Arc::new(Probe {
         metrics,
         store,

@@ -95,6 +95,26 @@ fn find<'a>(secrets: &'a [Secret], name: &str) -> Option<&'a Secret> {
         .find(|s| s.metadata.name.as_deref() == Some(name))
 }
 
+/// Keeps the keys of a group whose upstream host the operator does not allow out of the
+/// store: the group is published without keys, and the reason joins what is missing (status
+/// and Event). `None` allows any host. The group's author cannot extend the list.
+pub fn restrict_upstream(plan: &mut Plan, allowed: Option<&[String]>) {
+    let Some(hosts) = allowed else {
+        return;
+    };
+    if plan.snapshot.upstream.host_allowed(hosts) {
+        return;
+    }
+    plan.snapshot.keys.clear();
+    plan.missing.insert(
+        0,
+        format!(
+            "upstream.url's host is not one the operator allows ({}; --allowed-upstream-hosts): no key is published for this group",
+            hosts.join(", ")
+        ),
+    );
+}
+
 /// Whether `labels` match `selector` (matchLabels and matchExpressions, by kube's matcher). An
 /// empty selector (refused at admission) selects nothing.
 pub fn selects(selector: &KeySelector, labels: &BTreeMap<String, String>) -> bool {

@@ -253,6 +253,40 @@ async fn the_operator_with_the_charts_rbac_runs_groups_end_to_end() {
         );
     }
 
+    // A group pointing the same Secret at a host of its author's choosing: published without
+    // keys, and the status says why. The author cannot extend the operator's list.
+    cluster
+        .create_group(
+            &ns,
+            "exfil",
+            json!({"keys": [{"secret": "gemini-keys", "entry": "key-1"}],
+                   "upstream": {"url": "https://generativelanguage.googleapis.com@exfil.example.com/"},
+                   "access": {"mode": "Token", "clientSecretRefs": [{"name": "apps"}]}}),
+        )
+        .await;
+    let st = wait_for(
+        Duration::from_secs(15),
+        "the exfil group's status",
+        || async {
+            let st = status_of(&cluster, &ns, "exfil").await?;
+            (condition(&st, "KeysResolved").map(|c| c.0) == Some("False".into())).then_some(st)
+        },
+    )
+    .await;
+    let message = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "KeysResolved")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(message.contains("not one the operator allows"), "{message}");
+    assert_eq!(
+        st.keys.total, 0,
+        "a key was published for a foreign upstream"
+    );
+    assert_eq!(condition(&st, "Ready").map(|c| c.0), Some("False".into()));
+    cluster.delete_group(&ns, "exfil").await;
+
     // Delete: the finalizer cleans the store, then the object goes.
     cluster.delete_group(&ns, "gemini").await;
     wait_for(Duration::from_secs(15), "the group gone", || async {

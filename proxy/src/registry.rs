@@ -184,7 +184,7 @@ impl Registry {
             }
             if let Some(hosts) = &selection.upstream_hosts
                 && selection.only.is_none()
-                && !host_allowed(&snap.upstream.url, hosts)
+                && !snap.upstream.host_allowed(hosts)
             {
                 tracing::error!(group = %snap.name, upstream = %snap.upstream.url, "group not served: its upstream host is not allowed (--allowed-upstream-hosts)");
                 refuse(
@@ -255,14 +255,6 @@ impl Registry {
             }
         }
     }
-}
-
-/// Whether `url`'s host is one of `hosts` (exactly, ignoring case).
-fn host_allowed(url: &str, hosts: &[String]) -> bool {
-    url::Url::parse(url)
-        .ok()
-        .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
-        .is_some_and(|h| hosts.iter().any(|a| a.eq_ignore_ascii_case(&h)))
 }
 
 /// The audit trail's log side of keys coming and going (the store records them at publish).

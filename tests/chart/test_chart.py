@@ -112,6 +112,13 @@ def test_proxy_has_no_api_token_and_probes_its_endpoints():
     assert env["GEMINI_PROXY_ADMIN_LISTEN"]["value"] == "0.0.0.0:9464"
     assert "GEMINI_PROXY_ADMIN_TOKEN" not in env
     assert env["GEMINI_PROXY_ALLOWED_UPSTREAM_HOSTS"]["value"] == "generativelanguage.googleapis.com"
+    # The operator enforces the same list (a foreign upstream's group gets no keys).
+    for hosts, want in [([], "generativelanguage.googleapis.com"),
+                        (["--set", "proxy.allowedUpstreamHosts={generativelanguage.googleapis.com,gw.corp}"],
+                         "generativelanguage.googleapis.com,gw.corp")]:
+        op = next(d for d in by_kind(render(hosts), "Deployment") if d["metadata"]["name"].endswith("-operator"))
+        op_env = {e["name"]: e.get("value") for e in op["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert op_env["GEMINI_PROXY_ALLOWED_UPSTREAM_HOSTS"] == want
     # Not an open relay by default: Open groups are served only when allowed.
     assert "GEMINI_PROXY_ALLOW_OPEN_GROUPS" not in env
     docs = render(["--set", "proxy.allowOpenGroups=true"])

@@ -410,3 +410,38 @@ fn gemini_proxy_tests_ca() -> std::path::PathBuf {
     );
     dir.join("ca.pem")
 }
+
+#[test]
+fn a_foreign_upstream_host_gets_no_keys_and_is_named() {
+    let secrets = [secret(NS, "keys", &[("k1", "fake-key-one")])];
+    let google = vec![keystore::snapshot::DEFAULT_UPSTREAM_HOST.to_owned()];
+    for (url, allowed) in [
+        ("https://generativelanguage.googleapis.com", true),
+        ("https://GenerativeLanguage.googleapis.com:443/v1beta", true),
+        (
+            "https://generativelanguage.googleapis.com@exfil.example.com/",
+            false,
+        ),
+        (
+            "https://generativelanguage.googleapis.com.exfil.example.com",
+            false,
+        ),
+        ("http://10.0.0.1:8080", false),
+    ] {
+        let g = GroupFixture::new(NS, "gemini")
+            .key("keys", "k1")
+            .upstream(url)
+            .build();
+        let mut p = plan(&g, NS, &secrets);
+        restrict_upstream(&mut p, Some(&google));
+        assert_eq!(p.snapshot.keys.len(), usize::from(allowed), "{url}");
+        assert_eq!(p.missing.is_empty(), allowed, "{url}: {:?}", p.missing);
+        if !allowed {
+            assert!(p.missing[0].contains("--allowed-upstream-hosts"));
+        }
+        // No list: any host.
+        let mut p = plan(&g, NS, &secrets);
+        restrict_upstream(&mut p, None);
+        assert_eq!(p.snapshot.keys.len(), 1);
+    }
+}

@@ -404,6 +404,11 @@ impl OperatorProcess {
             .env("GEMINI_PROXY_REDIS_URL", &store.redis_url)
             .env("GEMINI_PROXY_REDIS_KEY_PREFIX", &store.prefix)
             .env("GEMINI_PROXY_STATE_KEY", &store.state_key)
+            // The mock upstream's host, beside Google's (the default).
+            .env(
+                "GEMINI_PROXY_ALLOWED_UPSTREAM_HOSTS",
+                "generativelanguage.googleapis.com,127.0.0.1,localhost",
+            )
             .env("POD_NAME", name)
             .env("POD_NAMESPACE", "gemini-proxy")
             .env("RUST_LOG", "info,kube=warn")
