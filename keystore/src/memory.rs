@@ -392,6 +392,9 @@ impl KeyStore for MemoryStore {
     fn unbind<'a>(&'a self, resource: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             self.lock().bindings.remove(resource);
+            self.emit(StoreEvent::Unbound {
+                resource: resource.to_owned(),
+            });
             Ok(())
         })
     }

@@ -46,6 +46,10 @@ pub enum StoreEvent {
     },
     /// Events may have been missed (a lagging subscriber, a dropped pub/sub link): reload all.
     Resync,
+    /// A binding ended (a finished upload session): no proxy may honour it from its cache.
+    Unbound {
+        resource: String,
+    },
 }
 
 /// The key-state store. None of these calls sit on a request's path: proxies read an in-memory
@@ -176,6 +180,7 @@ pub trait KeyStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Ends a binding (a finished upload session).
+    /// Ends a binding and announces it ([`StoreEvent::Unbound`]).
     fn unbind<'a>(&'a self, resource: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// The key a resource is bound to, if the binding has not run out.
@@ -201,4 +206,8 @@ pub trait KeyStore: Send + Sync + 'static {
 pub struct Binding {
     pub group: String,
     pub key: KeyId,
+    /// The client (its token's digest) that started an upload session in a Token group: the
+    /// session serves that client only, and only while its token is admitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<crate::secret::TokenDigest>,
 }

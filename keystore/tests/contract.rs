@@ -314,6 +314,7 @@ async fn contract(store: Arc<dyn KeyStore>) {
     let binding = Binding {
         group: "team-a/keys".into(),
         key: ids[0].clone(),
+        client: Some(keystore::TokenDigest::of("fake-client-token")),
     };
     assert_eq!(store.bound(&resource).await.unwrap(), None);
     store
@@ -321,8 +322,21 @@ async fn contract(store: Arc<dyn KeyStore>) {
         .await
         .unwrap();
     assert_eq!(store.bound(&resource).await.unwrap(), Some(binding.clone()));
+    // An ended binding is announced, so that no proxy honours it from its cache.
+    let mut events = store.subscribe();
     store.unbind(&resource).await.unwrap();
     assert_eq!(store.bound(&resource).await.unwrap(), None);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(StoreEvent::Unbound { resource: r }) = events.recv().await
+                && r == resource
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("no Unbound event");
     store
         .bind("upload:short", &binding, Duration::from_millis(20))
         .await

@@ -141,7 +141,8 @@ pub fn named_in_path(path: &str) -> Option<&str> {
 
 /// The resources a request body names: `fileData.fileUri` (a URI or `files/ID`),
 /// `cachedContent`, a batch's input `fileName`. Bodies that mention none of those fields are not
-/// parsed.
+/// parsed; the others are read as a stream (no document tree is built, so memory stays at the
+/// nesting depth whatever the body's size), keeping at most [`MAX_NAMES`] names.
 pub fn named_in_body(body: &[u8]) -> Vec<String> {
     // Every field that can name a resource starts with `"file` or `"cached` (JSON keys are
     // quoted; a quote inside a string is escaped): two fast scans decide whether to parse.
@@ -152,38 +153,158 @@ pub fn named_in_body(body: &[u8]) -> Vec<String> {
     if !FIELDS.iter().any(|f| f.find(body).is_some()) {
         return Vec::new();
     }
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return Vec::new();
-    };
     let mut out = Vec::new();
-    walk(&v, &mut out);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    // A body that is not JSON names nothing (what it named before the error is dropped too).
+    if serde::de::DeserializeSeed::deserialize(body_scan::Walk { out: &mut out }, &mut de).is_err()
+    {
+        return Vec::new();
+    }
     out
 }
 
-fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
-    match v {
-        serde_json::Value::Object(map) => {
-            for (k, x) in map {
-                match (k.as_str(), x.as_str()) {
-                    ("fileUri" | "file_uri" | "fileName" | "file_name", Some(s)) => {
-                        if let Some(name) = s.find("files/").map(|i| &s[i..]) {
-                            let end = name.find(['?', '#', ':']).unwrap_or(name.len());
-                            if end <= MAX_NAME_BYTES {
-                                out.push(name[..end].to_owned());
-                            }
+/// The streaming walk of [`named_in_body`].
+mod body_scan {
+    use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+
+    use super::{MAX_NAME_BYTES, MAX_NAMES};
+
+    /// Numbers, booleans and null name nothing.
+    macro_rules! scalars {
+        () => {
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+                Ok(())
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+                Ok(())
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+                Ok(())
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+                Ok(())
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+                Ok(())
+            }
+        };
+    }
+
+    /// Any value: maps and lists are walked, the rest skipped.
+    pub struct Walk<'a> {
+        pub out: &'a mut Vec<String>,
+    }
+
+    /// What a field can name.
+    #[derive(Clone, Copy)]
+    enum Field {
+        File,
+        Cache,
+        Other,
+    }
+
+    struct FieldName;
+
+    impl<'de> DeserializeSeed<'de> for FieldName {
+        type Value = Field;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Field, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+
+    impl Visitor<'_> for FieldName {
+        type Value = Field;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a field name")
+        }
+        fn visit_str<E: de::Error>(self, k: &str) -> Result<Field, E> {
+            Ok(match k {
+                "fileUri" | "file_uri" | "fileName" | "file_name" => Field::File,
+                "cachedContent" | "cached_content" => Field::Cache,
+                _ => Field::Other,
+            })
+        }
+    }
+
+    /// The value of a naming field: a string is taken, anything else walked.
+    struct Named<'a> {
+        field: Field,
+        out: &'a mut Vec<String>,
+    }
+
+    impl<'de> DeserializeSeed<'de> for Named<'_> {
+        type Value = ();
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Named<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<(), E> {
+            if self.out.len() >= MAX_NAMES {
+                return Ok(());
+            }
+            match self.field {
+                Field::File => {
+                    if let Some(name) = s.find("files/").map(|i| &s[i..]) {
+                        let end = name.find(['?', '#', ':']).unwrap_or(name.len());
+                        if end <= MAX_NAME_BYTES {
+                            self.out.push(name[..end].to_owned());
                         }
                     }
-                    ("cachedContent" | "cached_content", Some(s))
-                        if s.starts_with("cachedContents/") && s.len() <= MAX_NAME_BYTES =>
-                    {
-                        out.push(s.to_owned())
-                    }
-                    _ => walk(x, out),
+                }
+                Field::Cache if s.starts_with("cachedContents/") && s.len() <= MAX_NAME_BYTES => {
+                    self.out.push(s.to_owned())
+                }
+                _ => {}
+            }
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+            Walk { out: self.out }.visit_map(map)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+            Walk { out: self.out }.visit_seq(seq)
+        }
+        scalars!();
+    }
+
+    impl<'de> DeserializeSeed<'de> for Walk<'_> {
+        type Value = ();
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Walk<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(field) = map.next_key_seed(FieldName)? {
+                match field {
+                    Field::Other => map.next_value_seed(Walk { out: self.out })?,
+                    field => map.next_value_seed(Named {
+                        field,
+                        out: self.out,
+                    })?,
                 }
             }
+            Ok(())
         }
-        serde_json::Value::Array(items) => items.iter().for_each(|x| walk(x, out)),
-        _ => {}
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(Walk { out: self.out })?.is_some() {}
+            Ok(())
+        }
+        scalars!();
     }
 }
 
@@ -246,20 +367,28 @@ fn cached_for(resource: &str) -> Duration {
     }
 }
 
+type Cache = Mutex<HashMap<String, (Option<Binding>, u64)>>;
+
 /// Bindings: a local cache in front of the store.
 pub struct Affinity {
     store: Arc<dyn KeyStore>,
     /// resource → (binding, or none known; until when this is trusted, Unix ms).
-    cache: Mutex<HashMap<String, (Option<Binding>, u64)>>,
+    cache: Arc<Cache>,
     /// Until when (Unix ms) the store is taken as unreachable by lookups.
     trouble_until: std::sync::atomic::AtomicU64,
 }
 
 impl Affinity {
+    /// The cache, and (inside a runtime) a task that drops ended bindings from it as the store
+    /// announces them: a finished upload session stops working on every proxy at once.
     pub fn new(store: Arc<dyn KeyStore>) -> Self {
+        let cache = Arc::new(Mutex::new(HashMap::new()));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(follow_unbinds(store.subscribe(), Arc::downgrade(&cache)));
+        }
         Self {
             store,
-            cache: Mutex::new(HashMap::new()),
+            cache,
             trouble_until: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -406,6 +535,33 @@ impl Affinity {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "affinity binding not removed from the store"),
             Err(_) => tracing::warn!("removing an affinity binding timed out"),
+        }
+    }
+}
+
+/// Drops ended bindings from `cache` as the store announces them. When announcements may
+/// have been missed (the store's link was re-established, or this follower lagged), every
+/// cached upload session is dropped: the next chunk asks the store. Ends with the cache.
+async fn follow_unbinds(
+    mut events: tokio::sync::broadcast::Receiver<keystore::StoreEvent>,
+    cache: std::sync::Weak<Cache>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let event = events.recv().await;
+        let Some(cache) = cache.upgrade() else {
+            return;
+        };
+        let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+        match event {
+            Ok(keystore::StoreEvent::Unbound { resource }) => {
+                cache.remove(&resource);
+            }
+            Ok(keystore::StoreEvent::Resync) | Err(RecvError::Lagged(_)) => {
+                cache.retain(|name, _| !name.starts_with("upload:"));
+            }
+            Ok(_) => {}
+            Err(RecvError::Closed) => return,
         }
     }
 }

@@ -158,10 +158,39 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
         None => None,
     };
     let client = match &session_binding {
-        Some(b) => app.registry.groups().get(&b.group).map(|pool| Client {
-            pool: pool.clone(),
-            name: None,
-        }),
+        // A session of a Token group serves the client that started it, while its token is
+        // admitted; a chunk carrying another client's token is refused.
+        Some(b) => match &b.client {
+            Some(owner) => {
+                if cred
+                    .token
+                    .as_deref()
+                    .is_some_and(|t| &keystore::TokenDigest::of(t) != owner)
+                {
+                    return envelope::error(
+                        api,
+                        StatusCode::FORBIDDEN,
+                        "this upload session belongs to another client",
+                        None,
+                    );
+                }
+                match app.registry.resolve_digest(owner) {
+                    Some(c) if c.pool.name() == b.group => Some(c),
+                    _ => {
+                        return envelope::error(
+                            api,
+                            StatusCode::UNAUTHORIZED,
+                            "the client that started this upload session is no longer admitted",
+                            None,
+                        );
+                    }
+                }
+            }
+            None => app.registry.groups().get(&b.group).map(|pool| Client {
+                pool: pool.clone(),
+                name: None,
+            }),
+        },
         None => app.registry.resolve(cred.token.as_deref()),
     };
     let Some(client) = client else {
@@ -449,6 +478,11 @@ async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
                 let binding = keystore::Binding {
                     group: group.to_owned(),
                     key: slot.id.clone(),
+                    // An upload session of a Token group is its starting client's only.
+                    client: (kind == Creates::UploadSession
+                        && pool.snapshot.access.mode == keystore::AccessMode::Token)
+                        .then(|| cred.token.as_deref().map(keystore::TokenDigest::of))
+                        .flatten(),
                 };
                 return created(app, kind, binding, res, &parts, in_flight).await;
             }

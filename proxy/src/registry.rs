@@ -123,6 +123,15 @@ impl Registry {
         })
     }
 
+    /// The Token group client whose token has this digest, when it is admitted now.
+    pub fn resolve_digest(&self, digest: &TokenDigest) -> Option<Client> {
+        let groups = self.current.load();
+        groups.by_token.get(digest).map(|(i, name)| Client {
+            pool: groups.pools[*i].clone(),
+            name: Some(name.clone()),
+        })
+    }
+
     /// Replaces all groups; key slots carry over by group name and key id.
     pub fn rebuild(
         &self,

@@ -286,6 +286,8 @@ async fn follow(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
                     Reload::No
                 }
                 Ok(StoreEvent::Resync) => Reload::AfterOutage,
+                // The affinity cache follows these itself.
+                Ok(StoreEvent::Unbound { .. }) => Reload::No,
                 Ok(StoreEvent::GroupChanged { .. } | StoreEvent::GroupRemoved { .. }) => Reload::Yes,
                 Err(broadcast::error::RecvError::Lagged(_)) => Reload::Yes,
                 Err(broadcast::error::RecvError::Closed) => return,

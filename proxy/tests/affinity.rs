@@ -212,7 +212,7 @@ async fn uploads_files_and_caches_stay_with_their_project_across_proxies() {
 
     // A finished session is no credential any more, on either proxy, and a session URL never
     // authorises anything but its own chunks.
-    // (p2 saw the end; p1 may trust its cache for a few seconds more, and Google refuses then.)
+    // (p2 saw the end and announced it; p1 drops the session from its cache on the event.)
     for url in [&on_p2, &session] {
         let r = chunk(url, "upload, finalize", "again").await;
         assert_eq!(r.status, 404, "{}", r.text());
@@ -346,4 +346,117 @@ async fn a_hung_store_delays_resource_requests_by_a_bounded_time_only() {
         naming_total < std::time::Duration::from_millis(1200),
         "{naming_total:?}"
     );
+}
+
+/// A chunk command sent with a client token.
+async fn chunk_as(url: &str, token: &str, command: &str) -> Reply {
+    Client::new()
+        .call(
+            Method::POST,
+            url,
+            &[
+                ("x-goog-api-key", token),
+                ("x-goog-upload-command", command),
+                ("x-goog-upload-offset", "0"),
+            ],
+            "hello world".to_owned(),
+        )
+        .await
+}
+
+/// In a Token group an upload session is its starting client's: another client's token is
+/// refused, and revoking the starter's token ends the session. A session finished through one
+/// proxy stops at once on the others, though they had it cached.
+#[tokio::test]
+async fn an_upload_session_is_its_clients_and_ends_on_every_proxy() {
+    const OTHER: &str = "sk-affinity-other";
+    let redis = RedisServer::start();
+    let shared = Shared::new(&redis);
+    let mock = mock().await;
+    let both = shared.config_with(
+        &mock,
+        &group().replace(
+            &format!("clientTokens: [\"{TOKEN}\"]"),
+            &format!("clientTokens: [\"{TOKEN}\", \"{OTHER}\"]"),
+        ),
+    );
+    assert!(both.contains(OTHER));
+    let (p1, p2) = tokio::join!(shared.proxy_with(&both), shared.proxy_with(&both));
+
+    // p1 started the session, so it has it cached.
+    let session = start_upload(&p1, "v1beta").await;
+    let on_p2 = session.replace(&p1.url(), &p2.url());
+    let upstream_uploads = || {
+        mock.requests()
+            .iter()
+            .filter(|s| s.path.starts_with("/upload/"))
+            .count()
+    };
+    let before = upstream_uploads();
+    let r = chunk_as(&session, OTHER, "upload").await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.json()["error"]["status"], "PERMISSION_DENIED");
+    assert_eq!(
+        upstream_uploads(),
+        before,
+        "another client's chunk went upstream"
+    );
+    // The starter's token, or none (as the SDK sends chunks), continues it.
+    assert_eq!(chunk_as(&session, TOKEN, "upload").await.status, 200);
+
+    // Finished through p2: p1 refuses the session itself within a second (it does not forward
+    // it to Google on the strength of its cache).
+    let r = chunk(&on_p2, "upload, finalize", "hello world").await;
+    assert_eq!(
+        r.header("x-goog-upload-status"),
+        Some("final"),
+        "{}",
+        r.text()
+    );
+    let ended = std::time::Instant::now();
+    loop {
+        let r = chunk(&session, "upload, finalize", "again").await;
+        if r.status == 404 && r.text().contains("not known to this proxy") {
+            break;
+        }
+        assert!(
+            ended.elapsed() < std::time::Duration::from_secs(1),
+            "p1 still honours the finished session: {} {}",
+            r.status,
+            r.text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    println!(
+        "finished session refused by the other proxy after {:?}",
+        ended.elapsed()
+    );
+
+    // Revoking the starter's token ends its open sessions (p2, with the old file, would
+    // publish the group back: it goes first).
+    drop(p2);
+    let open = start_upload(&p1, "v1beta").await;
+    let only_other = shared.config_with(
+        &mock,
+        &group().replace(
+            &format!("clientTokens: [\"{TOKEN}\"]"),
+            &format!("clientTokens: [\"{OTHER}\"]"),
+        ),
+    );
+    std::fs::write(p1.config_path(), &only_other).unwrap();
+    let revoked = std::time::Instant::now();
+    loop {
+        let r = chunk(&open, "upload", "hello").await;
+        if r.status == 401 {
+            assert!(r.text().contains("no longer admitted"), "{}", r.text());
+            break;
+        }
+        assert!(
+            revoked.elapsed() < std::time::Duration::from_secs(5),
+            "the revoked client's session still serves: {} {}",
+            r.status,
+            r.text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

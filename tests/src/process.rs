@@ -146,6 +146,11 @@ impl ProxyProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The config file of a proxy started [`ProxyProcess::with_config`] (rewrite it to reload).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("proxy.yaml")
+    }
+
     pub fn log_path(&self) -> &Path {
         &self.log
     }

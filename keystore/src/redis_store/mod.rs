@@ -15,10 +15,10 @@
 //! | `P{g:NAME}:rate:s:SLOT` | hash | scheduling counters for the 10-second slot `SLOT`: `r\tPROXY\tCOUNTER` requests and `t\tPROXY\tCOUNTER` tokens sent by proxy `PROXY`; expires after 100 s |
 //! | `P{g:NAME}:rate:d:DATE` | hash | the same for the Pacific date `DATE`; expires after 2 days |
 //! | `P{g:NAME}:audit` | stream | the key lifecycle trail, one entry per event (`e`: [`AuditEvent`] JSON), capped near 1000 entries |
-//! | `Paff:RESOURCE` | string | [`Binding`] JSON: the group and key that created `RESOURCE` (`files/ID`, `cachedContents/ID`, `batches/ID`, `upload:SHA256-OF-SESSION`); expires with the resource |
+//! | `Paff:RESOURCE` | string | [`Binding`] JSON: the group and key that created `RESOURCE` (and, for an upload session of a Token group, the digest of the starting client's token) (`files/ID`, `cachedContents/ID`, `batches/ID`, `upload:SHA256-OF-SESSION`); expires with the resource |
 //! | `P{index}:groups` | set | group names |
 //! | `P{index}:proxies` | hash | proxy id → heartbeat expiry (Unix ms) |
-//! | `Pevents` | pub/sub channel | JSON: `{type: group, name, version}`, `{type: removed, name}`, `{type: keys, group, origin, changes: [[id, status-json]]}` |
+//! | `Pevents` | pub/sub channel | JSON: `{type: group, name, version}`, `{type: removed, name}`, `{type: keys, group, origin, changes: [[id, status-json]]}`, `{type: unbound, resource}` |
 //!
 //! Key values never appear in a key name or in clear in a value: names use key ids, and group
 //! snapshots are sealed as a whole with AES-256-GCM under the group's namespace key (random
@@ -154,6 +154,9 @@ enum Wire {
         group: String,
         origin: String,
         changes: Vec<(String, String)>,
+    },
+    Unbound {
+        resource: String,
     },
 }
 
@@ -339,6 +342,7 @@ fn parse_event(payload: &str) -> Option<StoreEvent> {
             origin,
             changes: parse_changes(&changes),
         },
+        Wire::Unbound { resource } => StoreEvent::Unbound { resource },
     })
 }
 
@@ -794,8 +798,13 @@ impl KeyStore for RedisStore {
     fn unbind<'a>(&'a self, resource: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let key = self.binding_key(resource);
-            self.run(|mut c| async move { c.del::<_, ()>(&key).await })
-                .await
+            let channel = self.channel();
+            let event = serde_json::json!({"type": "unbound", "resource": resource}).to_string();
+            self.run(|mut c| async move {
+                c.del::<_, ()>(&key).await?;
+                c.publish::<_, _, ()>(&channel, event).await
+            })
+            .await
         })
     }
 

@@ -190,3 +190,23 @@ fn names_longer_than_the_bound_are_neither_looked_up_nor_kept() {
         Some("abc")
     );
 }
+
+#[test]
+fn the_body_scan_keeps_a_bounded_number_of_names_in_document_order() {
+    let parts: Vec<String> = (0..10_000)
+        .map(|i| format!(r#"{{"fileData":{{"fileUri":"files/f{i}"}}}}"#))
+        .collect();
+    let body = format!(
+        r#"{{"cachedContent":"cachedContents/c1","contents":[{{"parts":[{}]}}]}}"#,
+        parts.join(",")
+    );
+    let names = named_in_body(body.as_bytes());
+    assert_eq!(names.len(), MAX_NAMES);
+    assert_eq!(names[0], "cachedContents/c1");
+    assert_eq!(names[1], "files/f0");
+    // A naming field whose value is not a string is walked like any other.
+    let nested = br#"{"fileData":{"fileUri":{"fileName":"files/deep"}},"n":[1,2.5,true,null]}"#;
+    assert_eq!(named_in_body(nested), vec!["files/deep"]);
+    // Not JSON after a name: nothing.
+    assert!(named_in_body(br#"{"fileUri":"files/a", oops"#).is_empty());
+}
