@@ -33,8 +33,13 @@ for img in ghcr.io/gemini-proxy/proxy:$TAG ghcr.io/gemini-proxy/operator:$TAG mo
   kind load docker-image --name "$CLUSTER" "$img"
 done
 
+# The mock upstream is an in-cluster http:// Service on port 9000: allowed as an upstream host,
+# reachable through the proxies' NetworkPolicy, and its Open group served as the default.
 helm install gemini-proxy charts/gemini-proxy --namespace gemini-proxy --create-namespace \
-  --set image.tag=$TAG --set proxy.defaultGroup=team-a/gemini --wait --timeout 5m
+  --set image.tag=$TAG --set proxy.defaultGroup=team-a/gemini --set proxy.allowOpenGroups=true \
+  --set 'proxy.allowedUpstreamHosts={mock-gemini.team-a.svc}' \
+  --set-json 'networkPolicy.proxy.extraEgress=[{"ports":[{"port":9000,"protocol":"TCP"}]}]' \
+  --wait --timeout 5m
 
 kubectl create namespace team-a
 kubectl -n team-a run mock-gemini --image=mock-gemini:$TAG --port 9000 --expose
