@@ -177,7 +177,8 @@ impl KeyStatus {
     }
 }
 
-/// The state of a key in one word and its details (DESIGN.md "Key states").
+/// The state of a key in one word and its details (see "Keys and key states" in
+/// docs/architecture.md).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state")]
 pub enum KeyState {

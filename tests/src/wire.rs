@@ -1,4 +1,4 @@
-//! Gemini's wire format, byte for byte (GEMINI-UPSTREAM.md): error envelopes, JSON answers,
+//! Gemini's wire format, byte for byte (docs/gemini-errors.md): error envelopes, JSON answers,
 //! SSE and JSON-array stream framing, the OpenAI layer's shapes.
 //!
 //! Google pretty-prints JSON answers with two spaces and keeps its own field order

@@ -1,4 +1,5 @@
-//! What an upstream answer means for the request and for the key (GEMINI-UPSTREAM.md's table).
+//! What an upstream answer means for the request and for the key (the classification table in
+//! docs/gemini-errors.md).
 //!
 //! Pure functions: a status and, for errors, the body in; a [`Verdict`] out.
 

@@ -1,4 +1,4 @@
-//! Every row of GEMINI-UPSTREAM.md's table, with the mock's byte-exact bodies.
+//! The classification table of docs/gemini-errors.md, checked with the mock's byte-exact bodies.
 
 use super::*;
 use crate::quota::Learned;
