@@ -56,7 +56,7 @@ impl Default for UpstreamSpec {
         Self {
             url: DEFAULT_UPSTREAM.to_owned(),
             egress_proxy: None,
-            timeout_secs: 600,
+            timeout_secs: bounds::TIMEOUT_SECS_DEFAULT,
             ca_pem: None,
         }
     }
@@ -189,13 +189,65 @@ pub struct RetrySpec {
 impl Default for RetrySpec {
     fn default() -> Self {
         Self {
-            max_attempts: 3,
+            max_attempts: bounds::MAX_ATTEMPTS_DEFAULT,
             wait_on_cooldown_secs: 0,
         }
     }
 }
 
+/// The bounds and defaults of a group's settings: one set for the config file, the flags and
+/// the operator (the CRD's schema is tested against them).
+pub mod bounds {
+    use std::ops::RangeInclusive;
+
+    /// Seconds to wait for the upstream's response headers.
+    pub const TIMEOUT_SECS: RangeInclusive<u64> = 1..=3600;
+    pub const TIMEOUT_SECS_DEFAULT: u64 = 600;
+    /// Attempts per request that may fail for reasons not about a key.
+    pub const MAX_ATTEMPTS: RangeInclusive<u32> = 1..=10;
+    pub const MAX_ATTEMPTS_DEFAULT: u32 = 3;
+    /// Longest a request is held for a cooling key.
+    pub const WAIT_ON_COOLDOWN_SECS_MAX: u32 = 300;
+}
+
 impl GroupSnapshot {
+    /// Checks the settings against [`bounds`]: on failure, the field (as the file and the CRD
+    /// name it, relative to the group) and the problem.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let within = |range: (u64, u64), v: u64| {
+            (range.0..=range.1)
+                .contains(&v)
+                .then_some(())
+                .ok_or_else(|| format!("must be from {} to {}, not {v}", range.0, range.1))
+        };
+        if self.name.trim().is_empty() || self.name.contains(['{', '}']) {
+            return Err(("name", "must be non-empty and without braces".into()));
+        }
+        within(
+            (*bounds::TIMEOUT_SECS.start(), *bounds::TIMEOUT_SECS.end()),
+            self.upstream.timeout_secs,
+        )
+        .map_err(|m| ("upstream.timeoutSeconds", m))?;
+        within(
+            (
+                u64::from(*bounds::MAX_ATTEMPTS.start()),
+                u64::from(*bounds::MAX_ATTEMPTS.end()),
+            ),
+            u64::from(self.retry.max_attempts),
+        )
+        .map_err(|m| ("retry.maxAttempts", m))?;
+        if self.retry.wait_on_cooldown_secs > bounds::WAIT_ON_COOLDOWN_SECS_MAX {
+            return Err((
+                "retry.waitOnCooldownSeconds",
+                format!(
+                    "at most {}: a request should not wait longer than that",
+                    bounds::WAIT_ON_COOLDOWN_SECS_MAX
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// A digest of everything but `version`: equal snapshots have equal fingerprints, so
     /// publishing the same config twice changes nothing. Secrets enter only through their ids.
     pub fn fingerprint(&self) -> String {
@@ -265,6 +317,24 @@ impl GroupSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn validate_holds_a_group_to_the_bounds() {
+        let ok = GroupSnapshot::for_test("g", &["fake-key-1"]);
+        assert_eq!(ok.validate(), Ok(()));
+        let mut g = ok.clone();
+        g.retry.max_attempts = bounds::MAX_ATTEMPTS.end() + 1;
+        assert_eq!(g.validate().unwrap_err().0, "retry.maxAttempts");
+        let mut g = ok.clone();
+        g.upstream.timeout_secs = 0;
+        assert_eq!(g.validate().unwrap_err().0, "upstream.timeoutSeconds");
+        let mut g = ok.clone();
+        g.retry.wait_on_cooldown_secs = bounds::WAIT_ON_COOLDOWN_SECS_MAX + 1;
+        assert_eq!(g.validate().unwrap_err().0, "retry.waitOnCooldownSeconds");
+        let mut g = ok;
+        g.name = "a{b}".into();
+        assert_eq!(g.validate().unwrap_err().0, "name");
+    }
 
     #[test]
     fn fingerprint_ignores_version_and_sees_key_changes() {

@@ -214,7 +214,7 @@ fn google() -> String {
 }
 
 fn default_timeout() -> u32 {
-    600
+    keystore::snapshot::bounds::TIMEOUT_SECS_DEFAULT as u32
 }
 
 impl Default for Upstream {
@@ -337,7 +337,7 @@ pub struct Retry {
 }
 
 fn default_attempts() -> u32 {
-    3
+    keystore::snapshot::bounds::MAX_ATTEMPTS_DEFAULT
 }
 
 impl Default for Retry {

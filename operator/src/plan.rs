@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use keystore::snapshot::bounds as group_bounds;
 use keystore::{
     AccessMode as StoreAccess, AccessSpec, AuditEvent, AuditKind, ClientEntry,
     ClientLimits as StoreClientLimits, CooldownReason, GroupSnapshot, HealthReport, KeyEntry,
@@ -308,7 +309,10 @@ pub fn plan(g: &GeminiKeyGroup, namespace: &str, secrets: &[Secret]) -> Plan {
         upstream: UpstreamSpec {
             url: g.spec.upstream.url.trim_end_matches('/').to_owned(),
             egress_proxy,
-            timeout_secs: u64::from(g.spec.upstream.timeout_seconds.max(1)),
+            timeout_secs: u64::from(g.spec.upstream.timeout_seconds).clamp(
+                *group_bounds::TIMEOUT_SECS.start(),
+                *group_bounds::TIMEOUT_SECS.end(),
+            ),
             ca_pem,
         },
         keys,
@@ -335,8 +339,15 @@ pub fn plan(g: &GeminiKeyGroup, namespace: &str, secrets: &[Secret]) -> Plan {
                 .unwrap_or_default(),
         },
         retry: RetrySpec {
-            max_attempts: g.spec.retry.max_attempts.clamp(1, 10),
-            wait_on_cooldown_secs: g.spec.retry.wait_on_cooldown_seconds.min(300),
+            max_attempts: g.spec.retry.max_attempts.clamp(
+                *group_bounds::MAX_ATTEMPTS.start(),
+                *group_bounds::MAX_ATTEMPTS.end(),
+            ),
+            wait_on_cooldown_secs: g
+                .spec
+                .retry
+                .wait_on_cooldown_seconds
+                .min(group_bounds::WAIT_ON_COOLDOWN_SECS_MAX),
         },
         limits: g
             .spec

@@ -157,3 +157,50 @@ fn every_list_string_and_map_is_bounded() {
         "integer formats must be Kubernetes' own"
     );
 }
+
+/// The CRD's bounds and defaults are the ones the file config and the store use
+/// (`keystore::snapshot::bounds`): a change to one side fails here.
+#[test]
+fn crd_bounds_are_the_keystores() {
+    use keystore::snapshot::bounds;
+    let crd: serde_json::Value = serde_saphyr::from_str(&crd_yaml()).expect("CRD YAML");
+    let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+    let field = |path: &[&str]| {
+        let mut v = spec;
+        for (i, p) in path.iter().enumerate() {
+            v = &v[*p];
+            if i + 1 < path.len() {
+                v = &v["properties"];
+            }
+        }
+        v.clone()
+    };
+    // The schema writes bounds as floats (`1.0`): compared as numbers.
+    let num = |v: &serde_json::Value, what: &str| -> u64 {
+        v[what]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {what} in {v}")) as u64
+    };
+    let timeout = field(&["upstream", "timeoutSeconds"]);
+    assert_eq!(num(&timeout, "minimum"), *bounds::TIMEOUT_SECS.start());
+    assert_eq!(num(&timeout, "maximum"), *bounds::TIMEOUT_SECS.end());
+    assert_eq!(num(&timeout, "default"), bounds::TIMEOUT_SECS_DEFAULT);
+    let attempts = field(&["retry", "maxAttempts"]);
+    assert_eq!(
+        num(&attempts, "minimum"),
+        u64::from(*bounds::MAX_ATTEMPTS.start())
+    );
+    assert_eq!(
+        num(&attempts, "maximum"),
+        u64::from(*bounds::MAX_ATTEMPTS.end())
+    );
+    assert_eq!(
+        num(&attempts, "default"),
+        u64::from(bounds::MAX_ATTEMPTS_DEFAULT)
+    );
+    let wait = field(&["retry", "waitOnCooldownSeconds"]);
+    assert_eq!(
+        num(&wait, "maximum"),
+        u64::from(bounds::WAIT_ON_COOLDOWN_SECS_MAX)
+    );
+}

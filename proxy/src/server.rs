@@ -77,10 +77,6 @@ impl Proxy {
         Self { app, ctx, stop }
     }
 
-    pub fn router(&self) -> Router {
-        crate::app::router(self.app.clone())
-    }
-
     /// The admin listener's router (see [`crate::admin`]) for a listener on `listen`.
     pub fn admin(&self, listen: SocketAddr, token: Option<&keystore::Secret>) -> Router {
         crate::admin::router(Arc::new(crate::admin::Admin::new(self, listen, token)))
@@ -122,20 +118,6 @@ pub async fn serve(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    serve_on(listener, service, shutdown, grace).await
-}
-
-/// [`serve`] on any listener (plain TCP, or [`TlsListener`] with handshakes done), with the
-/// bounds of [`conn`].
-pub async fn serve_on<L>(
-    listener: L,
-    service: Entry,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    grace: Duration,
-) -> std::io::Result<()>
-where
-    L: axum::serve::Listener,
-{
     conn::serve(listener, service, shutdown, grace).await
 }
 
@@ -189,7 +171,7 @@ impl Workers {
                             None => serve(listener, service, shutdown, grace).await,
                             Some(tls) => {
                                 let listener = TlsListener::new(listener, tls.acceptor())?;
-                                serve_on(listener, service, shutdown, grace).await
+                                conn::serve(listener, service, shutdown, grace).await
                             }
                         }
                     })

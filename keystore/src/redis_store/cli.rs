@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use super::{DEFAULT_PREFIX, EncryptionKey, RedisConfig, RedisTarget};
+use super::RedisConfig;
+use super::settings::{RedisSettings, Setting, SettingsError};
 use crate::secret::Secret;
 
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -54,27 +55,6 @@ pub struct RedisArgs {
     pub allow_plaintext_state: bool,
 }
 
-/// Puts a username and password into a Redis URL.
-pub fn with_credentials(
-    url: Secret,
-    username: Option<&str>,
-    password: Option<&Secret>,
-) -> Result<Secret, String> {
-    if username.is_none() && password.is_none() {
-        return Ok(url);
-    }
-    let mut u = url::Url::parse(url.expose()).map_err(|_| "not a redis:// URL".to_owned())?;
-    if let Some(name) = username {
-        u.set_username(name)
-            .map_err(|_| "cannot set the username".to_owned())?;
-    }
-    if let Some(p) = password {
-        u.set_password(Some(p.expose()))
-            .map_err(|_| "cannot set the password".to_owned())?;
-    }
-    Ok(Secret::new(u.as_str()))
-}
-
 impl RedisArgs {
     /// Whether any Redis target was given.
     pub fn given(&self) -> bool {
@@ -85,73 +65,42 @@ impl RedisArgs {
 
     /// The store these flags describe.
     pub fn config(&self) -> Result<RedisConfig, String> {
-        let password = self.redis_password.as_deref().map(Secret::new);
-        let url = |u: &str| {
-            with_credentials(
-                Secret::new(u),
-                self.redis_username.as_deref(),
-                password.as_ref(),
-            )
-            .map_err(|e| format!("Redis URL: {e}"))
-        };
-        let target = match (&self.redis_url, &self.redis_sentinel_master) {
-            (Some(u), None) if self.redis_cluster_urls.is_empty() => {
-                RedisTarget::Standalone { url: url(u)? }
+        let state_key = match (&self.state_key, &self.state_key_file) {
+            (Some(k), _) => Some(Secret::new(k.as_str())),
+            (None, Some(f)) => {
+                Some(Secret::new(std::fs::read_to_string(f).map_err(|e| {
+                    format!("--state-key-file {}: {e}", f.display())
+                })?))
             }
-            (None, Some(master)) if !self.redis_sentinel_urls.is_empty() => RedisTarget::Sentinel {
-                master: master.clone(),
-                urls: self
-                    .redis_sentinel_urls
-                    .iter()
-                    .map(|u| url(u))
-                    .collect::<Result<_, _>>()?,
-            },
-            (None, None) if !self.redis_cluster_urls.is_empty() => RedisTarget::Cluster {
-                urls: self
-                    .redis_cluster_urls
-                    .iter()
-                    .map(|u| url(u))
-                    .collect::<Result<_, _>>()?,
-            },
-            _ => {
-                return Err("give one of --redis-url, --redis-sentinel-master with --redis-sentinel-urls, --redis-cluster-urls".into());
-            }
-        };
-        let key_text = match (&self.state_key, &self.state_key_file) {
-            (Some(k), _) => Some(k.clone()),
-            (None, Some(f)) => Some(
-                std::fs::read_to_string(f)
-                    .map_err(|e| format!("--state-key-file {}: {e}", f.display()))?,
-            ),
             (None, None) => None,
         };
-        let encryption_key = match key_text {
-            Some(k) => {
-                let key = EncryptionKey::from_base64(&k)?;
-                Some(match &self.state_key_namespace {
-                    Some(ns) => key.scoped_to(ns)?,
-                    None => key,
-                })
-            }
-            None if self.state_key_namespace.is_some() => {
-                return Err(
-                    "--state-key-namespace needs --state-key (that namespace's derived key)".into(),
-                );
-            }
-            None if self.allow_plaintext_state => None,
-            None => {
-                return Err("key material in Redis must be encrypted: set GEMINI_PROXY_STATE_KEY (base64 of 32 random bytes) or --state-key-file, or --allow-plaintext-state".into());
-            }
+        let secrets = |urls: &[String]| urls.iter().map(|u| Secret::new(u.as_str())).collect();
+        let settings = RedisSettings {
+            url: self.redis_url.as_deref().map(Secret::new),
+            sentinel_master: self.redis_sentinel_master.clone(),
+            sentinel_urls: secrets(&self.redis_sentinel_urls),
+            cluster_urls: secrets(&self.redis_cluster_urls),
+            username: self.redis_username.clone(),
+            password: self.redis_password.as_deref().map(Secret::new),
+            key_prefix: self.redis_key_prefix.clone(),
+            state_key,
+            state_key_namespace: self.state_key_namespace.clone(),
+            allow_plaintext: self.allow_plaintext_state,
         };
-        let config = RedisConfig {
-            target,
-            key_prefix: self
-                .redis_key_prefix
-                .clone()
-                .unwrap_or_else(|| DEFAULT_PREFIX.to_owned()),
-            encryption_key,
-        };
-        config.validate()?;
-        Ok(config)
+        settings.build().map_err(|e| match e {
+            SettingsError::NoSingleTarget => "give one of --redis-url, --redis-sentinel-master with --redis-sentinel-urls, --redis-cluster-urls".to_owned(),
+            SettingsError::PlaintextNotAllowed => "key material in Redis must be encrypted: set GEMINI_PROXY_STATE_KEY (base64 of 32 random bytes) or --state-key-file, or --allow-plaintext-state".to_owned(),
+            SettingsError::Bad(at, m) => {
+                let flag = match at {
+                    Setting::Url => "--redis-url",
+                    Setting::SentinelUrl(_) => "--redis-sentinel-urls",
+                    Setting::ClusterUrl(_) => "--redis-cluster-urls",
+                    Setting::Target => "Redis",
+                    Setting::StateKey => "--state-key",
+                    Setting::StateKeyNamespace => "--state-key-namespace",
+                };
+                format!("{flag}: {m}")
+            }
+        })
     }
 }

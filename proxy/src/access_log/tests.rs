@@ -141,3 +141,10 @@ fn flush_and_full_batches_hand_every_line_over_in_order() {
         .collect();
     assert_eq!(ids, (0..n).collect::<Vec<_>>());
 }
+
+#[test]
+fn civil_time_of_a_unix_second() {
+    assert_eq!(&civil(0), b"1970-01-01T00:00:00");
+    assert_eq!(&civil(1_796_342_400 + 3723), b"2026-12-04T01:02:03");
+    assert_eq!(&civil(951_782_400 + 86_399), b"2000-02-29T23:59:59");
+}

@@ -8,12 +8,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use keystore::redis_store::DEFAULT_PREFIX;
-use keystore::redis_store::cli::with_credentials;
+use keystore::redis_store::settings::{RedisSettings, Setting, SettingsError};
 use keystore::snapshot::DEFAULT_UPSTREAM;
 use keystore::{
-    AccessMode, AccessSpec, ClientEntry, ClientLimits, EncryptionKey, GroupSnapshot, KeyEntry,
-    QuotaLimits, RedisConfig, RedisTarget, RetrySpec, Secret, TokenDigest, UpstreamSpec,
+    AccessMode, AccessSpec, ClientEntry, ClientLimits, GroupSnapshot, KeyEntry, QuotaLimits,
+    RedisConfig, RetrySpec, Secret, TokenDigest, UpstreamSpec,
 };
 
 use file::{FileConfig, GroupConfig, KeyConfig, SecretRef, SecretSource, StoreConfig};
@@ -365,71 +364,60 @@ impl Resolver<'_> {
             Some(p) => Some(self.secret("store.redis.password", p)?.1),
             None => None,
         };
-        let creds = |path: &str, u: Secret| -> Result<Secret, ConfigError> {
-            with_credentials(u, r.username.as_deref(), password.as_ref())
-                .map_err(|m| self.err(path, m))
+        let given = [r.url.is_some(), r.sentinel.is_some(), r.cluster.is_some()];
+        if given.iter().filter(|g| **g).count() != 1 {
+            return Err(self.err("store.redis", "give exactly one of url, sentinel, cluster"));
+        }
+        let urls = |list: &[SecretRef], path: &str| -> Result<Vec<Secret>, ConfigError> {
+            list.iter()
+                .enumerate()
+                .map(|(i, u)| Ok(self.secret(&format!("{path}[{i}]"), u)?.1))
+                .collect()
         };
-        let target = match (&r.url, &r.sentinel, &r.cluster) {
-            (Some(u), None, None) => RedisTarget::Standalone {
-                url: creds("store.redis.url", self.secret("store.redis.url", u)?.1)?,
+        let settings = RedisSettings {
+            url: match &r.url {
+                Some(u) => Some(self.secret("store.redis.url", u)?.1),
+                None => None,
             },
-            (None, Some(s), None) => {
-                let mut urls = Vec::new();
-                for (i, u) in s.urls.iter().enumerate() {
-                    let p = format!("store.redis.sentinel.urls[{i}]");
-                    urls.push(creds(&p, self.secret(&p, u)?.1)?);
-                }
-                RedisTarget::Sentinel {
-                    master: s.master.clone(),
-                    urls,
-                }
-            }
-            (None, None, Some(c)) => {
-                let mut urls = Vec::new();
-                for (i, u) in c.urls.iter().enumerate() {
-                    let p = format!("store.redis.cluster.urls[{i}]");
-                    urls.push(creds(&p, self.secret(&p, u)?.1)?);
-                }
-                RedisTarget::Cluster { urls }
-            }
-            _ => return Err(self.err("store.redis", "give exactly one of url, sentinel, cluster")),
+            sentinel_master: r.sentinel.as_ref().map(|s| s.master.clone()),
+            sentinel_urls: match &r.sentinel {
+                Some(s) => urls(&s.urls, "store.redis.sentinel.urls")?,
+                None => Vec::new(),
+            },
+            cluster_urls: match &r.cluster {
+                Some(c) => urls(&c.urls, "store.redis.cluster.urls")?,
+                None => Vec::new(),
+            },
+            username: r.username.clone(),
+            password,
+            key_prefix: r.key_prefix.clone(),
+            state_key: match &sc.encryption_key {
+                Some(k) => Some(self.secret("store.encryptionKey", k)?.1),
+                None => None,
+            },
+            state_key_namespace: sc.encryption_key_namespace.clone(),
+            allow_plaintext: sc.allow_plaintext,
         };
-        let encryption_key = match (&sc.encryption_key, sc.allow_plaintext) {
-            (Some(k), _) => {
-                let (_, secret) = self.secret("store.encryptionKey", k)?;
-                let key = EncryptionKey::from_base64(secret.expose())
-                    .map_err(|m| self.err("store.encryptionKey", m))?;
-                Some(match &sc.encryption_key_namespace {
-                    Some(ns) => key
-                        .scoped_to(ns)
-                        .map_err(|m| self.err("store.encryptionKeyNamespace", m))?,
-                    None => key,
-                })
+        settings.build().map_err(|e| match e {
+            SettingsError::NoSingleTarget => {
+                self.err("store.redis", "give exactly one of url, sentinel, cluster")
             }
-            (None, _) if sc.encryption_key_namespace.is_some() => {
-                return Err(self.err(
-                    "store.encryptionKeyNamespace",
-                    "needs encryptionKey (that namespace's derived key)",
-                ));
+            SettingsError::PlaintextNotAllowed => self.err(
+                "store.encryptionKey",
+                "key material in Redis must be encrypted: set encryptionKey (base64 of 32 random bytes, e.g. from `head -c 32 /dev/urandom | base64`), or allowPlaintext: true",
+            ),
+            SettingsError::Bad(at, m) => {
+                let path = match at {
+                    Setting::Url => "store.redis.url".to_owned(),
+                    Setting::SentinelUrl(i) => format!("store.redis.sentinel.urls[{i}]"),
+                    Setting::ClusterUrl(i) => format!("store.redis.cluster.urls[{i}]"),
+                    Setting::Target => "store.redis".to_owned(),
+                    Setting::StateKey => "store.encryptionKey".to_owned(),
+                    Setting::StateKeyNamespace => "store.encryptionKeyNamespace".to_owned(),
+                };
+                self.err(path, m)
             }
-            (None, true) => None,
-            (None, false) => {
-                return Err(self.err(
-                    "store.encryptionKey",
-                    "key material in Redis must be encrypted: set encryptionKey (base64 of 32 random bytes, e.g. from `head -c 32 /dev/urandom | base64`), or allowPlaintext: true",
-                ));
-            }
-        };
-        let config = RedisConfig {
-            target,
-            key_prefix: r
-                .key_prefix
-                .clone()
-                .unwrap_or_else(|| DEFAULT_PREFIX.to_owned()),
-            encryption_key,
-        };
-        config.validate().map_err(|m| self.err("store.redis", m))?;
-        Ok(config)
+        })
     }
 
     fn group(&self, path: &str, g: GroupConfig) -> Result<GroupSnapshot, ConfigError> {
@@ -448,14 +436,8 @@ impl Resolver<'_> {
             }
         };
         let timeout_secs = match g.upstream.timeout_seconds {
-            Some(0) => {
-                return Err(self.err(
-                    format!("{path}.upstream.timeoutSeconds"),
-                    "must be at least 1",
-                ));
-            }
             Some(n) => n,
-            None => 600,
+            None => keystore::snapshot::bounds::TIMEOUT_SECS_DEFAULT,
         };
         let ca_pem = match &g.upstream.ca_file {
             None => None,
@@ -506,13 +488,10 @@ impl Resolver<'_> {
             }
             _ => {}
         }
-        let max_attempts = match g.retry.max_attempts {
-            Some(0) => {
-                return Err(self.err(format!("{path}.retry.maxAttempts"), "must be at least 1"));
-            }
-            Some(n) => n.min(100),
-            None => RetrySpec::default().max_attempts,
-        };
+        let max_attempts = g
+            .retry
+            .max_attempts
+            .unwrap_or(RetrySpec::default().max_attempts);
         let positive = |field: &str, v: Option<u64>| match v {
             Some(0) => Err(self.err(
                 format!("{path}.{field}"),
@@ -544,7 +523,7 @@ impl Resolver<'_> {
                 cl.tokens_per_minute,
             )?,
         };
-        Ok(GroupSnapshot {
+        let snapshot = GroupSnapshot {
             name: g.name,
             version: 0,
             upstream: UpstreamSpec {
@@ -563,17 +542,14 @@ impl Resolver<'_> {
             limits,
             retry: RetrySpec {
                 max_attempts,
-                wait_on_cooldown_secs: match g.retry.wait_on_cooldown_seconds {
-                    Some(n) if n > 300 => {
-                        return Err(self.err(
-                            format!("{path}.retry.waitOnCooldownSeconds"),
-                            "at most 300: a request should not wait longer than that",
-                        ));
-                    }
-                    n => n.unwrap_or(0),
-                },
+                wait_on_cooldown_secs: g.retry.wait_on_cooldown_seconds.unwrap_or(0),
             },
-        })
+        };
+        // One set of bounds for the file, the flags and the CRD.
+        snapshot
+            .validate()
+            .map_err(|(field, m)| self.err(format!("{path}.{field}"), m))?;
+        Ok(snapshot)
     }
 
     fn key(&self, path: &str, k: &KeyConfig) -> Result<KeyEntry, ConfigError> {

@@ -199,6 +199,29 @@ fn duplicates_and_bounds() {
         e.contains("groups[0].retry.waitOnCooldownSeconds: at most 300"),
         "{e}"
     );
+    // The same bounds as the CRD's (keystore::snapshot::bounds).
+    for (field, yaml, want) in [
+        (
+            "retry.maxAttempts",
+            "retry: {maxAttempts: 11}",
+            "must be from 1 to 10, not 11",
+        ),
+        (
+            "retry.maxAttempts",
+            "retry: {maxAttempts: 0}",
+            "must be from 1 to 10, not 0",
+        ),
+        (
+            "upstream.timeoutSeconds",
+            "upstream: {timeoutSeconds: 0}",
+            "must be from 1 to 3600, not 0",
+        ),
+    ] {
+        let e = err(&format!(
+            "groups: [{{name: g, access: {{mode: Open}}, keys: [{{value: a}}], {yaml}}}]"
+        ));
+        assert!(e.contains(&format!("groups[0].{field}: {want}")), "{e}");
+    }
     let e = err("listen: nowhere\ngroups: []");
     assert!(e.starts_with("proxy.yaml: listen: "), "{e}");
 }
