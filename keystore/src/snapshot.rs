@@ -292,16 +292,13 @@ impl GroupSnapshot {
     }
 
     /// A small group for tests: open access, round robin, keys from their values.
-    pub fn for_test(name: &str, keys: &[&str]) -> Self {
+    /// An Open group over `keys` with every other setting at its default (the quick start).
+    pub fn open_with_defaults(name: &str, keys: Vec<KeyEntry>) -> Self {
         Self {
             name: name.to_owned(),
             version: 0,
             upstream: UpstreamSpec::default(),
-            keys: keys
-                .iter()
-                .enumerate()
-                .map(|(i, k)| KeyEntry::new(Secret::new(*k), format!("keys[{i}]")))
-                .collect(),
+            keys,
             rotation: RotationStrategy::RoundRobin,
             access: AccessSpec {
                 mode: AccessMode::Open,
@@ -311,6 +308,16 @@ impl GroupSnapshot {
             retry: RetrySpec::default(),
             limits: QuotaLimits::default(),
         }
+    }
+
+    /// For tests: [`GroupSnapshot::open_with_defaults`] over key values, sources `keys[i]`.
+    pub fn for_test(name: &str, keys: &[&str]) -> Self {
+        let keys = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| KeyEntry::new(Secret::new(*k), format!("keys[{i}]")))
+            .collect();
+        Self::open_with_defaults(name, keys)
     }
 }
 

@@ -16,7 +16,7 @@ use axum::routing::get;
 use http::{HeaderValue, StatusCode, header};
 use keystore::{KeyStore, Secret, TokenDigest};
 
-use crate::app::App;
+use crate::shared::App;
 use crate::status::{self, StoreView};
 
 /// What the admin handlers need.
@@ -119,12 +119,12 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
         "ready (no group has a usable key)".to_owned()
     };
     let mut body = head;
-    body.push_str(&match (app.store.kind, app.store.is_up()) {
+    body.push_str(&match (app.store_status.kind, app.store_status.is_up()) {
         ("memory", _) => "\nstore: memory".to_owned(),
         (kind, true) => format!("\nstore: {kind}, reachable"),
         (kind, false) => format!(
             "\nstore: {kind}, unreachable for {} s (serving the last snapshot with local state)",
-            keystore::clock::now_ms().saturating_sub(app.store.since_ms()) / 1000
+            keystore::clock::now_ms().saturating_sub(app.store_status.since_ms()) / 1000
         ),
     });
     for l in lines {
@@ -145,7 +145,7 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
     let app = &admin.app;
     let text = app.metrics.render(
         &app.registry.groups(),
-        app.store.is_up(),
+        app.store_status.is_up(),
         keystore::clock::now_ms(),
     );
     (
@@ -197,8 +197,8 @@ async fn json(State(admin): State<Arc<Admin>>, req: Request) -> Response {
         &app.registry.groups(),
         admin.store.as_ref(),
         StoreView {
-            kind: app.store.kind.to_owned(),
-            up: app.store.is_up(),
+            kind: app.store_status.kind.to_owned(),
+            up: app.store_status.is_up(),
         },
         &admin.proxy_id,
         keystore::clock::now_ms(),

@@ -1,40 +1,20 @@
 //! The client port's HTTP application: minimal probes, and everything else to the forwarder.
 
-use std::collections::hash_map::RandomState;
 use std::convert::Infallible;
 use std::future::Future;
-use std::hash::BuildHasher;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::StatusCode;
 use tower::{Service, ServiceExt};
 
 use crate::forward;
-use crate::metrics::Metrics;
-use crate::registry::Registry;
-use crate::sync::{Outbox, StoreStatus};
-
-/// Everything a request handler needs.
-pub struct App {
-    pub registry: Arc<Registry>,
-    pub metrics: Metrics,
-    pub outbox: Outbox,
-    /// Largest request body kept for retries (a reload may change it).
-    pub max_body_bytes: std::sync::atomic::AtomicUsize,
-    pub request_ids: RequestIds,
-    pub store: Arc<StoreStatus>,
-    /// Which key created which file, cache, batch or upload session.
-    pub affinity: crate::affinity::Affinity,
-    /// Where access lines go; unset, they go through tracing.
-    pub access_log: std::sync::OnceLock<crate::access_log::AccessLog>,
-}
+use crate::shared::App;
 
 /// The router: probes, metrics, and everything else to the forwarder. No port is bound here,
 /// so tests drive it with `oneshot`.
@@ -155,47 +135,6 @@ async fn on_admin_listener() -> Response {
         "served on the admin listener (admin.listen, 127.0.0.1:9464 by default)\n",
     )
         .into_response()
-}
-
-pub const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
-
-/// Request ids: the client's `x-request-id` when it is sane, else a fresh one.
-pub struct RequestIds {
-    seed: u64,
-    next: AtomicU64,
-}
-
-impl Default for RequestIds {
-    fn default() -> Self {
-        Self {
-            seed: RandomState::new().hash_one(std::process::id()),
-            next: AtomicU64::new(0),
-        }
-    }
-}
-
-impl RequestIds {
-    pub fn take(&self, headers: &HeaderMap) -> HeaderValue {
-        if let Some(v) = headers.get(X_REQUEST_ID) {
-            let b = v.as_bytes();
-            if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
-                return v.clone();
-            }
-        }
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        // splitmix64: distinct, unpredictable-looking ids from a counter.
-        let mut z = self
-            .seed
-            .wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        let mut hex = [0u8; 16];
-        for (i, d) in hex.iter_mut().enumerate() {
-            *d = b"0123456789abcdef"[((z >> (60 - 4 * i)) & 0xf) as usize];
-        }
-        HeaderValue::from_bytes(&hex).unwrap_or(HeaderValue::from_static("0"))
-    }
 }
 
 #[cfg(test)]

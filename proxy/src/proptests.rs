@@ -8,7 +8,7 @@ use proptest::prelude::*;
 
 use crate::classify::{Verdict, classify};
 use crate::config::{Env, Settings};
-use crate::usage::TokenScan;
+use crate::token_scan::TokenScan;
 
 /// Bytes that look like answers: fragments of real token fields and numbers among noise.
 fn answer_bytes() -> impl Strategy<Value = Vec<u8>> {

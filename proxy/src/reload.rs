@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex, watch};
 
-use crate::app::App;
 use crate::config::Settings;
 use crate::registry::Selection;
-use crate::sync::{self, Context};
+use crate::shared::App;
+use crate::store_sync::{self, Context};
 
 /// How often the file is looked at. A change is applied once the file has stayed the same for
 /// one more look, so an editor's half-written file is not read.
@@ -135,7 +135,7 @@ impl Reloader {
             let r = store.remove_group(&gone.name).await;
             self.ctx.status.record(&r);
         }
-        let r = sync::publish_and_reload(store, &self.ctx.registry, &next.groups).await;
+        let r = store_sync::publish_and_reload(store, &self.ctx.registry, &next.groups).await;
         self.ctx.status.record(&r);
         if r.is_err() {
             self.ctx

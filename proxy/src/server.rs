@@ -14,18 +14,19 @@ use keystore::KeyStore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::app::{App, Entry, RequestIds};
+use crate::app::Entry;
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::registry::{Registry, Selection};
-use crate::sync::{self, Outbox, StoreStatus};
+use crate::shared::{App, RequestIds};
+use crate::store_sync::{self, Outbox, StoreStatus};
 use crate::tls::{ServerTls, TlsListener};
 
 /// A started proxy: its app state and the handle that stops its background tasks.
 pub struct Proxy {
     pub app: Arc<App>,
     /// What the background tasks share (the store, this proxy's own groups).
-    pub(crate) ctx: Arc<sync::Context>,
+    pub(crate) ctx: Arc<store_sync::Context>,
     stop: watch::Sender<bool>,
 }
 
@@ -48,7 +49,8 @@ impl Proxy {
             upstream_hosts: settings.upstream_allowlist(),
         }));
         let status = Arc::new(StoreStatus::new(kind));
-        let loaded = sync::publish_and_reload(store.as_ref(), &registry, &settings.groups).await;
+        let loaded =
+            store_sync::publish_and_reload(store.as_ref(), &registry, &settings.groups).await;
         status.record(&loaded);
         if loaded.is_err() && !settings.groups.is_empty() {
             registry.rebuild(settings.groups.clone(), &Default::default());
@@ -56,21 +58,21 @@ impl Proxy {
         let (outbox, rx) = Outbox::new();
         let (stop, stopped) = watch::channel(false);
         let affinity = crate::affinity::Affinity::new(store.clone());
-        let ctx = Arc::new(sync::Context {
+        let ctx = Arc::new(store_sync::Context {
             store,
             registry: registry.clone(),
             proxy_id: proxy_id(),
             own_groups: arc_swap::ArcSwap::from_pointee(settings.groups.clone()),
             status: status.clone(),
         });
-        sync::spawn(ctx.clone(), rx, stopped);
+        store_sync::spawn(ctx.clone(), rx, stopped);
         let app = Arc::new(App {
             registry,
             metrics: Metrics::new(),
             outbox,
             max_body_bytes: settings.max_body_bytes.into(),
             request_ids: RequestIds::default(),
-            store: status,
+            store_status: status,
             affinity,
             access_log: Default::default(),
         });

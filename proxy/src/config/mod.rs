@@ -135,8 +135,7 @@ impl Settings {
         if keys.is_empty() {
             return Err(err("no keys: set GEMINI_API_KEYS=key1,key2,...".into()));
         }
-        let mut group = GroupSnapshot::for_test("default", &[]);
-        group.keys = keys;
+        let mut group = GroupSnapshot::open_with_defaults("default", keys);
         if let Some(url) = upstream_url {
             check_upstream_url(url).map_err(|m| ConfigError {
                 origin: "GEMINI_PROXY_UPSTREAM_URL".into(),

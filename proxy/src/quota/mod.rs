@@ -3,7 +3,7 @@
 //! Google counts a project's requests and input tokens per model per minute, and its requests
 //! per Pacific day. A [`Book`] per group counts what this proxy sent (exactly, in a sliding
 //! minute of one-second buckets) and what the other proxies sent (their shares of the store's
-//! 10-second slots, read every second by [`crate::sync`]), against the group's limits or the
+//! 10-second slots, read every second by [`crate::store_sync`]), against the group's limits or the
 //! limits learned from 429s that state their `quotaValue`. A key whose project is predicted to go
 //! over is skipped before Google answers 429; when every key's project is full, the request gets
 //! 429 with the time the first one has room again (or waits for it, when the group allows).
