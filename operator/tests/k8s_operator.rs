@@ -15,8 +15,8 @@ use keystore::KeyId;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use support::k8s::{
-    Cluster, OperatorProcess, Who, condition, events_of, status_of, store_env, wait_for,
-    workspace_bin,
+    Cluster, OperatorProcess, Who, condition, condition_message, events_of, status_of, store_env,
+    wait_for, workspace_bin,
 };
 
 const MODEL: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
@@ -201,12 +201,7 @@ async fn the_operator_with_the_charts_rbac_runs_groups_end_to_end() {
         },
     )
     .await;
-    let message = st
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "KeysResolved")
-        .map(|c| c.message.clone())
-        .unwrap_or_default();
+    let message = condition_message(&st, "KeysResolved");
     assert!(
         message.contains("\"gone\"") && message.contains("\"other\""),
         "{message}"
@@ -273,12 +268,7 @@ async fn the_operator_with_the_charts_rbac_runs_groups_end_to_end() {
         },
     )
     .await;
-    let message = st
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "KeysResolved")
-        .map(|c| c.message.clone())
-        .unwrap_or_default();
+    let message = condition_message(&st, "KeysResolved");
     assert!(message.contains("not one the operator allows"), "{message}");
     assert_eq!(
         st.keys.total, 0,

@@ -561,6 +561,18 @@ pub fn condition(
         .map(|c| (c.status.clone(), c.reason.clone(), c.observed_generation))
 }
 
+/// The message of the condition `type_` ("" without one).
+pub fn condition_message(
+    st: &gemini_proxy_operator::crd::GeminiKeyGroupStatus,
+    type_: &str,
+) -> String {
+    st.conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
 /// The Events in `ns` about the group `name` (events.k8s.io/v1 on the 1.20 server).
 pub async fn events_of(
     cluster: &Cluster,
