@@ -40,6 +40,26 @@ pub struct UpstreamSpec {
 /// The host Gemini is reached at; the default of every upstream allowlist.
 pub const DEFAULT_UPSTREAM_HOST: &str = "generativelanguage.googleapis.com";
 
+/// The hosts of an upstream allowlist as given (a flag, an environment variable, a file):
+/// trimmed and lowercased, blanks dropped; nothing given means Google's host alone.
+pub fn upstream_hosts(given: &[String]) -> Vec<String> {
+    let hosts: Vec<String> = given
+        .iter()
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .collect();
+    if hosts.is_empty() {
+        vec![DEFAULT_UPSTREAM_HOST.to_owned()]
+    } else {
+        hosts
+    }
+}
+
+/// The allowlist `hosts` make: `None` (any host) when one of them is `*`.
+pub fn upstream_allowlist(hosts: &[String]) -> Option<Vec<String>> {
+    (!hosts.iter().any(|h| h == "*")).then(|| hosts.to_vec())
+}
+
 impl UpstreamSpec {
     /// Whether the upstream's host is one of `hosts` (exactly, ignoring case). The URL is
     /// parsed as a browser would, so `https://allowed@elsewhere` is `elsewhere`.
@@ -214,28 +234,26 @@ impl GroupSnapshot {
     /// Checks the settings against [`bounds`]: on failure, the field (as the file and the CRD
     /// name it, relative to the group) and the problem.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        let within = |range: (u64, u64), v: u64| {
-            (range.0..=range.1)
-                .contains(&v)
-                .then_some(())
-                .ok_or_else(|| format!("must be from {} to {}, not {v}", range.0, range.1))
-        };
+        fn within<T: PartialOrd + std::fmt::Display>(
+            range: &std::ops::RangeInclusive<T>,
+            v: T,
+        ) -> Result<(), String> {
+            if range.contains(&v) {
+                return Ok(());
+            }
+            Err(format!(
+                "must be from {} to {}, not {v}",
+                range.start(),
+                range.end()
+            ))
+        }
         if self.name.trim().is_empty() || self.name.contains(['{', '}']) {
             return Err(("name", "must be non-empty and without braces".into()));
         }
-        within(
-            (*bounds::TIMEOUT_SECS.start(), *bounds::TIMEOUT_SECS.end()),
-            self.upstream.timeout_secs,
-        )
-        .map_err(|m| ("upstream.timeoutSeconds", m))?;
-        within(
-            (
-                u64::from(*bounds::MAX_ATTEMPTS.start()),
-                u64::from(*bounds::MAX_ATTEMPTS.end()),
-            ),
-            u64::from(self.retry.max_attempts),
-        )
-        .map_err(|m| ("retry.maxAttempts", m))?;
+        within(&bounds::TIMEOUT_SECS, self.upstream.timeout_secs)
+            .map_err(|m| ("upstream.timeoutSeconds", m))?;
+        within(&bounds::MAX_ATTEMPTS, self.retry.max_attempts)
+            .map_err(|m| ("retry.maxAttempts", m))?;
         if self.retry.wait_on_cooldown_secs > bounds::WAIT_ON_COOLDOWN_SECS_MAX {
             return Err((
                 "retry.waitOnCooldownSeconds",

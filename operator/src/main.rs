@@ -179,18 +179,8 @@ async fn run(args: RunArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("kubernetes client: {e}"))?;
     let metrics = Arc::new(Metrics::new());
-    let hosts: Vec<String> = args
-        .allowed_upstream_hosts
-        .iter()
-        .map(|h| h.trim().to_ascii_lowercase())
-        .filter(|h| !h.is_empty())
-        .collect();
-    let hosts = if hosts.is_empty() {
-        vec![keystore::snapshot::DEFAULT_UPSTREAM_HOST.to_owned()]
-    } else {
-        hosts
-    };
-    let hosts = (!hosts.iter().any(|h| h == "*")).then_some(hosts);
+    let hosts = keystore::snapshot::upstream_hosts(&args.allowed_upstream_hosts);
+    let hosts = keystore::snapshot::upstream_allowlist(&hosts);
     let ctx = Arc::new(
         Context::new(client.clone(), store.clone(), metrics.clone())
             .with_allowed_upstream_hosts(hosts),

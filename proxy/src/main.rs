@@ -229,14 +229,14 @@ fn load(cli: &Cli) -> Result<Settings, String> {
     if cli.allow_open_groups {
         settings.allow_open_groups = true;
     }
-    let hosts: Vec<String> = cli
+    // Given on the command line or in the environment, the list replaces the file's.
+    if cli
         .allowed_upstream_hosts
         .iter()
-        .map(|h| h.trim().to_ascii_lowercase())
-        .filter(|h| !h.is_empty())
-        .collect();
-    if !hosts.is_empty() {
-        settings.allowed_upstream_hosts = hosts;
+        .any(|h| !h.trim().is_empty())
+    {
+        settings.allowed_upstream_hosts =
+            keystore::snapshot::upstream_hosts(&cli.allowed_upstream_hosts);
     }
     let origin = cli
         .config

@@ -20,10 +20,8 @@ use file::{FileConfig, GroupConfig, KeyConfig, SecretRef, SecretSource, StoreCon
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
 /// The upstream hosts a store's group may use unless the proxy's operator says otherwise.
-pub const DEFAULT_UPSTREAM_HOSTS: [&str; 1] = ["generativelanguage.googleapis.com"];
-
 fn default_upstream_hosts() -> Vec<String> {
-    DEFAULT_UPSTREAM_HOSTS.map(str::to_owned).to_vec()
+    keystore::snapshot::upstream_hosts(&[])
 }
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -179,8 +177,7 @@ impl Settings {
 impl Settings {
     /// The upstream hosts the store's groups are limited to (`None`: any).
     pub fn upstream_allowlist(&self) -> Option<std::sync::Arc<[String]>> {
-        (!self.allowed_upstream_hosts.iter().any(|h| h == "*"))
-            .then(|| self.allowed_upstream_hosts.clone().into())
+        keystore::snapshot::upstream_allowlist(&self.allowed_upstream_hosts).map(Into::into)
     }
 
     /// Whether Open groups may be served: always on loopback, beyond it only when allowed.
@@ -341,7 +338,7 @@ impl Resolver<'_> {
             allow_open_groups: file.allow_open_groups,
             allowed_upstream_hosts: file
                 .allowed_upstream_hosts
-                .map(|h| h.iter().map(|h| h.trim().to_ascii_lowercase()).collect())
+                .map(|h| keystore::snapshot::upstream_hosts(&h))
                 .unwrap_or_else(default_upstream_hosts),
             max_body_bytes,
             shutdown_grace: file
