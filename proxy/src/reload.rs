@@ -125,7 +125,10 @@ impl Reloader {
             open_allowed: next.allow_open_groups || old.listen.ip().is_loopback(),
             upstream_hosts: next.upstream_allowlist(),
         });
-        self.ctx.own_groups.store(Arc::new(next.groups.clone()));
+        // Held to the end: the follower publishes the old list or the new one, never the old
+        // one after a group of it was withdrawn.
+        let mut own = self.ctx.own_groups.lock().await;
+        *own = next.groups.clone();
         let store = self.ctx.store.as_ref();
         for gone in old
             .groups

@@ -62,7 +62,7 @@ impl Proxy {
             store,
             registry: registry.clone(),
             proxy_id: proxy_id(),
-            own_groups: arc_swap::ArcSwap::from_pointee(settings.groups.clone()),
+            own_groups: tokio::sync::Mutex::new(settings.groups.clone()),
             status: status.clone(),
         });
         store_sync::spawn(ctx.clone(), rx, stopped);

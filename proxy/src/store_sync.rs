@@ -159,8 +159,10 @@ pub struct Context {
     pub store: Arc<dyn KeyStore>,
     pub registry: Arc<Registry>,
     pub proxy_id: String,
-    /// The groups of this proxy's config file (none in Kubernetes); replaced by a reload.
-    pub own_groups: arc_swap::ArcSwap<Vec<GroupSnapshot>>,
+    /// The groups of this proxy's config file (none in Kubernetes); replaced by a reload. Held
+    /// while they are published, so that a publish of the old list cannot finish after a reload
+    /// withdrew one of its groups (which would put the group back for good).
+    pub own_groups: tokio::sync::Mutex<Vec<GroupSnapshot>>,
     pub status: Arc<StoreStatus>,
 }
 
@@ -296,8 +298,9 @@ async fn follow(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
         if reload == Reload::No {
             continue;
         }
-        let own = ctx.own_groups.load_full();
+        let own = ctx.own_groups.lock().await;
         let r = publish_and_reload(ctx.store.as_ref(), &ctx.registry, &own).await;
+        drop(own);
         ctx.status.record(&r);
         if r.is_err() {
             continue;
