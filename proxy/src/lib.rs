@@ -3,18 +3,21 @@
 //! The layers of a request, outside in:
 //! - [`app`]: the entry service (proxied requests straight to the forwarder) and the axum
 //!   router (probes, metrics);
-//! - [`routes`] and [`auth`]: which API a path speaks, the client's token, what goes upstream;
+//! - [`routes`] and [`headers`]: which API a path speaks, the client's token, what goes upstream;
 //! - [`registry`]: token to group, from an atomically swapped snapshot;
 //! - [`pool`]: key choice per rotation strategy, per-key state and health;
-//! - [`forward`]: attempts, retries, [`classify`] of upstream answers, streaming out;
+//! - [`forward`]: admit, place, attempt, outcome, answer: one module a phase, with
+//!   [`classify`] for upstream answers;
 //! - [`upstream`]: pooled HTTP/1.1 + HTTP/2 client, egress proxies;
-//! - [`sync`]: the store, off the request path.
+//! - [`store_sync`]: the store, off the request path;
+//! - [`allocator`]: the memory allocator's settings.
 
 #![forbid(unsafe_code)]
 
 pub mod access_log;
 pub mod admin;
 pub mod affinity;
+pub mod allocator;
 pub mod app;
 pub mod classify;
 pub mod config;

@@ -17,7 +17,7 @@ use keystore::redis_store::cli::RedisArgs;
 use keystore::{KeyStore, MemoryStore, RedisStore};
 
 /// mimalloc: the request path allocates small, short-lived buffers on several threads, where
-/// glibc's allocator spent a tenth of the CPU in the benchmark.
+/// glibc's allocator spent a tenth of the CPU in the benchmark. Its settings: [`gemini_proxy::allocator`].
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -122,6 +122,7 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
+    gemini_proxy::allocator::settle();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check { config }) => return check(&config),

@@ -41,6 +41,50 @@ async fn quick_start_from_gemini_api_keys() {
     assert_eq!(logs.matches("\"message\":\"request\"").count(), 4, "{logs}");
 }
 
+/// The environment the running process sees (after its restart with the allocator's settings).
+fn environment_of(pid: u32) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+    raw.split(|b| *b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_allocator_gives_memory_back_unless_told_otherwise() {
+    let mock = MockGemini::start().await;
+    mock.accept_any_key(Behaviour::Ok);
+    let env = [
+        ("GEMINI_API_KEYS", "al-1"),
+        ("GEMINI_PROXY_UPSTREAM_URL", &mock.url()),
+    ];
+    let p = ProxyProcess::spawn(BIN, &[], &env).await;
+    let seen = environment_of(p.pid());
+    for (name, value) in gemini_proxy::allocator::DEFAULTS {
+        assert!(
+            seen.contains(&format!("{name}={value}")),
+            "{name}: {seen:?}"
+        );
+    }
+    // Same process, same arguments: it serves as started.
+    let r = Client::new()
+        .call(Method::POST, &format!("{}{MODEL_PATH}", p.url()), &[], "{}")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let mut env = env.to_vec();
+    env.push(("MIMALLOC_PURGE_DELAY", "250"));
+    let p = ProxyProcess::spawn(BIN, &[], &env).await;
+    let seen = environment_of(p.pid());
+    assert!(
+        seen.contains(&"MIMALLOC_PURGE_DELAY=250".to_owned()),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&"MIMALLOC_ARENA_EAGER_COMMIT=0".to_owned()),
+        "{seen:?}"
+    );
+}
+
 /// The proxy's logs once `done` holds for them (or after 5 s).
 async fn wait_for_logs(p: &ProxyProcess, done: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(5);

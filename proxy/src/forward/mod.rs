@@ -1,6 +1,6 @@
 //! The request path: client in, key chosen, upstream attempts with retries, answer streamed out.
-//! [`handle`] wraps it with the access log and metrics; [`forward`] runs its phases in order,
-//! each in its own module:
+//! [`handle`] runs its phases in order, each in its own module, and wraps them with the access
+//! log and metrics:
 //! - [`admit`]: route, credential, group, body, guardrail, client allowance;
 //! - [`place`]: key affinity (which project's keys may serve);
 //! - [`attempt`]: the loop that picks a key, sends, and reads the answer;
@@ -60,7 +60,16 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         attempts: 0,
         waited: Duration::ZERO,
     };
-    let mut res = forward(&app, req, &mut trace).await;
+    // The phases, in order; each may answer and end the request. Awaited here rather than in a
+    // function of their own: one level less of nested futures to build and move.
+    let (parts, body) = req.into_parts();
+    let mut res = match admit::admit(&app, &parts, body, &mut trace).await {
+        Ok(admitted) => {
+            let pinned = place::pin(&app, &admitted).await;
+            attempt::attempts(&app, &admitted, pinned, &mut trace).await
+        }
+        Err(refused) => refused,
+    };
     let status = res.status().as_u16();
     let group = trace.pool.as_ref().map(|p| p.name()).unwrap_or("");
     app.metrics.count_request(group, trace.route, status);
@@ -100,15 +109,4 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     // for the same on the way up; measured in the README's Performance section.
     tokio::task::yield_now().await;
     res
-}
-
-/// The phases of a request, in order; each may answer and end it.
-async fn forward(app: &App, req: Request, trace: &mut Trace) -> Response {
-    let (parts, body) = req.into_parts();
-    let admitted = match admit::admit(app, &parts, body, trace).await {
-        Ok(a) => a,
-        Err(refused) => return refused,
-    };
-    let pinned = place::pin(app, &admitted).await;
-    attempt::attempts(app, &admitted, pinned, trace).await
 }
