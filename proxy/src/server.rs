@@ -158,6 +158,8 @@ impl Workers {
                         .enable_all()
                         .build()?;
                     rt.block_on(async move {
+                        // Lets the allocator give back what a burst took once the thread falls idle.
+                        tokio::spawn(crate::allocator::release_idle_memory());
                         let listener = match bind_shared(addr) {
                             Ok(l) => l,
                             Err(e) => {

@@ -84,8 +84,7 @@ impl ProxyProcess {
             .arg(admin.to_string())
             .env_remove("GEMINI_API_KEYS")
             // The binary sets its allocator's defaults itself; a test may set its own.
-            .env_remove("MIMALLOC_PURGE_DELAY")
-            .env_remove("MIMALLOC_ARENA_EAGER_COMMIT")
+            .env_remove("MIMALLOC_ALLOW_THP")
             .env("RUST_LOG", "info")
             // The mock upstreams are on loopback; a test can set its own list.
             .env("GEMINI_PROXY_ALLOWED_UPSTREAM_HOSTS", "127.0.0.1,localhost")
