@@ -16,9 +16,9 @@
 #   STORE=redis bash bench/run.sh     # gemini-proxy with the Redis store (needs redis-server)
 #   BASELINE=/tmp/gemini-proxy-old bash bench/run.sh   # also another build, same config (A/B)
 #   RATES="0.25 0.5" bash bench/run.sh   # open-loop rates, as fractions of nginx's req/s
-#   UPSTREAM=https bash bench/run.sh  # the production path: the upstream over TLS (HTTP/2 by
-#                                     # ALPN for gemini-proxy, HTTP/1.1 keep-alive with session
-#                                     # reuse for nginx's proxy_pass https://), a CA made here
+#   UPSTREAM=https bash bench/run.sh  # the production path: the upstream over TLS, a CA made
+#                                     # here; both proxies keep HTTP/1.1 connections alive and
+#                                     # resume TLS sessions
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

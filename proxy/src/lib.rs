@@ -8,7 +8,7 @@
 //! - [`pool`]: key choice per rotation strategy, per-key state and health;
 //! - [`forward`]: admit, place, attempt, outcome, answer: one module a phase, with
 //!   [`classify`] for upstream answers;
-//! - [`upstream`]: pooled HTTP/1.1 + HTTP/2 client, egress proxies;
+//! - [`upstream`]: a per-thread HTTP/1.1 pool (rustls for `https://`), egress proxies;
 //! - [`store_sync`]: the store, off the request path;
 //! - [`allocator`]: the memory allocator's settings.
 

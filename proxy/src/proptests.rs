@@ -1,6 +1,6 @@
 //! Property tests (bounded fuzzing, run by `cargo test`) of what reads untrusted bytes besides
 //! the HTTP/1.1 wire code (which has its own, with hyper as the oracle, in
-//! `upstream/plain/oracle.rs`): the token scan over streamed answers, the classification of
+//! `upstream/h1/oracle.rs`): the token scan over streamed answers, the classification of
 //! upstream errors, and the config file. No input may panic, and each has a property to keep.
 //! Failing cases are kept by proptest in `proptest-regressions/` beside the crate.
 

@@ -1,5 +1,5 @@
-//! The path production uses: an `https://` upstream reached through rustls with HTTP/2 (ALPN),
-//! trusting an extra CA from `upstream.caFile`, and refusing a certificate it cannot verify.
+//! The path production uses: an `https://` upstream reached through rustls with HTTP/1.1 on
+//! kept-alive connections (ALPN offers only `http/1.1`), trusting an extra CA from `upstream.caFile`, and refusing a certificate it cannot verify.
 //! (The classification, streaming, SDK and affinity suites also run whole over `https://` when
 //! `GEMINI_PROXY_TEST_UPSTREAM=https`, as scripts/test.sh does.)
 
@@ -11,7 +11,7 @@ use gemini_proxy_tests::{Behaviour, MockGemini};
 use support::{MODEL_PATH, start};
 
 #[tokio::test]
-async fn https_upstream_with_a_ca_file_speaks_http2_and_streams() {
+async fn https_upstream_with_a_ca_file_keeps_its_connection_and_streams() {
     let mock = MockGemini::start_tls("127.0.0.1:0").await;
     mock.accept_any_key(Behaviour::Ok);
     assert!(mock.url().starts_with("https://"));
@@ -24,8 +24,19 @@ async fn https_upstream_with_a_ca_file_speaks_http2_and_streams() {
     assert_eq!(r.status, 200, "{}", r.text());
     let seen = mock.requests();
     assert_eq!(seen.len(), 1);
-    assert_eq!(seen[0].version, http::Version::HTTP_2, "ALPN chose HTTP/2");
+    assert_eq!(
+        seen[0].version,
+        http::Version::HTTP_11,
+        "ALPN chose HTTP/1.1"
+    );
     assert_eq!(seen[0].key.as_deref(), Some("tls-key"));
+    // One after another, the requests share one TLS connection: it went back to the pool, and
+    // the session tickets TLS 1.3 sends after the handshake did not make it look used.
+    for _ in 0..5 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert_eq!(p.generate().await.status, 200);
+    }
+    assert_eq!(mock.tls_connections(), 1);
     // A stream comes through too, frame by frame.
     mock.set_stream(3, std::time::Duration::from_millis(50));
     let r = p

@@ -105,7 +105,7 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         .insert(crate::shared::X_REQUEST_ID, request_id);
     // Let the other connections this thread has ready go first, so that answers leave in a
     // burst: the client's side is then woken once for several of them instead of once each
-    // (a wake-up across cores is an interrupt, and dear in a VM). See `upstream::plain::send`
+    // (a wake-up across cores is an interrupt, and dear in a VM). See `upstream::h1::send`
     // for the same on the way up; measured in the README's Performance section.
     tokio::task::yield_now().await;
     res

@@ -1,14 +1,14 @@
-//! The connection to Gemini: pooled HTTP/1.1 and HTTP/2 (ALPN) on hyper's client for direct
-//! `https://` traffic, a lean per-thread HTTP/1.1 pool ([`plain`]) for `http://` upstreams, and
-//! reqwest for groups that leave through an egress proxy (HTTP, HTTPS or SOCKS5).
+//! The connection to Gemini: a lean per-thread HTTP/1.1 pool ([`h1`]) for direct traffic,
+//! over rustls for `https://` (Gemini itself) and over TCP for `http://` (a local gateway),
+//! and reqwest for groups that leave through an egress proxy (HTTP, HTTPS or SOCKS5).
 //!
-//! In a minimal pass-through on loopback, hyper's pooled client reached about 1.7 times
-//! reqwest's throughput (docs/architecture.md, "The upstream client"), so it carries the hot
-//! path; reqwest earns its place where its proxy support does.
+//! Direct traffic went through hyper's pooled client with HTTP/2 before; against the https
+//! benchmark's upstream it spent more CPU per request than nginx, a task spawned per request
+//! among it (README, Performance). reqwest earns its place where its proxy support does.
 
-mod plain;
+mod h1;
 
-use std::cell::{OnceCell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -16,17 +16,10 @@ use std::time::Duration;
 use axum::body::Body;
 use bytes::Bytes;
 use http::{Request, Response, Uri};
-use http_body_util::Full;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use keystore::{Secret, UpstreamSpec};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use sha2::Digest;
-
-type Direct = HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const POOL_IDLE: Duration = Duration::from_secs(90);
@@ -53,13 +46,11 @@ impl UpstreamError {
     }
 }
 
-// HTTP clients live one per thread: each server thread runs its own runtime, and a
+// Egress clients live one per thread: each server thread runs its own runtime, and a
 // connection's task lives on the runtime that made it, so a per-thread pool keeps a request,
-// its upstream connection and their wake-ups on one thread.
+// its upstream connection and their wake-ups on one thread. (The direct pool in `h1` is per
+// thread too.)
 thread_local! {
-    static DIRECT: OnceCell<Direct> = const { OnceCell::new() };
-    /// Direct clients of groups that trust extra CAs, by bundle.
-    static DIRECT_CA: RefCell<HashMap<u64, Direct>> = RefCell::new(HashMap::new());
     static EGRESS: RefCell<HashMap<(String, u64), reqwest::Client>> = RefCell::new(HashMap::new());
 }
 
@@ -106,46 +97,6 @@ pub fn check_ca_pem(pem: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Sends on this thread's direct client for `ca` (no clone of the client on the common path).
-fn request_direct(
-    ca: Option<&CaBundle>,
-    req: Request<Full<Bytes>>,
-) -> hyper_util::client::legacy::ResponseFuture {
-    match ca {
-        None => DIRECT.with(|c| c.get_or_init(|| build_direct(None)).request(req)),
-        Some(ca) => DIRECT_CA.with(|m| {
-            m.borrow_mut()
-                .entry(ca.id)
-                .or_insert_with(|| build_direct(Some(ca)))
-                .request(req)
-        }),
-    }
-}
-
-fn build_direct(ca: Option<&CaBundle>) -> Direct {
-    static TLS: OnceLock<rustls::ClientConfig> = OnceLock::new();
-    let tls = match ca {
-        None => TLS.get_or_init(|| rustls_config(None)).clone(),
-        Some(ca) => rustls_config(Some(&ca.pem)),
-    };
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    http.set_keepalive(Some(Duration::from_secs(60)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_all_versions()
-        .wrap_connector(http);
-    HyperClient::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(POOL_IDLE)
-        .pool_max_idle_per_host(1024)
-        .build(https)
-}
-
 fn build_egress(proxy: &str, ca: Option<&CaBundle>) -> Result<reqwest::Client, String> {
     // The proxy URL may hold a password: errors must not show it.
     let p = reqwest::Proxy::all(proxy)
@@ -180,6 +131,16 @@ fn egress_client(proxy: &Secret, ca: Option<&CaBundle>) -> Result<reqwest::Clien
     })
 }
 
+/// The TLS settings for direct `https://` traffic: the web PKI roots (made once), plus the
+/// group's extra CAs.
+fn tls_config(ca: Option<&CaBundle>) -> rustls::ClientConfig {
+    static WEB_PKI: OnceLock<rustls::ClientConfig> = OnceLock::new();
+    match ca {
+        None => WEB_PKI.get_or_init(|| rustls_config(None)).clone(),
+        Some(ca) => rustls_config(Some(&ca.pem)),
+    }
+}
+
 /// The web PKI roots, and the certificates of `extra_pem` (checked when the group was loaded).
 fn rustls_config(extra_pem: Option<&str>) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
@@ -201,10 +162,9 @@ fn rustls_config(extra_pem: Option<&str>) -> rustls::ClientConfig {
 
 #[derive(Clone)]
 enum Route {
-    /// `https://`: TLS, HTTP/2 where offered; the extra CAs the group trusts.
-    Direct(Option<CaBundle>),
-    /// `http://`: HTTP/1.1 to this address (`host:port`), with this `Host`.
-    Plain(Arc<str>, http::HeaderValue),
+    /// HTTP/1.1 on this thread's pool, with this `Host`: rustls for `https://` (the web PKI
+    /// roots and the extra CAs the group trusts), TCP for `http://`.
+    Direct(Arc<h1::Target>, http::HeaderValue),
     Egress(Secret, Option<CaBundle>),
 }
 
@@ -240,19 +200,33 @@ impl Upstream {
             .transpose()
             .map_err(|e| format!("upstream CA: {e}"))?;
         let route = match &spec.egress_proxy {
-            None if parsed.scheme_str() == Some("http") => {
+            None => {
                 let authority = parsed
                     .authority()
                     .ok_or_else(|| "upstream url: no host".to_owned())?;
+                let tls = parsed.scheme_str() != Some("http");
                 let with_port = match authority.port_u16() {
                     Some(_) => authority.as_str().to_owned(),
+                    None if tls => format!("{}:443", authority.as_str()),
                     None => format!("{}:80", authority.as_str()),
                 };
                 let host = http::HeaderValue::from_str(authority.as_str())
                     .map_err(|_| "upstream url: bad host".to_owned())?;
-                Route::Plain(Arc::from(with_port), host)
+                let target = if tls {
+                    h1::Target::tls(
+                        Arc::from(with_port),
+                        authority
+                            .host()
+                            .trim_start_matches('[')
+                            .trim_end_matches(']'),
+                        &tls_config(ca.as_ref()),
+                        ca.as_ref().map_or(0, |c| c.id),
+                    )?
+                } else {
+                    h1::Target::plain(Arc::from(with_port))
+                };
+                Route::Direct(Arc::new(target), host)
             }
-            None => Route::Direct(ca),
             Some(proxy) => {
                 reqwest::Proxy::all(proxy.expose())
                     .map_err(|_| "egress proxy: not a usable proxy URL".to_owned())?;
@@ -283,7 +257,7 @@ impl Upstream {
             && pq.path() == path
             && pq.query() == query
         {
-            if matches!(self.route, Route::Plain(..)) {
+            if matches!(self.route, Route::Direct(..)) {
                 return Ok(Uri::from(pq.clone()));
             }
             let mut parts = http::uri::Parts::default();
@@ -305,8 +279,8 @@ impl Upstream {
                 + path.len()
                 + query.map_or(0, |q| q.len() + 1),
         );
-        // The plain HTTP/1.1 pool writes origin-form; the others want the whole URL.
-        if !matches!(self.route, Route::Plain(..)) {
+        // The HTTP/1.1 pool writes origin-form; the egress client wants the whole URL.
+        if !matches!(self.route, Route::Direct(..)) {
             s.push_str(&self.origin);
         }
         s.push_str(&self.path_prefix);
@@ -322,17 +296,8 @@ impl Upstream {
     pub async fn send(&self, req: Request<Bytes>) -> Result<Response<Body>, UpstreamError> {
         let timeout = self.timeout;
         match &self.route {
-            Route::Direct(ca) => {
-                let pending = request_direct(ca.as_ref(), req.map(Full::new));
-                match tokio::time::timeout(timeout, pending).await {
-                    Err(_) => Err(UpstreamError::Timeout(timeout)),
-                    Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
-                    Ok(Err(e)) => Err(UpstreamError::Other(error_chain(&e))),
-                    Ok(Ok(res)) => Ok(res.map(Body::new)),
-                }
-            }
-            Route::Plain(addr, host) => {
-                let sent = plain::send(addr, host, req, CONNECT_TIMEOUT);
+            Route::Direct(target, host) => {
+                let sent = h1::send(target, host, req, CONNECT_TIMEOUT);
                 match tokio::time::timeout(timeout, sent).await {
                     Err(_) => Err(UpstreamError::Timeout(timeout)),
                     Ok(r) => r,

@@ -24,8 +24,19 @@ fn unchanged_paths_are_reused_and_complete_for_each_route() {
         )
         .unwrap();
     assert_eq!(uri, "/v1beta/models/m:streamGenerateContent?alt=sse");
+    // `https://` goes through the same HTTP/1.1 pool, over TLS: origin-form too.
     let direct = upstream("https://generativelanguage.googleapis.com");
     let uri = direct
+        .uri_for(
+            &c,
+            "/v1beta/models/m:streamGenerateContent",
+            Some("alt=sse"),
+        )
+        .unwrap();
+    assert_eq!(uri, "/v1beta/models/m:streamGenerateContent?alt=sse");
+    // Through an egress proxy the whole URL goes.
+    let egress = egressed("https://generativelanguage.googleapis.com");
+    let uri = egress
         .uri_for(
             &c,
             "/v1beta/models/m:streamGenerateContent",
@@ -38,19 +49,28 @@ fn unchanged_paths_are_reused_and_complete_for_each_route() {
     );
 }
 
+fn egressed(url: &str) -> Upstream {
+    Upstream::new(&UpstreamSpec {
+        url: url.to_owned(),
+        egress_proxy: Some(keystore::Secret::new("http://egress.internal:3128")),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
 #[test]
 fn changed_paths_queries_and_base_paths_are_built_anew() {
     let c = client("/v1/chat/completions?key=secret&x=1");
-    let direct = upstream("https://generativelanguage.googleapis.com");
+    let egress = egressed("https://generativelanguage.googleapis.com");
     // A rewritten path (the OpenAI alias) and a query without `key`.
-    let uri = direct
+    let uri = egress
         .uri_for(&c, "/v1beta/openai/chat/completions", Some("x=1"))
         .unwrap();
     assert_eq!(
         uri,
         "https://generativelanguage.googleapis.com/v1beta/openai/chat/completions?x=1"
     );
-    let uri = direct.uri_for(&c, "/v1/chat/completions", None).unwrap();
+    let uri = egress.uri_for(&c, "/v1/chat/completions", None).unwrap();
     assert_eq!(
         uri,
         "https://generativelanguage.googleapis.com/v1/chat/completions"
@@ -61,5 +81,10 @@ fn changed_paths_queries_and_base_paths_are_built_anew() {
     assert_eq!(
         based.uri_for(&c, "/v1beta/models", None).unwrap(),
         "/gemini/v1beta/models"
+    );
+    let based = upstream("https://gw.internal/gemini");
+    assert_eq!(
+        based.uri_for(&c, "/v1beta/models", Some("x=1")).unwrap(),
+        "/gemini/v1beta/models?x=1"
     );
 }

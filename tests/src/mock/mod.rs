@@ -89,6 +89,8 @@ struct Inner {
     projects: Projects,
     /// How many answers of each status were given.
     answered: HashMap<u16, usize>,
+    /// TLS connections whose handshake completed (a pooled client makes few).
+    tls_connections: usize,
 }
 
 #[derive(Clone)]
@@ -134,6 +136,7 @@ impl MockGemini {
         let inner = Arc::new(Mutex::new(Inner::default()));
         let app = Router::new().fallback(handle).with_state(inner.clone());
         let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::TestCa::get().server_config());
+        let shared = inner.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
@@ -142,10 +145,14 @@ impl MockGemini {
                 let _ = tcp.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let app = app.clone();
+                let counts = shared.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
+                    if let Ok(mut i) = counts.lock() {
+                        i.tls_connections += 1;
+                    }
                     let service = hyper_util::service::TowerToHyperService::new(app);
                     let _ = hyper_util::server::conn::auto::Builder::new(
                         hyper_util::rt::TokioExecutor::new(),
@@ -212,6 +219,11 @@ impl MockGemini {
 
     pub fn requests(&self) -> Vec<Seen> {
         self.lock().seen.clone()
+    }
+
+    /// TLS connections accepted so far (handshake completed).
+    pub fn tls_connections(&self) -> usize {
+        self.lock().tls_connections
     }
 
     /// How many requests carried `key`.

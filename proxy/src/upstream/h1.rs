@@ -1,6 +1,7 @@
-//! A lean HTTP/1.1 client for `http://` upstreams (a local gateway, the benchmark's canned
-//! server): one pool of idle connections per thread and authority, no locks, no task and no
-//! channel per request or per connection.
+//! A lean HTTP/1.1 client, over TCP for `http://` upstreams and over rustls for `https://`
+//! ones (Gemini itself): one pool of idle connections per thread and [`Target`], no locks, no
+//! task and no channel per request or per connection. nginx's `proxy_pass https://` works the
+//! same way: one connection per request in flight, kept alive, TLS sessions resumed.
 //!
 //! The request's own future writes the request and reads the answer's head; the answer's body
 //! reads the socket itself as the client takes it (so a stream is passed on chunk by chunk)
@@ -21,13 +22,102 @@ use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Request, Response};
 use http_body::Frame;
-use tokio::io::AsyncWriteExt;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 use super::UpstreamError;
 use wire::{Chunked, Framing, Parsed, Step};
 
-/// Idle connections kept per thread and authority; more are closed when they come back.
+/// Where connections go: an address, and TLS for `https://`. Connections are pooled by
+/// [`Target::key`], which also names the trust the TLS connection was verified with, so that a
+/// group trusting fewer CAs never reuses a connection another group's CA let through.
+pub struct Target {
+    key: Arc<str>,
+    /// `host:port` to connect to.
+    addr: Arc<str>,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+}
+
+impl Target {
+    /// Plain TCP to `addr` (`host:port`).
+    pub fn plain(addr: Arc<str>) -> Self {
+        Self {
+            key: addr.clone(),
+            addr,
+            tls: None,
+        }
+    }
+
+    /// TLS to `addr` (`host:port`), checking the certificate for `host` against `config`'s
+    /// roots (`trust` names them in the pool key). Only HTTP/1.1 is offered by ALPN.
+    pub fn tls(
+        addr: Arc<str>,
+        host: &str,
+        config: &rustls::ClientConfig,
+        trust: u64,
+    ) -> Result<Self, String> {
+        let name = ServerName::try_from(host.to_owned())
+            .map_err(|_| format!("upstream url: {host:?} is not a TLS server name"))?;
+        let mut config = config.clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self {
+            key: Arc::from(format!("tls/{trust:x}/{addr}")),
+            addr,
+            tls: Some((TlsConnector::from(Arc::new(config)), name)),
+        })
+    }
+}
+
+/// A connection's byte stream: TCP, or TLS over TCP.
+enum Io {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Idle connections kept per thread and target; more are closed when they come back.
 const MAX_IDLE: usize = 1024;
 /// An idle connection older than this is closed (as hyper's pool does), so that a burst of
 /// connections does not stay open, and stale, for ever.
@@ -45,7 +135,7 @@ thread_local! {
 
 /// One connection to the upstream and what was read from it but not used yet.
 struct Conn {
-    io: TcpStream,
+    io: Io,
     buf: BytesMut,
     /// How much the next read may take.
     room: usize,
@@ -56,15 +146,29 @@ struct Conn {
 impl Conn {
     /// An idle connection is fit for a request when nothing arrived on it while it waited: no
     /// close, no stray bytes. The runtime's readiness answers without a system call; only
-    /// when it reports something is the socket read to see what.
-    fn still_idle(&self) -> bool {
+    /// when it reports something is the socket read to see what. Over TLS what arrived may
+    /// be a session ticket (TLS 1.3 sends them after the handshake), which leaves the
+    /// connection idle; data or a close does not.
+    fn still_idle(&mut self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
-        match self.io.poll_read_ready(&mut cx) {
+        let tcp = match &self.io {
+            Io::Tcp(s) => s,
+            Io::Tls(s) => s.get_ref().0,
+        };
+        match tcp.poll_read_ready(&mut cx) {
             Poll::Pending => true,
             Poll::Ready(Err(_)) => false,
             Poll::Ready(Ok(())) => {
                 let mut probe = [0u8; 1];
-                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                match &mut self.io {
+                    Io::Tcp(s) => {
+                        matches!(s.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                    }
+                    Io::Tls(s) => {
+                        let mut buf = ReadBuf::new(&mut probe);
+                        Pin::new(&mut **s).poll_read(&mut cx, &mut buf).is_pending()
+                    }
+                }
             }
         }
     }
@@ -91,11 +195,11 @@ impl Conn {
     }
 }
 
-fn checkout(authority: &str) -> Option<Conn> {
+fn checkout(pool: &str) -> Option<Conn> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
-        let conns = idle.get_mut(authority)?;
-        while let Some(c) = conns.pop() {
+        let conns = idle.get_mut(pool)?;
+        while let Some(mut c) = conns.pop() {
             if c.still_idle() && c.idle_since.elapsed() < IDLE_FOR {
                 return Some(c);
             }
@@ -104,12 +208,12 @@ fn checkout(authority: &str) -> Option<Conn> {
     })
 }
 
-fn checkin(authority: &Arc<str>, mut conn: Conn) {
+fn checkin(pool: &Arc<str>, mut conn: Conn) {
     conn.room = READ_MIN;
     conn.idle_since = std::time::Instant::now();
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
-        let conns = idle.entry(authority.clone()).or_default();
+        let conns = idle.entry(pool.clone()).or_default();
         if conns.len() < MAX_IDLE {
             conns.push(conn);
         }
@@ -163,13 +267,28 @@ fn idle_connections() -> usize {
     IDLE.with(|idle| idle.borrow().values().map(Vec::len).sum())
 }
 
-async fn connect(authority: &str, connect_timeout: Duration) -> Result<Conn, UpstreamError> {
-    let io = match tokio::time::timeout(connect_timeout, TcpStream::connect(authority)).await {
-        Err(_) => return Err(UpstreamError::Connect("connect timed out".into())),
-        Ok(Err(e)) => return Err(UpstreamError::Connect(e.to_string())),
-        Ok(Ok(s)) => s,
+/// A new connection to `target`: TCP, then the TLS handshake if it speaks TLS, both within
+/// `connect_timeout`.
+async fn connect(target: &Target, connect_timeout: Duration) -> Result<Conn, UpstreamError> {
+    let open = async {
+        let tcp = TcpStream::connect(&*target.addr)
+            .await
+            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        Ok(match &target.tls {
+            None => Io::Tcp(tcp),
+            Some((connector, name)) => Io::Tls(Box::new(
+                connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| UpstreamError::Connect(format!("TLS handshake: {e}")))?,
+            )),
+        })
     };
-    let _ = io.set_nodelay(true);
+    let io = match tokio::time::timeout(connect_timeout, open).await {
+        Err(_) => return Err(UpstreamError::Connect("connect timed out".into())),
+        Ok(r) => r?,
+    };
     Ok(Conn {
         io,
         buf: BytesMut::new(),
@@ -178,22 +297,22 @@ async fn connect(authority: &str, connect_timeout: Duration) -> Result<Conn, Ups
     })
 }
 
-/// Sends `req` (origin-form or absolute URI) to `authority` (`host:port`) over a pooled
-/// connection, with `host` as its `Host`.
+/// Sends `req` (origin-form or absolute URI) to `target` over a pooled connection, with `host`
+/// as its `Host`.
 pub async fn send(
-    authority: &Arc<str>,
+    target: &Target,
     host: &HeaderValue,
     req: Request<Bytes>,
     connect_timeout: Duration,
 ) -> Result<Response<Body>, UpstreamError> {
     let (parts, body) = req.into_parts();
-    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let request = wire::encode_request(&parts.method, target, host, &parts.headers, &body);
+    let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let request = wire::encode_request(&parts.method, path, host, &parts.headers, &body);
     let rest = (body.len() > wire::INLINE_BODY).then_some(&body);
 
-    let (mut conn, mut reused) = match checkout(authority) {
+    let (mut conn, mut reused) = match checkout(&target.key) {
         Some(c) => (c, true),
-        None => (connect(authority, connect_timeout).await?, false),
+        None => (connect(target, connect_timeout).await?, false),
     };
     // Requests leave in bursts: this one waits until the other connections this thread has
     // ready have made theirs (a yield lasts until the runtime has polled its sockets once
@@ -206,7 +325,7 @@ pub async fn send(
             Ok(()) => break,
             // The idle connection was gone and the request did not leave: a new one.
             Err(_) if reused => {
-                conn = connect(authority, connect_timeout).await?;
+                conn = connect(target, connect_timeout).await?;
                 reused = false;
             }
             Err(e) => return Err(UpstreamError::Other(format!("writing the request: {e}"))),
@@ -225,7 +344,7 @@ pub async fn send(
         // connection. Nothing was answered, so no key and no attempt is blamed for it.
         if reused && !answered && matches!(read, Ok(0) | Err(_)) {
             reused = false;
-            conn = connect(authority, connect_timeout).await?;
+            conn = connect(target, connect_timeout).await?;
             write_request(&mut conn.io, &request, rest)
                 .await
                 .map_err(|e| UpstreamError::Other(format!("writing the request: {e}")))?;
@@ -256,7 +375,7 @@ pub async fn send(
         conn: Some(conn),
         state,
         keep_alive: head.keep_alive,
-        authority: authority.clone(),
+        pool: target.key.clone(),
     };
     if body.state == State::Done {
         body.finish();
@@ -266,16 +385,13 @@ pub async fn send(
     Ok(res)
 }
 
-async fn write_request(
-    io: &mut TcpStream,
-    head: &[u8],
-    rest: Option<&Bytes>,
-) -> std::io::Result<()> {
+async fn write_request(io: &mut Io, head: &[u8], rest: Option<&Bytes>) -> std::io::Result<()> {
     io.write_all(head).await?;
     if let Some(body) = rest {
         io.write_all(body).await?;
     }
-    Ok(())
+    // TLS may hold the last record back until flushed; TCP writes through.
+    io.flush().await
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,7 +409,8 @@ struct Answer {
     conn: Option<Conn>,
     state: State,
     keep_alive: bool,
-    authority: Arc<str>,
+    /// The pool it goes back to ([`Target::key`]).
+    pool: Arc<str>,
 }
 
 impl Answer {
@@ -305,7 +422,7 @@ impl Answer {
             && self.keep_alive
             && conn.buf.is_empty()
         {
-            checkin(&self.authority, conn);
+            checkin(&self.pool, conn);
         }
     }
 

@@ -106,9 +106,14 @@ async fn call(up: &Upstream, method: Method, body: &[u8]) -> Response<Body> {
         .body(Bytes::copy_from_slice(body))
         .unwrap();
     let host = HeaderValue::from_static("up.example:1234");
-    send(&up.addr, &host, req, Duration::from_secs(2))
-        .await
-        .unwrap()
+    send(
+        &Target::plain(up.addr.clone()),
+        &host,
+        req,
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap()
 }
 
 async fn text(res: Response<Body>) -> String {
@@ -179,9 +184,14 @@ async fn nothing_listening_is_a_connect_error() {
         .body(Bytes::new())
         .unwrap();
     let host = HeaderValue::from_static("x");
-    let err = send(&addr, &host, req, Duration::from_secs(2))
-        .await
-        .unwrap_err();
+    let err = send(
+        &Target::plain(addr.clone()),
+        &host,
+        req,
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.kind(), "connect");
 }
 
@@ -375,9 +385,14 @@ async fn a_fresh_connection_closed_before_answering_is_an_error() {
         .body(Bytes::new())
         .unwrap();
     let host = HeaderValue::from_static("up");
-    let err = send(&up.addr, &host, req, Duration::from_secs(2))
-        .await
-        .expect_err("no answer");
+    let err = send(
+        &Target::plain(up.addr.clone()),
+        &host,
+        req,
+        Duration::from_secs(2),
+    )
+    .await
+    .expect_err("no answer");
     assert!(err.to_string().contains("closed the connection"), "{err}");
     assert_eq!(up.requests.lock().unwrap().len(), 1);
 }

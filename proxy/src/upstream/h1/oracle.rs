@@ -173,9 +173,14 @@ async fn ours(addr: &Arc<str>) -> Result<Seen, String> {
         .body(Bytes::from_static(b"{}"))
         .map_err(|e| e.to_string())?;
     let host = http::HeaderValue::from_static("oracle");
-    let res = super::send(addr, &host, req, Duration::from_secs(2))
-        .await
-        .map_err(|e| e.to_string())?;
+    let res = super::send(
+        &super::Target::plain(addr.clone()),
+        &host,
+        req,
+        Duration::from_secs(2),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     let status = res.status().as_u16();
     let headers = end_to_end(res.headers());
     let body = res
