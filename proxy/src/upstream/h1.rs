@@ -52,21 +52,19 @@ impl Target {
     }
 
     /// TLS to `addr` (`host:port`), checking the certificate for `host` against `config`'s
-    /// roots (`trust` names them in the pool key). Only HTTP/1.1 is offered by ALPN.
+    /// roots (`trust` names them in the pool key). `config` offers only HTTP/1.1 by ALPN.
     pub fn tls(
         addr: Arc<str>,
         host: &str,
-        config: &rustls::ClientConfig,
+        config: Arc<rustls::ClientConfig>,
         trust: u64,
     ) -> Result<Self, String> {
         let name = ServerName::try_from(host.to_owned())
             .map_err(|_| format!("upstream url: {host:?} is not a TLS server name"))?;
-        let mut config = config.clone();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
             key: Arc::from(format!("tls/{trust:x}/{addr}")),
             addr,
-            tls: Some((TlsConnector::from(Arc::new(config)), name)),
+            tls: Some((TlsConnector::from(config), name)),
         })
     }
 }

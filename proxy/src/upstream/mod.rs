@@ -131,13 +131,20 @@ fn egress_client(proxy: &Secret, ca: Option<&CaBundle>) -> Result<reqwest::Clien
     })
 }
 
-/// The TLS settings for direct `https://` traffic: the web PKI roots (made once), plus the
-/// group's extra CAs.
-fn tls_config(ca: Option<&CaBundle>) -> rustls::ClientConfig {
-    static WEB_PKI: OnceLock<rustls::ClientConfig> = OnceLock::new();
+/// The TLS settings for direct `https://` traffic (HTTP/1.1 by ALPN): the web PKI roots, made
+/// once and shared by every group (groups are rebuilt on every store change), or those plus
+/// the group's extra CAs. A config of its own per CA keeps its own session cache: a session
+/// verified under one group's trust is never resumed under another's.
+fn direct_tls(ca: Option<&CaBundle>) -> Arc<rustls::ClientConfig> {
+    static WEB_PKI: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    let build = |pem: Option<&str>| {
+        let mut config = rustls_config(pem);
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    };
     match ca {
-        None => WEB_PKI.get_or_init(|| rustls_config(None)).clone(),
-        Some(ca) => rustls_config(Some(&ca.pem)),
+        None => WEB_PKI.get_or_init(|| build(None)).clone(),
+        Some(ca) => build(Some(&ca.pem)),
     }
 }
 
@@ -219,7 +226,7 @@ impl Upstream {
                             .host()
                             .trim_start_matches('[')
                             .trim_end_matches(']'),
-                        &tls_config(ca.as_ref()),
+                        direct_tls(ca.as_ref()),
                         ca.as_ref().map_or(0, |c| c.id),
                     )?
                 } else {
