@@ -45,12 +45,6 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     let started = Instant::now();
     let request_id = app.request_ids.take(req.headers());
     let log = access_log::enabled();
-    let method = req.method().clone();
-    let path = if log {
-        req.uri().path().to_owned()
-    } else {
-        String::new()
-    };
     let mut trace = Trace {
         api: Api::Native,
         route: "unknown",
@@ -82,8 +76,8 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     if log {
         let entry = access_log::Entry {
             request_id: request_id.to_str().unwrap_or(""),
-            method: method.as_str(),
-            path: &path,
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
             api: trace.api.as_str(),
             route: trace.route,
             group,

@@ -80,36 +80,56 @@ pub fn route<'a>(method: &Method, path: &'a str, openai_credential: bool) -> Opt
 /// Whether `path` could mean another path once normalised: a `.` or `..` segment, raw or
 /// percent-encoded (`%2e`), an encoded `/` or `\\` (`%2f`, `%5c`), or a raw `\\`. Such paths
 /// are refused: `/upload/../v1beta/models/m:generateContent` would pass as an upload here and be
-/// a generate call wherever it is normalised. Allocation-free: it runs on every request.
+/// a generate call wherever it is normalised. It runs on every request, and Gemini's model names
+/// (`gemini-2.5-flash`) put a dot in almost every path: the bytes that matter are found by a
+/// vectorised search, and only a `%` or `\\` sends the path through the full scan.
 pub fn is_ambiguous_path(path: &str) -> bool {
     let b = path.as_bytes();
-    if !b.iter().any(|&c| matches!(c, b'.' | b'%' | b'\\')) {
-        return false;
+    for i in memchr::memchr3_iter(b'.', b'%', b'\\', b) {
+        if b[i] != b'.' {
+            return ambiguous_by_segments(b);
+        }
+        // The first dot of a segment made of dots only starts its segment, and the search
+        // meets every first dot: `.` or `..` is a dot after a slash (or the start) followed
+        // by a slash (or the end), or by one more dot and then that.
+        let starts_segment = i == 0 || b[i - 1] == b'/';
+        let ends_at = |j: usize| j == b.len() || b[j] == b'/';
+        if starts_segment && (ends_at(i + 1) || (b.get(i + 1) == Some(&b'.') && ends_at(i + 2))) {
+            return true;
+        }
     }
-    if b.contains(&b'\\') {
-        return true;
-    }
-    let encoded_separator = b
-        .windows(3)
-        .any(|w| w[0] == b'%' && matches!((w[1], w[2] | 0x20), (b'2', b'f') | (b'5', b'c')));
-    encoded_separator || path.split('/').any(is_dot_segment)
+    false
 }
 
-/// `.` or `..`, each dot raw or as `%2e` / `%2E`.
-fn is_dot_segment(seg: &str) -> bool {
-    let b = seg.as_bytes();
-    let (mut i, mut dots) = (0, 0);
+/// The full check, one pass over the segments, for paths with a `%` or `\\`.
+fn ambiguous_by_segments(b: &[u8]) -> bool {
+    // The current segment: how many dots it holds, and whether it holds anything else.
+    let (mut dots, mut other) = (0u8, false);
+    let mut i = 0;
     while i < b.len() {
-        if b[i] == b'.' {
-            i += 1;
-        } else if b[i] == b'%' && i + 2 < b.len() && b[i + 1] == b'2' && (b[i + 2] | 0x20) == b'e' {
-            i += 3;
-        } else {
-            return false;
+        match b[i] {
+            b'/' => {
+                if !other && (dots == 1 || dots == 2) {
+                    return true;
+                }
+                (dots, other) = (0, false);
+            }
+            b'\\' => return true,
+            b'.' => dots = dots.saturating_add(1),
+            b'%' if i + 2 < b.len() => match (b[i + 1], b[i + 2] | 0x20) {
+                (b'2', b'f') | (b'5', b'c') => return true,
+                (b'2', b'e') => {
+                    dots = dots.saturating_add(1);
+                    i += 3;
+                    continue;
+                }
+                _ => other = true,
+            },
+            _ => other = true,
         }
-        dots += 1;
+        i += 1;
     }
-    dots == 1 || dots == 2
+    !other && (dots == 1 || dots == 2)
 }
 
 /// `models` or `models/{id}` (no `:method`, no deeper path).
@@ -180,8 +200,13 @@ pub fn segment_after<'a, 'k>(path: &'a str, kinds: &[&'k str]) -> Option<(&'k st
     while let Some(off) = memchr::memchr(b'/', &bytes[i..]) {
         let start = i + off + 1;
         let rest = &bytes[start..];
+        let Some(&first) = rest.first() else {
+            break;
+        };
         for &kind in kinds {
-            if rest.len() > kind.len() + 1
+            // The first byte rules most segments out before a comparison is called.
+            if kind.as_bytes().first() == Some(&first)
+                && rest.len() > kind.len() + 1
                 && rest.starts_with(kind.as_bytes())
                 && rest[kind.len()] == b'/'
             {

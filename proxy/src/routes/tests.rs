@@ -193,3 +193,48 @@ fn an_overlong_model_name_counts_as_none() {
         Some("gemini-2.5-flash")
     );
 }
+
+/// The check as first written (three scans and a split), kept as the oracle for the fast one.
+fn ambiguous_by_scans(path: &str) -> bool {
+    fn is_dot_segment(seg: &str) -> bool {
+        let b = seg.as_bytes();
+        let (mut i, mut dots) = (0, 0);
+        while i < b.len() {
+            if b[i] == b'.' {
+                i += 1;
+            } else if b[i] == b'%'
+                && i + 2 < b.len()
+                && b[i + 1] == b'2'
+                && (b[i + 2] | 0x20) == b'e'
+            {
+                i += 3;
+            } else {
+                return false;
+            }
+            dots += 1;
+        }
+        dots == 1 || dots == 2
+    }
+    let b = path.as_bytes();
+    if b.contains(&b'\\') {
+        return true;
+    }
+    let encoded_separator = b
+        .windows(3)
+        .any(|w| w[0] == b'%' && matches!((w[1], w[2] | 0x20), (b'2', b'f') | (b'5', b'c')));
+    encoded_separator || path.split('/').any(is_dot_segment)
+}
+
+proptest::proptest! {
+    #[test]
+    fn the_path_check_agrees_with_the_scans(
+        path in proptest::prop_oneof![
+            // Dots among other bytes: the vectorised search alone decides.
+            "[/.ax-]{0,24}",
+            // With `%` and `\\`: the full scan decides.
+            "[/.%25eEfFcCa\\\\x]{0,24}",
+        ]
+    ) {
+        proptest::prop_assert_eq!(is_ambiguous_path(&path), ambiguous_by_scans(&path), "{:?}", path);
+    }
+}

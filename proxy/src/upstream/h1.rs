@@ -35,7 +35,7 @@ use wire::{Chunked, Framing, Parsed, Step};
 /// [`Target::key`], which also names the trust the TLS connection was verified with, so that a
 /// group trusting fewer CAs never reuses a connection another group's CA let through.
 pub struct Target {
-    key: Arc<str>,
+    key: PoolKey,
     /// `host:port` to connect to.
     addr: Arc<str>,
     tls: Option<(TlsConnector, ServerName<'static>)>,
@@ -45,7 +45,7 @@ impl Target {
     /// Plain TCP to `addr` (`host:port`).
     pub fn plain(addr: Arc<str>) -> Self {
         Self {
-            key: addr.clone(),
+            key: PoolKey::new(addr.clone()),
             addr,
             tls: None,
         }
@@ -62,12 +62,69 @@ impl Target {
         let name = ServerName::try_from(host.to_owned())
             .map_err(|_| format!("upstream url: {host:?} is not a TLS server name"))?;
         Ok(Self {
-            key: Arc::from(format!("tls/{trust:x}/{addr}")),
+            key: PoolKey::new(Arc::from(format!("tls/{trust:x}/{addr}"))),
             addr,
             tls: Some((TlsConnector::from(config), name)),
         })
     }
 }
+
+/// A pool's name with its hash, computed once when the [`Target`] is made rather than on
+/// each check-out and check-in.
+#[derive(Clone)]
+struct PoolKey {
+    hash: u64,
+    name: Arc<str>,
+}
+
+impl PoolKey {
+    fn new(name: Arc<str>) -> Self {
+        // One hasher for the process: equal names must hash alike whichever group made them.
+        static HASHER: std::sync::LazyLock<std::hash::RandomState> =
+            std::sync::LazyLock::new(std::hash::RandomState::new);
+        Self {
+            hash: std::hash::BuildHasher::hash_one(&*HASHER, &*name),
+            name,
+        }
+    }
+}
+
+impl PartialEq for PoolKey {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.name, &other.name) || self.name == other.name
+    }
+}
+
+impl Eq for PoolKey {}
+
+impl std::hash::Hash for PoolKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// The hasher of the pools' map: a [`PoolKey`] brings its hash along.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl std::hash::Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is ever called (by `PoolKey`); anything else still hashes.
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type Pools = HashMap<PoolKey, Vec<Conn>, std::hash::BuildHasherDefault<Prehashed>>;
 
 /// A connection's byte stream: TCP, or TLS over TCP.
 enum Io {
@@ -127,7 +184,7 @@ const READ_MIN: usize = 8 * 1024;
 const READ_MAX: usize = 256 * 1024;
 
 thread_local! {
-    static IDLE: RefCell<HashMap<Arc<str>, Vec<Conn>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<Pools> = RefCell::new(Pools::default());
     static SWEEPER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
@@ -193,7 +250,7 @@ impl Conn {
     }
 }
 
-fn checkout(pool: &str) -> Option<Conn> {
+fn checkout(pool: &PoolKey) -> Option<Conn> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let conns = idle.get_mut(pool)?;
@@ -206,14 +263,17 @@ fn checkout(pool: &str) -> Option<Conn> {
     })
 }
 
-fn checkin(pool: &Arc<str>, mut conn: Conn) {
+fn checkin(pool: &PoolKey, mut conn: Conn) {
     conn.room = READ_MIN;
     conn.idle_since = std::time::Instant::now();
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
-        let conns = idle.entry(pool.clone()).or_default();
-        if conns.len() < MAX_IDLE {
-            conns.push(conn);
+        match idle.get_mut(pool) {
+            Some(conns) if conns.len() < MAX_IDLE => conns.push(conn),
+            Some(_) => {}
+            None => {
+                idle.insert(pool.clone(), vec![conn]);
+            }
         }
     });
     start_sweeper();
@@ -408,7 +468,7 @@ struct Answer {
     state: State,
     keep_alive: bool,
     /// The pool it goes back to ([`Target::key`]).
-    pool: Arc<str>,
+    pool: PoolKey,
 }
 
 impl Answer {

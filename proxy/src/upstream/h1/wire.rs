@@ -153,38 +153,54 @@ pub fn parse_head(buf: &mut BytesMut, request_method: &Method) -> Result<Parsed,
         named.push((name, h.value.as_ptr() as usize - base, h.value.len()));
     }
     let head_bytes: Bytes = buf.split_to(len).freeze();
+    // What framing and reuse depend on is noted while the map is filled, by comparing names
+    // (a standard name compares as a number), rather than looked up again afterwards.
     let mut headers = HeaderMap::with_capacity(named.len());
+    let mut connection = ConnectionTokens::default();
+    let mut last_coding_chunked = None;
+    let mut length: Result<Option<u64>, &'static str> = Ok(None);
     for (name, at, n) in named {
         let value = HeaderValue::from_maybe_shared(head_bytes.slice(at..at + n))
             .map_err(|_| format!("bad value for response header {name}"))?;
+        if name == header::CONNECTION {
+            connection.add(value.as_bytes());
+        } else if name == header::TRANSFER_ENCODING {
+            last_coding_chunked = Some(last_coding_is_chunked(value.as_bytes()));
+        } else if name == header::CONTENT_LENGTH {
+            length = length.and_then(|found| add_length(found, value.as_bytes()).map(Some));
+        }
         headers.append(name, value);
     }
 
-    let mut keep_alive = connection_allows_reuse(&headers, version);
+    let mut keep_alive = connection.allow_reuse(version);
     let no_body = *request_method == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
     let framing = if no_body {
         Framing::Empty
-    } else if let Some(te) = last_transfer_coding(&headers) {
+    } else if let Some(chunked) = last_coding_chunked {
         if headers.contains_key(header::CONTENT_LENGTH) {
             // Both: Transfer-Encoding wins, the length is dropped, and the connection is not
             // reused (RFC 9112 §6.3: a sign of smuggling or a broken intermediary).
             headers.remove(header::CONTENT_LENGTH);
             keep_alive = false;
         }
-        if te.eq_ignore_ascii_case("chunked") {
+        if chunked {
             Framing::Chunked
         } else {
             // Another coding last: the body runs until the connection closes (RFC 9112 §6.3).
             keep_alive = false;
             Framing::UntilClose
         }
-    } else if headers.contains_key(header::CONTENT_LENGTH) {
-        Framing::Length(content_length(&headers)?)
     } else {
-        keep_alive = false;
-        Framing::UntilClose
+        match length {
+            Ok(Some(n)) => Framing::Length(n),
+            Ok(None) => {
+                keep_alive = false;
+                Framing::UntilClose
+            }
+            Err(e) => return Err(e.into()),
+        }
     };
     Ok(Parsed::Head(Head {
         status,
@@ -195,48 +211,55 @@ pub fn parse_head(buf: &mut BytesMut, request_method: &Method) -> Result<Parsed,
     }))
 }
 
-fn connection_allows_reuse(headers: &HeaderMap, version: Version) -> bool {
-    let mut close = false;
-    let mut keep = false;
-    for v in headers.get_all(header::CONNECTION) {
-        for token in v.as_bytes().split(|&b| b == b',') {
+/// The `close` and `keep-alive` tokens of the answer's `Connection` headers.
+#[derive(Default)]
+struct ConnectionTokens {
+    close: bool,
+    keep: bool,
+}
+
+impl ConnectionTokens {
+    fn add(&mut self, value: &[u8]) {
+        for token in value.split(|&b| b == b',') {
             let t = token.trim_ascii();
-            close |= t.eq_ignore_ascii_case(b"close");
-            keep |= t.eq_ignore_ascii_case(b"keep-alive");
+            self.close |= t.eq_ignore_ascii_case(b"close");
+            self.keep |= t.eq_ignore_ascii_case(b"keep-alive");
         }
     }
-    !close && (version == Version::HTTP_11 || keep)
-}
 
-fn last_transfer_coding(headers: &HeaderMap) -> Option<String> {
-    let last = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()?;
-    let text = String::from_utf8_lossy(last.as_bytes());
-    let coding = text.rsplit(',').next().unwrap_or("").trim();
-    Some(coding.to_owned())
-}
-
-/// One length, however often it is repeated; differing ones are an error (RFC 9110 §8.6).
-fn content_length(headers: &HeaderMap) -> Result<u64, String> {
-    let mut found: Option<u64> = None;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|&b| b == b',') {
-            let digits = part.trim_ascii();
-            if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-                return Err("bad content-length in the response".into());
-            }
-            let n = digits
-                .iter()
-                .fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0'));
-            if found.is_some_and(|f| f != n) {
-                return Err("conflicting content-lengths in the response".into());
-            }
-            found = Some(n);
-        }
+    /// HTTP/1.1 keeps the connection unless told to close; HTTP/1.0 only when told to keep it.
+    fn allow_reuse(&self, version: Version) -> bool {
+        !self.close && (version == Version::HTTP_11 || self.keep)
     }
-    found.ok_or_else(|| "bad content-length in the response".into())
+}
+
+/// Whether the last coding a `Transfer-Encoding` value lists is `chunked`.
+fn last_coding_is_chunked(value: &[u8]) -> bool {
+    value
+        .rsplit(|&b| b == b',')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"chunked")
+}
+
+/// Adds one `Content-Length` value to the length found so far: one length, however often it
+/// is repeated; differing ones are an error (RFC 9110 §8.6).
+fn add_length(mut found: Option<u64>, value: &[u8]) -> Result<u64, &'static str> {
+    for part in value.split(|&b| b == b',') {
+        let digits = part.trim_ascii();
+        if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+            return Err("bad content-length in the response");
+        }
+        let n = digits
+            .iter()
+            .fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0'));
+        if found.is_some_and(|f| f != n) {
+            return Err("conflicting content-lengths in the response");
+        }
+        found = Some(n);
+    }
+    found.ok_or("bad content-length in the response")
 }
 
 /// A streaming decoder for `Transfer-Encoding: chunked`: data leaves as soon as it is in the
