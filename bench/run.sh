@@ -16,6 +16,12 @@
 #   STORE=redis bash bench/run.sh     # gemini-proxy with the Redis store (needs redis-server)
 #   BASELINE=/tmp/gemini-proxy-old bash bench/run.sh   # also another build, same config (A/B)
 #   RATES="0.25 0.5" bash bench/run.sh   # open-loop rates, as fractions of nginx's req/s
+#   PIN=none bash bench/run.sh        # no CPU pinning: gemini-proxy with pinning turned off, nginx without worker_cpu_affinity (default
+#                                     # PIN=both: nginx's `auto` and the proxy's default, which
+#                                     # pins when it has a thread per CPU; PIN=proxy pins only
+#                                     # the proxy, as each runs out of the box)
+#   LOG=none bash bench/run.sh        # no access lines (default LOG=both: each writes a JSON
+#                                     # line per request, in 32 KiB batches, to a file)
 #   UPSTREAM=https bash bench/run.sh  # the production path: the upstream over TLS, a CA made
 #                                     # here; both proxies keep HTTP/1.1 connections alive and
 #                                     # resume TLS sessions
@@ -32,6 +38,8 @@ BASELINE=${BASELINE:-}
 RATES=${RATES:-0.1 0.25 0.5 0.75}
 RATE_SECONDS=${RATE_SECONDS:-8}
 UPSTREAM=${UPSTREAM:-http}
+PIN=${PIN:-both}
+LOG=${LOG:-both}
 OUT=${OUT:-$(mktemp -d)}
 
 need() { command -v "$1" >/dev/null 2>&1; }
@@ -77,13 +85,28 @@ http {
   }
 }
 CONF
+NGX_AFFINITY=""
+case "$PIN" in
+  both) NGX_AFFINITY="worker_cpu_affinity auto;" ;;
+  none) export GEMINI_PROXY_PIN_WORKER_THREADS=never ;;  # a variable: an older BASELINE ignores it
+  proxy) ;;
+  *) echo "PIN is both, none or proxy" >&2; exit 2 ;;
+esac
+NGX_LOG="access_log off;"
+case "$LOG" in
+  both) NGX_LOG="log_format line escape=json '{\"time\":\"\$time_iso8601\",\"request_id\":\"\$request_id\",\"method\":\"\$request_method\",\"path\":\"\$uri\",\"status\":\$status,\"upstream\":\"\$upstream_addr\",\"duration\":\$request_time}';
+  access_log $OUT/ngx/access.log line buffer=32k flush=100ms;" ;;
+  none) export RUST_LOG=info,gemini_proxy::access=off ;;
+  *) echo "LOG is both or none" >&2; exit 2 ;;
+esac
 cat > "$OUT/ngx/nginx.conf" <<CONF
 worker_processes auto;
+$NGX_AFFINITY
 pid $OUT/ngx/nginx.pid;
 error_log $OUT/ngx/error.log;
 events { worker_connections 4096; }
 http {
-  access_log off;
+  $NGX_LOG
   keepalive_requests 1000000;
   upstream gemini { server 127.0.0.1:$UP; keepalive 256; }
   server {
@@ -198,8 +221,8 @@ stat() { # target what
   done | median
 }
 
-printf '\nwrk -t%s -c%s -d%ss x %s rounds (medians), POST generateContent, %s cores, store=%s, upstream=%s\n' \
-  "$THREADS" "$CONNS" "$DURATION" "$ROUNDS" "$(nproc)" "$STORE" "$UPSTREAM"
+printf '\nwrk -t%s -c%s -d%ss x %s rounds (medians), POST generateContent, %s cores, store=%s, upstream=%s, pin=%s, log=%s\n' \
+  "$THREADS" "$CONNS" "$DURATION" "$ROUNDS" "$(nproc)" "$STORE" "$UPSTREAM" "$PIN" "$LOG"
 printf '%-14s %10s %8s %8s %12s   %s\n' target req/s p50_ms p99_ms cpu_us/req "req/s per round"
 for t in $TARGETS; do
   rounds=$(for r in $(seq "$ROUNDS"); do awk '/Requests\/sec/ {printf "%d ", $2}' "$OUT/$t.$r.txt"; done)

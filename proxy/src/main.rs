@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use gemini_proxy::access_log::AccessLog;
 use gemini_proxy::config::{Settings, parse_admin_listen};
 use gemini_proxy::reload::Reloader;
+use gemini_proxy::server::pinning::{self, Pinning};
 use gemini_proxy::server::{Proxy, ShutdownSignal, Workers};
 use gemini_proxy::tls::ServerTls;
 use keystore::redis_store::cli::RedisArgs;
@@ -74,6 +75,16 @@ struct Cli {
     /// Server threads, each with its own runtime and listening socket (default: one per CPU).
     #[arg(long, env = "GEMINI_PROXY_WORKER_THREADS")]
     worker_threads: Option<usize>,
+    /// Pins each server thread to a CPU: `auto` when the process may run on no more CPUs than
+    /// it has server threads and they are its own (a machine, or a pod with exclusive CPUs;
+    /// not a pod that may run on every CPU of its node).
+    #[arg(
+        long,
+        env = "GEMINI_PROXY_PIN_WORKER_THREADS",
+        value_enum,
+        default_value = "auto"
+    )]
+    pin_worker_threads: Pinning,
 }
 
 #[derive(Subcommand, Debug)]
@@ -417,9 +428,15 @@ async fn run(
         ));
         tokio::spawn(reloader.watch(stopped.clone()));
     }
+    let cpus = pinning::plan(
+        cli.pin_worker_threads,
+        worker_threads,
+        &pinning::Cpus::of_this_process(),
+    );
     let workers = Workers::spawn(
         settings.listen,
         worker_threads,
+        cpus.as_deref(),
         proxy.service(),
         tls,
         stopped,
@@ -432,6 +449,7 @@ async fn run(
         tls = settings.listen_tls.is_some(),
         admin = %admin.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
         worker_threads,
+        pinned_cpus = %cpus.as_deref().map_or_else(|| "none".to_owned(), |c| format!("{c:?}")),
         groups = groups.pools().len(),
         keys = groups.pools().iter().map(|p| p.members.len()).sum::<usize>(),
         "gemini-proxy listening"

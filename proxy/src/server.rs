@@ -1,6 +1,7 @@
 //! Start-up (store, groups, background tasks) and serving with a bounded graceful shutdown.
 
 pub mod conn;
+pub mod pinning;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -134,11 +135,13 @@ pub struct Workers {
 
 impl Workers {
     /// Starts `count` server threads on `addr` (port 0: the first picks, the others follow),
-    /// speaking TLS when `tls` is given. They stop accepting when `stop` turns true and finish
-    /// within `grace`.
+    /// speaking TLS when `tls` is given, thread `i` pinned to `cpus[i]` when given
+    /// ([`pinning::plan`]). They stop accepting when `stop` turns true and finish within
+    /// `grace`.
     pub fn spawn(
         addr: SocketAddr,
         count: usize,
+        cpus: Option<&[usize]>,
         service: Entry,
         tls: Option<Arc<ServerTls>>,
         stop: watch::Receiver<bool>,
@@ -151,9 +154,15 @@ impl Workers {
             let service = service.clone();
             let tls = tls.clone();
             let mut stop = stop.clone();
+            let cpu = cpus.and_then(|c| c.get(i).copied());
             let handle = std::thread::Builder::new()
                 .name(format!("gemini-proxy-{i}"))
                 .spawn(move || {
+                    if let Some(cpu) = cpu
+                        && !pinning::pin_current(cpu)
+                    {
+                        tracing::warn!(thread = i, cpu, "could not pin the server thread");
+                    }
                     let rt = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()?;

@@ -499,3 +499,100 @@ async fn slow_and_silent_clients_are_cut_off() {
     assert!(body_t < Duration::from_secs(70), "{body_t:?}");
     assert!(mock.requests().is_empty(), "nothing went upstream");
 }
+
+/// The CPUs in a `/proc` list such as `0-2,5`.
+fn cpu_list(text: &str) -> Vec<usize> {
+    let mut cpus = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        let (lo, hi): (usize, usize) = (lo.parse().expect("cpu"), hi.parse().expect("cpu"));
+        cpus.extend(lo..=hi);
+    }
+    cpus
+}
+
+/// `Cpus_allowed_list` of a `/proc/.../status` file.
+fn allowed_in(status_path: &str) -> Vec<usize> {
+    let status = std::fs::read_to_string(status_path).expect("status");
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list");
+    cpu_list(line)
+}
+
+/// The CPUs each server thread (`gemini-proxy-<i>`, by `i`) may run on, and the process's own.
+fn thread_cpus(pid: u32) -> (Vec<Vec<usize>>, Vec<usize>) {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let task = task.expect("task").path();
+        let name = std::fs::read_to_string(task.join("comm")).expect("comm");
+        if let Some(i) = name.trim().strip_prefix("gemini-proxy-") {
+            let i: usize = i.parse().expect("thread number");
+            threads.push((i, allowed_in(&task.join("status").display().to_string())));
+        }
+    }
+    threads.sort();
+    let process = allowed_in(&format!("/proc/{pid}/status"));
+    (threads.into_iter().map(|(_, c)| c).collect(), process)
+}
+
+#[tokio::test]
+async fn server_threads_are_pinned_as_asked() {
+    let mock = MockGemini::start().await;
+    mock.accept_any_key(Behaviour::Ok);
+    let url = mock.url();
+    // `pod`: the value of KUBERNETES_SERVICE_HOST (empty: not in a pod).
+    let spawn_in = async |threads: usize, mode: &str, pod: &str| {
+        let env = [
+            ("GEMINI_API_KEYS", "pin-1"),
+            ("GEMINI_PROXY_UPSTREAM_URL", url.as_str()),
+            ("KUBERNETES_SERVICE_HOST", pod),
+        ];
+        let threads = threads.to_string();
+        let args = ["--worker-threads", &threads, "--pin-worker-threads", mode];
+        let p = ProxyProcess::spawn(BIN, &args, &env).await;
+        let r = Client::new()
+            .call(Method::POST, &format!("{}{MODEL_PATH}", p.url()), &[], "{}")
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let (threads, process) = thread_cpus(p.pid());
+        (threads, process, p)
+    };
+    let spawn = async |threads: usize, mode: &str| spawn_in(threads, mode, "").await;
+
+    // Always: thread i on the i-th allowed CPU, round the set when there are more threads.
+    let (threads, allowed, p) = spawn(2, "always").await;
+    assert!(!allowed.is_empty());
+    assert_eq!(threads.len(), 2, "{}", p.logs());
+    for (i, cpus) in threads.iter().enumerate() {
+        assert_eq!(cpus, &vec![allowed[i % allowed.len()]], "thread {i}");
+    }
+    assert!(p.logs().contains("pinned_cpus"), "{}", p.logs());
+
+    // Never: every thread keeps the process's set.
+    let (threads, allowed, _p) = spawn(2, "never").await;
+    assert_eq!(threads, vec![allowed.clone(), allowed.clone()]);
+
+    // Auto, one thread per allowed CPU: pinned like `always`.
+    let n = allowed.len();
+    let (threads, allowed, _p) = spawn(n, "auto").await;
+    let expected: Vec<Vec<usize>> = allowed.iter().map(|c| vec![*c]).collect();
+    assert_eq!(threads, expected);
+
+    // Auto, fewer threads than allowed CPUs (a CPU quota on a bigger node): not pinned.
+    if n > 1 {
+        let (threads, allowed, _p) = spawn(n - 1, "auto").await;
+        assert_eq!(threads, vec![allowed.clone(); n - 1]);
+    }
+
+    // Auto in a pod: pinned only when its CPUs are fewer than the node's (an exclusive set).
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").expect("online");
+    let online = cpu_list(&online);
+    let (threads, allowed, _p) = spawn_in(n, "auto", "10.96.0.1").await;
+    if online.len() > allowed.len() {
+        assert_eq!(threads, expected);
+    } else {
+        assert_eq!(threads, vec![allowed.clone(); n], "a pod on a shared node");
+    }
+}
