@@ -502,13 +502,7 @@ async fn slow_and_silent_clients_are_cut_off() {
 
 /// The CPUs in a `/proc` list such as `0-2,5`.
 fn cpu_list(text: &str) -> Vec<usize> {
-    let mut cpus = Vec::new();
-    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
-        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
-        let (lo, hi): (usize, usize) = (lo.parse().expect("cpu"), hi.parse().expect("cpu"));
-        cpus.extend(lo..=hi);
-    }
-    cpus
+    gemini_proxy::server::pinning::parse_list(text).expect("a CPU list")
 }
 
 /// `Cpus_allowed_list` of a `/proc/.../status` file.

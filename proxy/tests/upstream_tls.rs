@@ -1,5 +1,6 @@
 //! The path production uses: an `https://` upstream reached through rustls with HTTP/1.1 on
-//! kept-alive connections (ALPN offers only `http/1.1`), trusting an extra CA from `upstream.caFile`, and refusing a certificate it cannot verify.
+//! kept-alive connections (ALPN offers only `http/1.1`), trusting an extra CA from
+//! `upstream.caFile`, and refusing a certificate it cannot verify.
 //! (The classification, streaming, SDK and affinity suites also run whole over `https://` when
 //! `GEMINI_PROXY_TEST_UPSTREAM=https`, as scripts/test.sh does.)
 

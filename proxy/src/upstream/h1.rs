@@ -23,10 +23,11 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Request, Response};
 use http_body::Frame;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either;
 
 use super::UpstreamError;
 use wire::{Chunked, Framing, Parsed, Step};
@@ -127,50 +128,7 @@ impl std::hash::Hasher for Prehashed {
 type Pools = HashMap<PoolKey, Vec<Conn>, std::hash::BuildHasherDefault<Prehashed>>;
 
 /// A connection's byte stream: TCP, or TLS over TCP.
-enum Io {
-    Tcp(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for Io {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Io::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Io {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Io::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Io::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Io::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Io::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
-        }
-    }
-}
+type Io = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
 /// Idle connections kept per thread and target; more are closed when they come back.
 const MAX_IDLE: usize = 1024;
@@ -207,8 +165,8 @@ impl Conn {
     fn still_idle(&mut self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
         let tcp = match &self.io {
-            Io::Tcp(s) => s,
-            Io::Tls(s) => s.get_ref().0,
+            Either::Left(s) => s,
+            Either::Right(s) => s.get_ref().0,
         };
         match tcp.poll_read_ready(&mut cx) {
             Poll::Pending => true,
@@ -216,10 +174,10 @@ impl Conn {
             Poll::Ready(Ok(())) => {
                 let mut probe = [0u8; 1];
                 match &mut self.io {
-                    Io::Tcp(s) => {
+                    Either::Left(s) => {
                         matches!(s.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
                     }
-                    Io::Tls(s) => {
+                    Either::Right(s) => {
                         let mut buf = ReadBuf::new(&mut probe);
                         Pin::new(&mut **s).poll_read(&mut cx, &mut buf).is_pending()
                     }
@@ -320,6 +278,23 @@ fn start_sweeper() {
 }
 
 /// Idle connections this thread keeps.
+/// [`send`] over TCP to `addr`, with this `Host` and a 2 s connect timeout.
+#[cfg(test)]
+async fn send_plain(
+    addr: &Arc<str>,
+    host: &'static str,
+    req: Request<Bytes>,
+) -> Result<Response<Body>, UpstreamError> {
+    let target = Target::plain(addr.clone());
+    send(
+        &target,
+        &HeaderValue::from_static(host),
+        req,
+        Duration::from_secs(2),
+    )
+    .await
+}
+
 #[cfg(test)]
 fn idle_connections() -> usize {
     IDLE.with(|idle| idle.borrow().values().map(Vec::len).sum())
@@ -334,8 +309,8 @@ async fn connect(target: &Target, connect_timeout: Duration) -> Result<Conn, Ups
             .map_err(|e| UpstreamError::Connect(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
         Ok(match &target.tls {
-            None => Io::Tcp(tcp),
-            Some((connector, name)) => Io::Tls(Box::new(
+            None => Either::Left(tcp),
+            Some((connector, name)) => Either::Right(Box::new(
                 connector
                     .connect(name.clone(), tcp)
                     .await

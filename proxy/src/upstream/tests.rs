@@ -15,38 +15,29 @@ fn client(uri: &str) -> Uri {
 #[test]
 fn unchanged_paths_are_reused_and_complete_for_each_route() {
     let c = client("/v1beta/models/m:streamGenerateContent?alt=sse");
-    let plain = upstream("http://gw.internal:8080");
-    let uri = plain
-        .uri_for(
-            &c,
-            "/v1beta/models/m:streamGenerateContent",
-            Some("alt=sse"),
-        )
-        .unwrap();
-    assert_eq!(uri, "/v1beta/models/m:streamGenerateContent?alt=sse");
-    // `https://` goes through the same HTTP/1.1 pool, over TLS: origin-form too.
-    let direct = upstream("https://generativelanguage.googleapis.com");
-    let uri = direct
-        .uri_for(
-            &c,
-            "/v1beta/models/m:streamGenerateContent",
-            Some("alt=sse"),
-        )
-        .unwrap();
-    assert_eq!(uri, "/v1beta/models/m:streamGenerateContent?alt=sse");
-    // Through an egress proxy the whole URL goes.
-    let egress = egressed("https://generativelanguage.googleapis.com");
-    let uri = egress
-        .uri_for(
-            &c,
-            "/v1beta/models/m:streamGenerateContent",
-            Some("alt=sse"),
-        )
-        .unwrap();
-    assert_eq!(
-        uri,
-        "https://generativelanguage.googleapis.com/v1beta/models/m:streamGenerateContent?alt=sse"
-    );
+    let origin_form = "/v1beta/models/m:streamGenerateContent?alt=sse";
+    for (up, expected) in [
+        (upstream("http://gw.internal:8080"), origin_form),
+        // `https://` goes through the same HTTP/1.1 pool, over TLS: origin-form too.
+        (
+            upstream("https://generativelanguage.googleapis.com"),
+            origin_form,
+        ),
+        // Through an egress proxy the whole URL goes.
+        (
+            egressed("https://generativelanguage.googleapis.com"),
+            "https://generativelanguage.googleapis.com/v1beta/models/m:streamGenerateContent?alt=sse",
+        ),
+    ] {
+        let uri = up
+            .uri_for(
+                &c,
+                "/v1beta/models/m:streamGenerateContent",
+                Some("alt=sse"),
+            )
+            .unwrap();
+        assert_eq!(uri, expected);
+    }
 }
 
 fn egressed(url: &str) -> Upstream {

@@ -172,15 +172,18 @@ async fn ours(addr: &Arc<str>) -> Result<Seen, String> {
         .uri("/v1beta/models/m:generateContent")
         .body(Bytes::from_static(b"{}"))
         .map_err(|e| e.to_string())?;
-    let host = http::HeaderValue::from_static("oracle");
-    let res = super::send(
-        &super::Target::plain(addr.clone()),
-        &host,
-        req,
-        Duration::from_secs(2),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let res = super::send_plain(addr, "oracle", req)
+        .await
+        .map_err(|e| e.to_string())?;
+    seen(res).await
+}
+
+/// Status, end-to-end headers and whole body of an answer, from either client.
+async fn seen<B>(res: http::Response<B>) -> Result<Seen, String>
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Display,
+{
     let status = res.status().as_u16();
     let headers = end_to_end(res.headers());
     let body = res
@@ -208,15 +211,7 @@ async fn hyper_client(addr: &Arc<str>) -> Result<Seen, String> {
         .body(http_body_util::Full::new(Bytes::from_static(b"{}")))
         .map_err(|e| e.to_string())?;
     let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = res.status().as_u16();
-    let headers = end_to_end(res.headers());
-    let body = res
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, headers, body.to_vec()))
+    seen(res).await
 }
 
 proptest! {

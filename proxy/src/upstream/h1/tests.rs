@@ -105,15 +105,7 @@ async fn call(up: &Upstream, method: Method, body: &[u8]) -> Response<Body> {
         .uri(format!("http://{}/v1beta/models?x=1", up.addr))
         .body(Bytes::copy_from_slice(body))
         .unwrap();
-    let host = HeaderValue::from_static("up.example:1234");
-    send(
-        &Target::plain(up.addr.clone()),
-        &host,
-        req,
-        Duration::from_secs(2),
-    )
-    .await
-    .unwrap()
+    send_plain(&up.addr, "up.example:1234", req).await.unwrap()
 }
 
 async fn text(res: Response<Body>) -> String {
@@ -183,15 +175,7 @@ async fn nothing_listening_is_a_connect_error() {
     let req = Request::get(format!("http://{addr}/"))
         .body(Bytes::new())
         .unwrap();
-    let host = HeaderValue::from_static("x");
-    let err = send(
-        &Target::plain(addr.clone()),
-        &host,
-        req,
-        Duration::from_secs(2),
-    )
-    .await
-    .unwrap_err();
+    let err = send_plain(&addr, "x", req).await.unwrap_err();
     assert_eq!(err.kind(), "connect");
 }
 
@@ -384,15 +368,9 @@ async fn a_fresh_connection_closed_before_answering_is_an_error() {
         .uri(format!("http://{}/x", up.addr))
         .body(Bytes::new())
         .unwrap();
-    let host = HeaderValue::from_static("up");
-    let err = send(
-        &Target::plain(up.addr.clone()),
-        &host,
-        req,
-        Duration::from_secs(2),
-    )
-    .await
-    .expect_err("no answer");
+    let err = send_plain(&up.addr, "up", req)
+        .await
+        .expect_err("no answer");
     assert!(err.to_string().contains("closed the connection"), "{err}");
     assert_eq!(up.requests.lock().unwrap().len(), 1);
 }
