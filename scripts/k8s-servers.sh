@@ -24,6 +24,7 @@ APIEXT_VERSION="0.36.4"                               # sid's golang-k8s-apiexte
 CACHE="${GEMINI_PROXY_CACHE:-$HOME/.cache/gemini-proxy}/k8s"
 KUBE_DIR="$CACHE/kube-apiserver-$KUBE_VERSION"
 APIEXT_DIR="$CACHE/apiextensions-apiserver-$APIEXT_VERSION"
+NODE_DIR="$CACHE/kube-node-$KUBE_VERSION"
 
 log() { printf '== k8s-servers: %s\n' "$*" >&2; }
 die() { printf 'k8s-servers: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -68,10 +69,9 @@ unpack_into() { # unpack_into APTDIR ROOT PACKAGES...
   done
 }
 
-build_kube_apiserver() {
-  [ -x "$KUBE_DIR/kube-apiserver" ] && return 0
-  log "building kube-apiserver $KUBE_VERSION (minutes, once; cached in $KUBE_DIR)"
-  local work; work=$(mktemp -d "${TMPDIR:-/tmp}/kube-build.XXXXXX")
+# Bookworm's `kubernetes` source, with Go 1.19 unpacked beside it, ready for `make` in WORK/src.
+prepare_kube_source() { # prepare_kube_source WORK
+  local work=$1
   private_apt "$work/apt" "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main
 deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main"
   command -v rsync >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsync >/dev/null; }
@@ -84,14 +84,52 @@ deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian
   # reflect2 1.0.1 (vendored) crashes on Go >= 1.18; Debian's 1.0.2 works.
   rm -rf "$work/src/vendor/github.com/modern-go/reflect2"
   cp -r "$work/root/usr/share/gocode/src/github.com/modern-go/reflect2" "$work/src/vendor/github.com/modern-go/reflect2"
-  local gobin="$work/root/usr/lib/go-1.19/bin"
-  [ -x "$gobin/go" ] || die "go 1.19 not unpacked"
+  [ -x "$work/root/usr/lib/go-1.19/bin/go" ] || die "go 1.19 not unpacked"
+}
+
+make_kube() { # make_kube WORK "cmd/a cmd/b ..."
+  local work=$1 gobin="$1/root/usr/lib/go-1.19/bin"
   (cd "$work/src" && PATH="$gobin:$PATH" GOROOT="$work/root/usr/lib/go-1.19" GOTOOLCHAIN=local \
     GOFLAGS= GOPATH="$work/gopath" GOCACHE="$work/gocache" \
-    make WHAT=cmd/kube-apiserver >"$work/make.log" 2>&1) || { tail -40 "$work/make.log" >&2; die "kube-apiserver build failed"; }
-  mkdir -p "$KUBE_DIR"
-  install -m 0755 "$work/src/_output/bin/kube-apiserver" "$KUBE_DIR/kube-apiserver.tmp"
-  mv "$KUBE_DIR/kube-apiserver.tmp" "$KUBE_DIR/kube-apiserver"
+    make WHAT="$2" >"$work/make.log" 2>&1) || { tail -40 "$work/make.log" >&2; die "build of $2 failed"; }
+}
+
+# The node's binaries, from the same source: kubelet, kube-proxy, kube-scheduler,
+# kube-controller-manager, kubectl (the server's own version), and the pause container's
+# program (the source's build/pause, compiled statically).
+NODE_BINARIES="kubelet kube-proxy kube-scheduler kube-controller-manager kubectl"
+node_built() {
+  local b
+  for b in $NODE_BINARIES pause; do [ -x "$NODE_DIR/$b" ] || return 1; done
+}
+
+# Everything from bookworm's source that is not cached yet, in one `make`.
+build_kube() {
+  local want="" b
+  [ -x "$KUBE_DIR/kube-apiserver" ] || want="cmd/kube-apiserver"
+  if [ "${1:-}" = node ] && ! node_built; then
+    for b in $NODE_BINARIES; do want="$want cmd/$b"; done
+  fi
+  [ -n "$want" ] || return 0
+  log "building$(printf ' %s' $want | sed 's#cmd/##g') $KUBE_VERSION (minutes, once; cached in $CACHE)"
+  local work; work=$(mktemp -d "${TMPDIR:-/tmp}/kube-build.XXXXXX")
+  prepare_kube_source "$work"
+  make_kube "$work" "${want# }"
+  if [ ! -x "$KUBE_DIR/kube-apiserver" ]; then
+    mkdir -p "$KUBE_DIR"
+    install -m 0755 "$work/src/_output/bin/kube-apiserver" "$KUBE_DIR/kube-apiserver.tmp"
+    mv "$KUBE_DIR/kube-apiserver.tmp" "$KUBE_DIR/kube-apiserver"
+  fi
+  if [ "${1:-}" = node ] && ! node_built; then
+    mkdir -p "$NODE_DIR"
+    local pause_c; pause_c=$(find "$work/src/build/pause" -name pause.c | grep -v windows | head -1)
+    [ -n "$pause_c" ] || die "no build/pause/.../pause.c in the source"
+    gcc -Os -static -o "$NODE_DIR/pause.tmp" "$pause_c" || die "could not compile pause.c"
+    for b in $NODE_BINARIES; do
+      install -m 0755 "$work/src/_output/bin/$b" "$NODE_DIR/$b.tmp"
+    done
+    for b in $NODE_BINARIES pause; do mv "$NODE_DIR/$b.tmp" "$NODE_DIR/$b"; done
+  fi
   rm -rf "$work"
 }
 
@@ -126,6 +164,12 @@ ensure_etcd() {
   command -v etcd >/dev/null || die "etcd not installed"
 }
 
+node_paths() {
+  node_built || die "node binaries not built: bash scripts/k8s-servers.sh build-node"
+  local b
+  for b in $NODE_BINARIES pause; do printf '%s=%s\n' "$(echo "$b" | tr a-z- A-Z_)" "$NODE_DIR/$b"; done
+}
+
 paths() {
   [ -x "$KUBE_DIR/kube-apiserver" ] || die "kube-apiserver not built: bash scripts/k8s-servers.sh build"
   [ -x "$APIEXT_DIR/apiextensions-apiserver" ] || die "apiextensions-apiserver not built: bash scripts/k8s-servers.sh build"
@@ -137,18 +181,28 @@ paths() {
 # shellcheck source=scripts/k8s-start.inc.sh
 source "$(dirname "${BASH_SOURCE[0]}")/k8s-start.inc.sh"
 
+# Sourced (by scripts/k8s-node.sh) for its functions only.
+[ "${BASH_SOURCE[0]}" = "$0" ] || return 0
+
 case "${1:-}" in
   build)
     ensure_etcd
     command -v openssl >/dev/null || die "openssl missing"
     # The two builds are independent; on 2 cores one after the other is as fast as both at once.
-    build_kube_apiserver
+    build_kube
     build_apiext_apiserver
     paths ;;
-  build-kube) build_kube_apiserver ;;
+  build-node)
+    ensure_etcd
+    build_kube node
+    build_apiext_apiserver
+    paths
+    node_paths ;;
+  build-kube) build_kube ;;
   build-apiext) build_apiext_apiserver ;;
   paths) paths ;;
   start) start "${2:-}" ;;
   stop) stop "${2:-}" ;;
-  *) echo "usage: $0 build|paths|start DIR|stop DIR" >&2; exit 2 ;;
+  node-paths) node_paths ;;
+  *) echo "usage: $0 build|build-node|paths|node-paths|start DIR|stop DIR" >&2; exit 2 ;;
 esac

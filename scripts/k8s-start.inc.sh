@@ -14,6 +14,9 @@ wait_http() { # wait_http URL SECONDS TOKEN
 # Starts etcd, kube-apiserver 1.20, apiextensions-apiserver 1.36 and an nginx path router in DIR
 # (loopback, free ports) and writes DIR/env. The router sends /apis/gemini-proxy.io/ and
 # /apis/apiextensions.k8s.io/ to the 1.36 server (CRDs with CEL) and the rest to 1.20.
+# With K8S_NODE_IP set (scripts/k8s-node.sh), the router also listens on that address, the
+# serving certificate names it and the `kubernetes` Service's ClusterIP, and that Service's
+# endpoint is the router: pods reach both servers through it.
 start() {
   local dir=$1
   [ -n "$dir" ] || die "start needs a directory"
@@ -32,7 +35,8 @@ start() {
   (cd "$dir" &&
     openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3 -subj "/CN=gemini-proxy-test-ca" 2>/dev/null &&
     openssl req -newkey rsa:2048 -nodes -keyout serving.key -out serving.csr -subj "/CN=127.0.0.1" 2>/dev/null &&
-    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' >serving.ext &&
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost%s\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' \
+      "${K8S_NODE_IP:+,IP:$K8S_NODE_IP,IP:10.96.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local}" >serving.ext &&
     openssl x509 -req -in serving.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out serving.crt -days 3 -extfile serving.ext 2>/dev/null &&
     openssl genrsa -out sa.key 2048 2>/dev/null && openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null) \
     || die "openssl failed"
@@ -65,6 +69,7 @@ start() {
     --service-cluster-ip-range=10.96.0.0/24 --service-account-issuer=https://kubernetes.default.svc \
     --service-account-key-file="$dir/sa.pub" --service-account-signing-key-file="$dir/sa.key" \
     --endpoint-reconciler-type=none --advertise-address=127.0.0.1 \
+    --kubelet-preferred-address-types=InternalIP \
     --audit-log-path="$dir/audit-kube.log" --audit-policy-file="$dir/audit-policy.yaml" \
     >"$dir/kube-apiserver.log" 2>&1 &
   echo $! >"$dir/kube-apiserver.pid"
@@ -94,11 +99,21 @@ start() {
 
   mkdir -p "$dir/nginx"
   sed -e "s#@DIR@#$dir#g" -e "s#@KUBE@#$kube_port#g" -e "s#@APIEXT@#$apiext_port#g" \
-    -e "s#@ROUTER@#$router_port#g" "$(dirname "${BASH_SOURCE[0]}")/k8s-router.nginx.conf" >"$dir/nginx.conf"
+    -e "s#@ROUTER@#$router_port#g" -e "s#@NODE_LISTEN@#${K8S_NODE_IP:+listen $K8S_NODE_IP:$router_port ssl;}#g" "$(dirname "${BASH_SOURCE[0]}")/k8s-router.nginx.conf" >"$dir/nginx.conf"
   nginx -c "$dir/nginx.conf" -p "$dir/nginx" >"$dir/nginx.log" 2>&1 &
   echo $! >"$dir/nginx.pid.main"
   wait_http "https://127.0.0.1:$router_port/apis/apiextensions.k8s.io/v1/customresourcedefinitions" 30 "$admin" \
     || { cat "$dir/nginx-error.log" "$dir/nginx.log" >&2; die "the nginx router did not answer"; }
+
+  if [ -n "${K8S_NODE_IP:-}" ]; then
+    # The `kubernetes` Service (made by the server) gets the router as its one endpoint.
+    wait_http "https://127.0.0.1:$kube_port/api/v1/namespaces/default/services/kubernetes" 30 "$admin" \
+      || die "the kubernetes Service was not created"
+    curl -fsk -o /dev/null -X POST -H "Authorization: Bearer $admin" -H 'Content-Type: application/json' \
+      "https://127.0.0.1:$kube_port/api/v1/namespaces/default/endpoints" \
+      -d "{\"metadata\":{\"name\":\"kubernetes\"},\"subsets\":[{\"addresses\":[{\"ip\":\"$K8S_NODE_IP\"}],\"ports\":[{\"name\":\"https\",\"port\":$router_port,\"protocol\":\"TCP\"}]}]}" \
+      || die "could not point the kubernetes Service at the router"
+  fi
 
   local url="https://127.0.0.1:$router_port" who token
   for who in admin:$admin operator:$operator trimmed:$trimmed tenant:$tenant uninstall:$uninstall; do

@@ -48,10 +48,12 @@ fi
 # Real Kubernetes API servers (kube-apiserver 1.20, apiextensions-apiserver 1.36, etcd, an nginx
 # path router): built once from Debian's packages and cached outside the clone (keyed by
 # version), started here for the whole run on loopback ports, stopped on exit.
-log "Kubernetes API servers (build once, cached in ~/.cache/gemini-proxy/k8s)"
-bash scripts/k8s-servers.sh build
+log "Kubernetes API servers and node binaries (build once, cached in ~/.cache/gemini-proxy/k8s)"
+# One `make` of bookworm's kubernetes source for kube-apiserver and the node's binaries.
+bash scripts/k8s-servers.sh build-node
 K8S_DIR=$(mktemp -d "${TMPDIR:-/tmp}/gp-k8s.XXXXXX")
-trap 'bash scripts/k8s-servers.sh stop "$K8S_DIR"' EXIT
+NODE_DIR=$(mktemp -d "${TMPDIR:-/tmp}/gp-node.XXXXXX")
+trap 'bash scripts/k8s-node.sh stop "$NODE_DIR"; bash scripts/k8s-servers.sh stop "$K8S_DIR"' EXIT
 bash scripts/k8s-servers.sh start "$K8S_DIR"
 export GEMINI_PROXY_K8S="$K8S_DIR"
 export HELM="$PWD/.tools/helm"
@@ -76,3 +78,15 @@ GEMINI_PROXY_TEST_UPSTREAM=https cargo test --locked --workspace \
 
 log "chart, manifests, Dockerfiles (pytest)"
 PATH="$PWD/.venv/bin:$PATH" HELM="$PWD/.tools/helm" .venv/bin/pytest -q tests/chart
+
+# A real one-node cluster (kubelet, containerd, kube-proxy, controller-manager, scheduler on
+# the real API servers) running the chart with images built here from the Dockerfiles:
+# install, probes, the Service, a rollout under load, failover, uninstall (tests/node).
+log "images (buildah: stand-ins for the base images, then Dockerfile.proxy and Dockerfile.operator)"
+bash scripts/k8s-images.sh build
+bash scripts/k8s-images.sh describe
+log "one real node"
+bash scripts/k8s-servers.sh stop "$K8S_DIR"
+bash scripts/k8s-node.sh start "$NODE_DIR"
+PATH="$PWD/.venv/bin:$PATH" HELM="$PWD/.tools/helm" GEMINI_PROXY_NODE="$NODE_DIR/node.env" \
+  .venv/bin/pytest -s -v tests/node

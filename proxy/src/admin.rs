@@ -111,7 +111,10 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
             pool.members.len()
         ));
     }
-    let head = if !groups.loaded {
+    let draining = app.draining.load(std::sync::atomic::Ordering::Relaxed);
+    let head = if draining {
+        "not ready: shutting down (draining)".to_owned()
+    } else if !groups.loaded {
         "not ready: no group snapshot loaded yet".to_owned()
     } else if usable_groups > 0 || lines.is_empty() {
         "ready".to_owned()
@@ -138,7 +141,12 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
         ));
     }
     body.push('\n');
-    (crate::app::readiness_code(&groups), body).into_response()
+    let code = if draining {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        crate::app::readiness_code(&groups)
+    };
+    (code, body).into_response()
 }
 
 async fn metrics(State(admin): State<Arc<Admin>>) -> Response {

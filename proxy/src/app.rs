@@ -92,7 +92,17 @@ impl Service<Request> for Entry {
             return Box::pin(self.router.clone().oneshot(req));
         }
         let app = self.app.clone();
-        Box::pin(async move { Ok(forward::handle(State(app), req).await) })
+        // HTTP/2 has no Connection header; its connections end by GOAWAY at the stop.
+        let h1 = req.version() < http::Version::HTTP_2;
+        Box::pin(async move {
+            let mut res = forward::handle(State(app.clone()), req).await;
+            if h1 && app.draining.load(std::sync::atomic::Ordering::Relaxed) {
+                // Draining: the client's next request opens a connection elsewhere.
+                res.headers_mut()
+                    .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            }
+            Ok(res)
+        })
     }
 }
 
@@ -105,7 +115,11 @@ async fn healthz() -> &'static str {
 /// listener, with group names and key counts).
 async fn readyz(State(app): State<Arc<App>>) -> Response {
     let groups = app.registry.groups();
-    let code = readiness_code(&groups);
+    let code = if app.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        readiness_code(&groups)
+    };
     let body = if code == StatusCode::OK {
         "ready\n"
     } else {

@@ -70,6 +70,10 @@ struct Cli {
     /// Seconds that in-flight requests may run on after SIGTERM.
     #[arg(long, env = "GEMINI_PROXY_SHUTDOWN_GRACE_SECONDS")]
     shutdown_grace_seconds: Option<u64>,
+    /// Seconds to go on serving after SIGTERM (not ready, HTTP/1.1 connections closed after
+    /// each answer) before accepting stops: the time load balancers take to drop the pod.
+    #[arg(long, env = "GEMINI_PROXY_SHUTDOWN_DELAY_SECONDS")]
+    shutdown_delay_seconds: Option<u64>,
     #[command(flatten)]
     redis: RedisArgs,
     /// Server threads, each with its own runtime and listening socket (default: one per CPU).
@@ -235,6 +239,10 @@ fn load(cli: &Cli) -> Result<Settings, String> {
     if let Some(s) = cli.shutdown_grace_seconds {
         settings.shutdown_grace = std::time::Duration::from_secs(s);
     }
+    if let Some(s) = cli.shutdown_delay_seconds {
+        settings.shutdown_delay =
+            std::time::Duration::from_secs(s.min(gemini_proxy::config::MAX_SHUTDOWN_DELAY_S));
+    }
     if store_flags {
         settings.store = Some(cli.redis.config()?);
     }
@@ -384,8 +392,10 @@ async fn run(
         let _ = proxy.app.access_log.set(log);
     }
     // Listening for SIGTERM before anything answers a probe.
-    let signal = ShutdownSignal::listen();
+    let mut signal = ShutdownSignal::listen();
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    // The admin listener answers probes until the very end (liveness during the grace).
+    let (stop_admin_tx, stop_admin_rx) = tokio::sync::watch::channel(false);
     let admin = match settings.admin.listen {
         None => None,
         Some(addr) => {
@@ -394,7 +404,7 @@ async fn run(
                 .map_err(|e| format!("cannot listen on {addr} (admin.listen): {e}"))?;
             let bound = listener.local_addr().unwrap_or(addr);
             let router = proxy.admin(bound, settings.admin.token.as_ref());
-            let mut stop_admin = stopped.clone();
+            let mut stop_admin = stop_admin_rx;
             tokio::spawn(async move {
                 let shutdown = async move {
                     let _ = stop_admin.wait_for(|s| *s).await;
@@ -455,9 +465,23 @@ async fn run(
         "gemini-proxy listening"
     );
     signal.recv().await;
+    // Draining: not ready, and every HTTP/1.1 answer closes its connection, so that clients
+    // move to other pods while the endpoints are withdrawn; then no new connections.
+    proxy.app.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    if !settings.shutdown_delay.is_zero() {
+        tracing::info!(
+            delay_s = settings.shutdown_delay.as_secs(),
+            "shutting down: draining (not ready, connections closed after their answer)"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(settings.shutdown_delay) => {}
+            _ = signal.recv() => tracing::info!("second signal: drain cut short"),
+        }
+    }
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     let _ = stop.send(true);
     let joined = tokio::task::spawn_blocking(move || workers.join()).await;
+    let _ = stop_admin_tx.send(true);
     proxy.stop();
     // The last access lines, before the writer's guard drops.
     if let Some(log) = proxy.app.access_log.get() {

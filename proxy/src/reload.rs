@@ -92,6 +92,7 @@ impl Reloader {
             listen_tls: running.listen_tls.clone(),
             store: running.store.clone(),
             shutdown_grace: running.shutdown_grace,
+            shutdown_delay: running.shutdown_delay,
             ..next
         };
         self.app
@@ -193,6 +194,9 @@ pub fn restart_only_changes(running: &Settings, next: &Settings) -> Vec<&'static
     }
     if running.shutdown_grace != next.shutdown_grace {
         changed.push("shutdownGraceSeconds");
+    }
+    if running.shutdown_delay != next.shutdown_delay {
+        changed.push("shutdownDelaySeconds");
     }
     changed
 }

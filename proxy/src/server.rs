@@ -76,6 +76,7 @@ impl Proxy {
             store_status: status,
             affinity,
             access_log: Default::default(),
+            draining: Default::default(),
         });
         Self { app, ctx, stop }
     }
@@ -253,8 +254,8 @@ impl ShutdownSignal {
         Self {}
     }
 
-    /// Resolves on the first of them.
-    pub async fn recv(mut self) {
+    /// Resolves on the first of them (again on the next one when called again).
+    pub async fn recv(&mut self) {
         #[cfg(unix)]
         {
             let term = async {
@@ -288,5 +289,5 @@ impl ShutdownSignal {
 /// Resolves on SIGTERM or Ctrl-C (listening from the first poll; see [`ShutdownSignal`] to
 /// listen from an earlier moment).
 pub async fn shutdown_signal() {
-    ShutdownSignal::listen().recv().await
+    ShutdownSignal::listen().recv().await;
 }

@@ -26,6 +26,8 @@ pub struct App {
     pub affinity: crate::affinity::Affinity,
     /// Where access lines go; unset, they go through tracing.
     pub access_log: std::sync::OnceLock<crate::access_log::AccessLog>,
+    /// Set at SIGTERM: `/readyz` answers 503 and HTTP/1.1 answers close their connection.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 pub const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");

@@ -190,6 +190,88 @@ async fn sigterm_lets_an_open_stream_finish_then_exits_zero() {
     assert!(p.logs().contains("shutting down"), "{}", p.logs());
 }
 
+/// Sends one HTTP/1.1 request on `s` and reads its answer whole: (head, body, closed after).
+async fn exchange(s: &mut tokio::net::TcpStream, path: &str) -> (String, String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!("POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{{}}");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let (head, len) = loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert!(n > 0, "closed before the answer: {:?}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .expect("a content-length");
+            buf.drain(..end + 4);
+            break (head, len);
+        }
+    };
+    while buf.len() < len {
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "body cut");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = String::from_utf8_lossy(&buf[..len]).into_owned();
+    let closed = matches!(
+        tokio::time::timeout(Duration::from_millis(500), s.read(&mut chunk)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    );
+    (head, body, closed)
+}
+
+/// `shutdownDelaySeconds`: after SIGTERM the proxy serves on for the delay, says it is not
+/// ready, and closes each HTTP/1.1 connection after its answer (clients reconnect elsewhere
+/// while the pod leaves the endpoints); the admin listener answers liveness to the end. Then
+/// no new connections, and exit 0.
+#[tokio::test]
+async fn a_shutdown_delay_serves_on_unready_and_closes_connections_after_each_answer() {
+    let mock = MockGemini::start().await;
+    mock.accept_any_key(Behaviour::Ok);
+    let config = format!(
+        "shutdownDelaySeconds: 2\nshutdownGraceSeconds: 5\ndefaultGroup: g\ngroups:\n  - {{name: g, upstream: {{url: \"{}\"}}, access: {{mode: Open}}, keys: [{{value: k}}]}}\n",
+        mock.url()
+    );
+    let mut p = ProxyProcess::with_config(BIN, &config, &[]).await;
+    let c = Client::new();
+    assert_eq!(c.call(Method::GET, &format!("{}/readyz", p.admin_url()), &[], "").await.status, 200);
+    let mut kept = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let (head, _, closed) = exchange(&mut kept, MODEL_PATH).await;
+    assert!(head.starts_with("http/1.1 200") && !head.contains("connection: close") && !closed, "{head}");
+
+    let signalled = Instant::now();
+    p.terminate();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Not ready, on both ports, with the reason on the admin listener; alive still.
+    let ready = c.call(Method::GET, &format!("{}/readyz", p.admin_url()), &[], "").await;
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    assert!(ready.text().contains("draining"), "{}", ready.text());
+    assert_eq!(c.call(Method::GET, &format!("{}/readyz", p.url()), &[], "").await.status, 503);
+    // The kept-alive connection is served once more, then closed by the proxy...
+    let (head, body, closed) = exchange(&mut kept, MODEL_PATH).await;
+    assert!(head.starts_with("http/1.1 200") && head.contains("connection: close"), "{head}");
+    assert!(body.contains("candidates") && closed, "{body} closed={closed}");
+    // ...and new connections are still accepted and served, one answer each.
+    let mut fresh = tokio::net::TcpStream::connect(p.addr).await.expect("accepting during the delay");
+    let (head, _, closed) = exchange(&mut fresh, MODEL_PATH).await;
+    assert!(head.contains("connection: close") && closed, "{head}");
+    assert!(signalled.elapsed() < Duration::from_secs(2), "the delay ran out before the checks");
+    // After the delay: no new connections; liveness answers until the process ends.
+    tokio::time::sleep(Duration::from_secs(2).saturating_sub(signalled.elapsed())).await;
+    assert!(refuses_new_connections(&p).await, "still accepting after the delay");
+    let status = p.wait_exit(Duration::from_secs(10)).await.expect("exited");
+    assert!(status.success(), "exit status {status}:\n{}", p.logs());
+    assert!(p.logs().contains("draining"), "{}", p.logs());
+}
+
 #[tokio::test]
 async fn shutdown_grace_is_bounded() {
     let (_mock, mut p) = streaming_proxy(1, 100, Duration::from_millis(200)).await;

@@ -5,6 +5,7 @@ values schema, the CRD copies, manifests/ in sync, and the examples against the 
 import json
 import os
 import pathlib
+import re
 import subprocess
 
 import jsonschema
@@ -38,16 +39,29 @@ VALUE_SETS = {
                        "--set-json", 'networkPolicy.metrics.namespaceSelector={}',
                        "--set-json", 'networkPolicy.metrics.podSelector={"matchLabels":{"app.kubernetes.io/name":"prometheus"}}',
                        "--set-json", 'networkPolicy.redis.extraClientSelectors=[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"research"}},"podSelector":{"matchLabels":{"app":"research-notebook"}}}]'],
+    # A cluster without DNS for the release's Services: pinned Service IPs (in the test API
+    # server's Service range, 10.96.0.0/24) named in every pod's /etc/hosts.
+    "no-dns": ["--set", "redis.bundled.service.clusterIP=10.96.0.50", "--set", "proxy.service.clusterIP=10.96.0.51",
+               "--set-json", 'hostAliases=[{"ip":"10.96.0.50","hostnames":["gp-gemini-proxy-redis"]},'
+                             '{"ip":"10.96.0.51","hostnames":["gp-gemini-proxy"]}]'],
 }
+# The same for Kubernetes 1.20 (a later --kube-version wins over render's): no HPA, no PDB.
+VALUE_SETS["kube-1.20-no-dns"] = VALUE_SETS["no-dns"] + ["--kube-version", "1.20.2"]
 
 
 def helm(*args, check=True):
     return subprocess.run([HELM, *args], capture_output=True, text=True, check=check)
 
 
-def render(extra):
-    out = helm("template", "gp", str(CHART), "--namespace", "gemini-proxy", *extra).stdout
-    return [d for d in yaml.safe_load_all(out) if d]
+def render_text(extra, kube_version=K8S_VERSION):
+    """`helm template` pinned to a Kubernetes version (not Helm's own default, which moves with
+    Helm); Capabilities.APIVersions stays Helm's built-in list plus any --api-versions."""
+    return helm("template", "gp", str(CHART), "--namespace", "gemini-proxy", "--kube-version", kube_version,
+                *extra).stdout
+
+
+def render(extra, kube_version=K8S_VERSION):
+    return [d for d in yaml.safe_load_all(render_text(extra, kube_version)) if d]
 
 
 def by_kind(docs, kind):
@@ -209,6 +223,173 @@ def test_state_key_is_generated_once_and_kept():
     assert not any(d["metadata"]["name"].endswith("state-key") for d in render(["--set", "stateKey.existingSecret=mine"]) if d["kind"] == "Secret")
 
 
+# ---- Numbers, capabilities, clusters without DNS ----
+
+BIG_NUMBERS = """
+proxy:
+  maxBodyBytes: 1073741824
+  shutdownGraceSeconds: 3600
+  replicas: 1000000
+  adminPort: 65535
+  service: {port: 65534}
+  autoscaling: {minReplicas: 1000000, maxReplicas: 2000000, targetCPUUtilizationPercentage: 100}
+  podDisruptionBudget: {minAvailable: 1000000}
+operator: {replicas: 5}
+networkPolicy:
+  dnsPorts: [53, 65533]
+  operator: {apiServerPorts: [6443, 65532]}
+  externalRedisPorts: [65531]
+metrics: {serviceMonitor: {enabled: true}}
+"""
+
+
+def env_of(docs, deployment_suffix):
+    d = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"].endswith(deployment_suffix))
+    return {e["name"]: e.get("value") for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+@pytest.mark.parametrize("autoscaling", [True, False])
+def test_numbers_render_as_plain_decimal_integers(tmp_path, autoscaling):
+    """Numbers from a values file reach the templates as float64, which Go prints in e-notation
+    from 1e6 on ("3.3554432e+07", refused by the binary): every number the chart renders, in a
+    string or not, is plain decimal digits."""
+    values = tmp_path / "big.yaml"
+    values.write_text(BIG_NUMBERS)
+    extra = ["-f", str(values), "--set-json", f"proxy.autoscaling.enabled={json.dumps(autoscaling)}"]
+    text = render_text(extra)
+    assert not re.search(r"[0-9]e[+-]?[0-9]", text), [l for l in text.splitlines() if re.search(r"[0-9]e[+-]?[0-9]", l)]
+    docs = render(extra)
+    env = env_of(docs, "-proxy")
+    want = {"GEMINI_PROXY_MAX_BODY_BYTES": "1073741824", "GEMINI_PROXY_SHUTDOWN_GRACE_SECONDS": "3600",
+            "GEMINI_PROXY_LISTEN": "0.0.0.0:65534", "GEMINI_PROXY_ADMIN_LISTEN": "0.0.0.0:65535"}
+    for name, value in want.items():
+        assert env[name] == value, (name, env[name])
+    for name in ["GEMINI_PROXY_MAX_BODY_BYTES", "GEMINI_PROXY_SHUTDOWN_GRACE_SECONDS"]:
+        assert re.fullmatch(r"[0-9]+", env[name]), (name, env[name])
+    proxy = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-proxy"))
+    pod = proxy["spec"]["template"]
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == "65535"
+    assert pod["spec"]["terminationGracePeriodSeconds"] == 3605
+    assert {p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]} == {65534, 65535}
+    if autoscaling:
+        hpa = by_kind(docs, "HorizontalPodAutoscaler")[0]["spec"]
+        assert (hpa["minReplicas"], hpa["maxReplicas"]) == (1000000, 2000000)
+        assert "replicas" not in proxy["spec"]
+    else:
+        assert proxy["spec"]["replicas"] == 1000000
+    assert by_kind(docs, "PodDisruptionBudget")[0]["spec"]["minAvailable"] == 1000000
+    assert env_of(docs, "-operator")["GEMINI_PROXY_OPERATOR_LEADER_ELECTION"] == "true"
+    pod = next(d for d in by_kind(docs, "Pod"))
+    assert "http://gp-gemini-proxy:65534/readyz" in pod["spec"]["containers"][0]["args"]
+    # With the defaults too (the value that crash-looped every proxy).
+    assert env_of(render([]), "-proxy")["GEMINI_PROXY_MAX_BODY_BYTES"] == "33554432"
+    # The defaults, a percentage and an external Redis's ports stay what they were.
+    docs = render(["--set-json", 'proxy.podDisruptionBudget.minAvailable="50%"'])
+    assert by_kind(docs, "PodDisruptionBudget")[0]["spec"]["minAvailable"] == "50%"
+    text = render_text(["-f", str(values), "--set", "redis.bundled.enabled=false",
+                        "--set", "redis.external.url=redis://r.example:16379"])
+    assert not re.search(r"[0-9]e[+-]?[0-9]", text)
+
+
+def test_chart_installs_on_kubernetes_1_20():
+    assert yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"] == ">=1.20.0-0"
+    for version in ["1.20.2", "1.20.15-eks-1234", "1.36.0"]:
+        assert render([], kube_version=version), version
+    r = helm("template", "gp", str(CHART), "--kube-version", "1.19.16", check=False)
+    assert r.returncode != 0 and "kubeVersion" in r.stderr, r.stderr
+
+
+def test_hpa_and_pdb_only_where_their_apis_are_served():
+    # Kubernetes 1.20 serves neither autoscaling/v2 nor policy/v1: no HPA, no PDB, and the
+    # Deployment keeps its replicas (autoscaling is on by default).
+    docs = render([], kube_version="1.20.2")
+    assert not by_kind(docs, "HorizontalPodAutoscaler")
+    assert not by_kind(docs, "PodDisruptionBudget")
+    proxy = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-proxy"))
+    assert proxy["spec"]["replicas"] == 2
+    docs = render(["--set", "proxy.replicas=3"], kube_version="1.20.2")
+    proxy = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-proxy"))
+    assert proxy["spec"]["replicas"] == 3
+    # Served: both, and the HPA owns the replica count.
+    docs = render(["--api-versions", "autoscaling/v2", "--api-versions", "policy/v1"], kube_version="1.34.0")
+    hpa = by_kind(docs, "HorizontalPodAutoscaler")
+    assert [h["apiVersion"] for h in hpa] == ["autoscaling/v2"]
+    assert [p["apiVersion"] for p in by_kind(docs, "PodDisruptionBudget")] == ["policy/v1"]
+    proxy = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-proxy"))
+    assert "replicas" not in proxy["spec"]
+    assert hpa[0]["spec"]["scaleTargetRef"]["name"] == proxy["metadata"]["name"]
+    # Served but switched off: none, and replicas from values.
+    docs = render(["--api-versions", "autoscaling/v2", "--api-versions", "policy/v1",
+                   "--set", "proxy.autoscaling.enabled=false", "--set", "proxy.podDisruptionBudget.enabled=false"])
+    assert not by_kind(docs, "HorizontalPodAutoscaler") and not by_kind(docs, "PodDisruptionBudget")
+    proxy = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-proxy"))
+    assert proxy["spec"]["replicas"] == 2
+    # policy/v1 from 1.21 (PDB) and autoscaling/v2 from 1.23 (HPA).
+    docs = render([], kube_version="1.21.0")
+    assert by_kind(docs, "PodDisruptionBudget") and not by_kind(docs, "HorizontalPodAutoscaler")
+    docs = render([], kube_version="1.23.0")
+    assert by_kind(docs, "PodDisruptionBudget") and by_kind(docs, "HorizontalPodAutoscaler")
+
+
+def pod_specs(docs):
+    """name -> PodSpec of every pod the chart makes (workloads, the uninstall Job, the test Pod)."""
+    out = {}
+    for d in docs:
+        if d["kind"] in ("Deployment", "StatefulSet", "Job"):
+            out[d["metadata"]["name"]] = d["spec"]["template"]["spec"]
+        elif d["kind"] == "Pod":
+            out[d["metadata"]["name"]] = d["spec"]
+    return out
+
+
+def test_host_aliases_and_pinned_service_ips_for_clusters_without_dns():
+    docs = render([])
+    specs = pod_specs(docs)
+    assert set(specs) == {"gp-gemini-proxy-operator", "gp-gemini-proxy-proxy", "gp-gemini-proxy-redis",
+                          "gp-gemini-proxy-uninstall", "gp-gemini-proxy-test-readyz"}
+    assert not any("hostAliases" in s for s in specs.values())
+    assert not any("clusterIP" in s["spec"] for s in by_kind(docs, "Service"))
+    aliases = [{"ip": "10.96.0.50", "hostnames": ["gp-gemini-proxy-redis"]},
+               {"ip": "fd00:10:96::51", "hostnames": ["gp-gemini-proxy", "gp-gemini-proxy.gemini-proxy.svc"]},
+               {"ip": "192.0.2.7", "hostnames": ["generativelanguage.googleapis.com"]}]
+    docs = render(VALUE_SETS["no-dns"] + ["--set-json", "hostAliases=" + json.dumps(aliases)])
+    specs = pod_specs(docs)
+    for name in ["gp-gemini-proxy-operator", "gp-gemini-proxy-proxy", "gp-gemini-proxy-uninstall",
+                 "gp-gemini-proxy-test-readyz"]:
+        assert specs[name]["hostAliases"] == aliases, name
+    services = {s["metadata"]["name"]: s["spec"] for s in by_kind(docs, "Service")}
+    assert services["gp-gemini-proxy-redis"]["clusterIP"] == "10.96.0.50"
+    assert services["gp-gemini-proxy"]["clusterIP"] == "10.96.0.51"
+    # The name the operator and the proxies connect to is the Service an alias can pin.
+    assert env_of(docs, "-proxy")["GEMINI_PROXY_REDIS_URL"] == "redis://gp-gemini-proxy-redis:6379"
+    docs = render(["--set", "redis.bundled.service.clusterIP=fd00:10:96::a"])
+    redis = next(s for s in by_kind(docs, "Service") if s["metadata"]["name"] == "gp-gemini-proxy-redis")
+    assert redis["spec"]["clusterIP"] == "fd00:10:96::a"
+
+
+@pytest.mark.parametrize("bad", [
+    ["--set", "redis.bundled.service.clusterIP=None"],
+    ["--set", "redis.bundled.service.clusterIP=10.96.0.256"],
+    ["--set", "redis.bundled.service.clusterIP=redis.example"],
+    ["--set", "redis.bundled.service.bogus=1"],
+    ["--set", "proxy.service.clusterIP=fd00::1::2"],
+    ["--set-json", "redis.bundled.service.clusterIP=167772210"],
+    ["--set-json", 'hostAliases={"ip":"10.0.0.1"}'],
+    ["--set-json", 'hostAliases=[{"ip":"10.0.0.1","hostnames":["a"],"bogus":1}]'],
+    ["--set-json", 'hostAliases=[{"ip":"10.0.0.1"}]'],
+    ["--set-json", 'hostAliases=[{"ip":"10.0.0.1","hostnames":[]}]'],
+    ["--set-json", 'hostAliases=[{"ip":"10.0.0.1","hostnames":"a"}]'],
+    ["--set-json", 'hostAliases=[{"ip":"10.0.0.1","hostnames":["Not_A_Name"]}]'],
+    ["--set-json", 'hostAliases=[{"ip":"10.0.0","hostnames":["a"]}]'],
+    ["--set-json", 'hostAliases=[{"ip":"my-host","hostnames":["a"]}]'],
+    ["--set-json", 'hostAliases=[{"ip":"","hostnames":["a"]}]'],
+])
+def test_values_schema_checks_host_aliases_and_cluster_ips(bad):
+    r = helm("template", "gp", str(CHART), *bad, check=False)
+    assert r.returncode != 0, f"accepted {bad}"
+    assert "schema" in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("bad", [
     ["--set", "bogus=1"],
     ["--set", "proxy.bogus=1"],
@@ -365,7 +546,8 @@ def served_resources(env, api_version):
     return {r["kind"]: (r["name"], r["namespaced"]) for r in body.get("resources", []) if "/" not in r["name"]}
 
 
-@pytest.mark.parametrize("name", ["defaults", "single-namespace", "external-redis", "monitoring", "network-policy"])
+@pytest.mark.parametrize("name", ["defaults", "single-namespace", "external-redis", "monitoring", "network-policy", "no-dns",
+                                  "kube-1.20-no-dns"])
 def test_rendered_chart_passes_server_side_dry_run(name):
     """Every rendered object whose API version the servers serve (Kubernetes 1.20 for the core
     API, 1.36 for CRDs) is created with dryRun=All: the servers' own validation and admission."""
@@ -391,6 +573,9 @@ def test_rendered_chart_passes_server_side_dry_run(name):
     assert set(unserved) <= {"autoscaling/v2/HorizontalPodAutoscaler", "policy/v1/PodDisruptionBudget",
                              "monitoring.coreos.com/v1/ServiceMonitor",
                              "monitoring.coreos.com/v1/PrometheusRule"}, unserved
+    # Rendered for 1.20, everything is served there.
+    if "1.20" in name:
+        assert not unserved, unserved
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "manifests" / "examples").glob("*.yaml")), ids=lambda p: p.name)

@@ -27,6 +27,30 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s/%s/%s:%s" .ctx.Values.image.registry .ctx.Values.image.repository .name $tag -}}
 {{- end -}}
 
+{{/* Whether the proxies' HorizontalPodAutoscaler (autoscaling/v2, served from Kubernetes 1.23)
+and PodDisruptionBudget (policy/v1, from 1.21) are rendered: when enabled and the cluster serves
+the API. Against a cluster, Capabilities.APIVersions is what it serves; `helm template` reports a
+built-in list whatever --kube-version says, hence the version check too (--api-versions adds to
+the list, it does not replace it). "true" or empty. */}}
+{{- define "gp.proxyHpa" -}}
+{{- if and .Values.proxy.autoscaling.enabled (.Capabilities.APIVersions.Has "autoscaling/v2") (semverCompare ">=1.23.0-0" .Capabilities.KubeVersion.Version) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{- define "gp.proxyPdb" -}}
+{{- $served := or (.Capabilities.APIVersions.Has "policy/v1/PodDisruptionBudget") (.Capabilities.APIVersions.Has "policy/v1") -}}
+{{- if and .Values.proxy.podDisruptionBudget.enabled $served (semverCompare ">=1.21.0-0" .Capabilities.KubeVersion.Version) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* A whole number from values as plain decimal digits. Numbers in values files reach the
+templates as float64, which prints in e-notation from 1e6 on ("3.3554432e+07"). */}}
+{{- define "gp.int" -}}
+{{- printf "%d" (int64 .) -}}
+{{- end -}}
+
 {{- define "gp.stateKeySecret" -}}
 {{- .Values.stateKey.existingSecret | default (printf "%s-state-key" (include "gp.fullname" .)) -}}
 {{- end -}}
@@ -135,8 +159,8 @@ Redis, that ACL user and its password; with an external one, redis.external's cr
 # DNS, wherever the resolver is (a node-local cache included).
 - ports:
     {{- range $np.dnsPorts }}
-    - {port: {{ . }}, protocol: UDP}
-    - {port: {{ . }}, protocol: TCP}
+    - {port: {{ int64 . }}, protocol: UDP}
+    - {port: {{ int64 . }}, protocol: TCP}
     {{- end }}
 {{- if .Values.redis.bundled.enabled }}
 # The bundled Redis.
@@ -151,11 +175,11 @@ Redis, that ACL user and its password; with an external one, redis.external's cr
 {{- $ext := .Values.redis.external -}}
 {{- $ports := list -}}
 {{- range $np.externalRedisPorts }}
-{{- $ports = append $ports (int .) -}}
+{{- $ports = append $ports (int64 .) -}}
 {{- end }}
 {{- range concat (compact (list $ext.url)) $ext.sentinel.urls $ext.cluster.urls }}
 {{- $port := regexFind ":[0-9]+$" (urlParse .).host | trimPrefix ":" | default "6379" -}}
-{{- $ports = append $ports (int $port) -}}
+{{- $ports = append $ports (int64 $port) -}}
 {{- end }}
 # The external Redis (its Sentinels or Cluster nodes too).
 - to:

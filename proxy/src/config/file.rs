@@ -30,6 +30,9 @@ pub struct FileConfig {
     pub max_body_bytes: Option<u64>,
     /// How long in-flight requests and streams may run on after SIGTERM. Default 30.
     pub shutdown_grace_seconds: Option<u64>,
+    /// After SIGTERM, how long to go on serving (not ready, every HTTP/1.1 answer closing its
+    /// connection) before no longer accepting, while load balancers take the pod out. Default 0.
+    pub shutdown_delay_seconds: Option<u64>,
     /// Shared state in Redis; without it, the in-memory store.
     pub store: Option<StoreConfig>,
 }

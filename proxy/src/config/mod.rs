@@ -25,6 +25,8 @@ fn default_upstream_hosts() -> Vec<String> {
 }
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// The longest `shutdownDelaySeconds` taken (a larger value is cut to it).
+pub const MAX_SHUTDOWN_DELAY_S: u64 = 300;
 
 /// Everything the proxy needs, resolved and checked.
 #[derive(Clone, Debug)]
@@ -43,6 +45,9 @@ pub struct Settings {
     pub allowed_upstream_hosts: Vec<String>,
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
+    /// After SIGTERM: serving on, not ready, closing each HTTP/1.1 connection after its answer,
+    /// before accepting stops (the chart sets it while endpoints are withdrawn).
+    pub shutdown_delay: Duration,
     /// Shared state in Redis; `None`: the in-memory store.
     pub store: Option<RedisConfig>,
 }
@@ -152,6 +157,7 @@ impl Settings {
             allowed_upstream_hosts: default_upstream_hosts(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            shutdown_delay: Duration::ZERO,
             store: None,
         })
     }
@@ -169,6 +175,7 @@ impl Settings {
             allowed_upstream_hosts: default_upstream_hosts(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            shutdown_delay: Duration::ZERO,
             store: None,
         }
     }
@@ -345,6 +352,7 @@ impl Resolver<'_> {
                 .shutdown_grace_seconds
                 .map(Duration::from_secs)
                 .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+            shutdown_delay: Duration::from_secs(file.shutdown_delay_seconds.unwrap_or(0).min(MAX_SHUTDOWN_DELAY_S)),
             store,
         })
     }
