@@ -254,9 +254,10 @@ describe() {
 
 case "${1:-}" in
   build) build ;;
-  standins) ensure_tools; standin_debian; standin_rust; standin_distroless; standin_redis ;;
+  standins) ensure_tools; standin_debian; standin_rust; standin_distroless; standin_redis; standin_pause ;;
   project) ensure_tools; project_images ;;
   prune) prune ;;
+  tests) ensure_tools; test_images ;;
   export) export_images "${2:?export needs a directory}" ;;
   env) images_env ;;
   describe) describe ;;

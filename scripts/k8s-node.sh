@@ -210,6 +210,10 @@ node_stop() {
   if [ -f "$dir/kube-proxy.pid" ]; then
     eval "$(node_paths)"
     "$KUBE_PROXY" --cleanup >/dev/null 2>&1 || true
+    # The kubelet's own chains (KUBE-MARK-*, canaries), which kube-proxy leaves.
+    if iptables-save 2>/dev/null | grep -q KUBE-; then
+      iptables-save | grep -v KUBE- | iptables-restore || true
+    fi
   fi
   for f in $(ip netns list 2>/dev/null | awk '/^cni-/ {print $1}'); do ip netns delete "$f" 2>/dev/null || true; done
   [ -f "$dir/bridge" ] && ip link del "$(cat "$dir/bridge")" 2>/dev/null || true

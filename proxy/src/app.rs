@@ -98,8 +98,10 @@ impl Service<Request> for Entry {
             let mut res = forward::handle(State(app.clone()), req).await;
             if h1 && app.draining.load(std::sync::atomic::Ordering::Relaxed) {
                 // Draining: the client's next request opens a connection elsewhere.
-                res.headers_mut()
-                    .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                res.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
             }
             Ok(res)
         })

@@ -467,7 +467,10 @@ async fn run(
     signal.recv().await;
     // Draining: not ready, and every HTTP/1.1 answer closes its connection, so that clients
     // move to other pods while the endpoints are withdrawn; then no new connections.
-    proxy.app.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    proxy
+        .app
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     if !settings.shutdown_delay.is_zero() {
         tracing::info!(
             delay_s = settings.shutdown_delay.as_secs(),

@@ -202,7 +202,11 @@ async fn exchange(s: &mut tokio::net::TcpStream, path: &str) -> (String, String,
             .await
             .expect("an answer in time")
             .unwrap();
-        assert!(n > 0, "closed before the answer: {:?}", String::from_utf8_lossy(&buf));
+        assert!(
+            n > 0,
+            "closed before the answer: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.extend_from_slice(&chunk[..n]);
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
@@ -242,31 +246,60 @@ async fn a_shutdown_delay_serves_on_unready_and_closes_connections_after_each_an
     );
     let mut p = ProxyProcess::with_config(BIN, &config, &[]).await;
     let c = Client::new();
-    assert_eq!(c.call(Method::GET, &format!("{}/readyz", p.admin_url()), &[], "").await.status, 200);
+    assert_eq!(
+        c.call(Method::GET, &format!("{}/readyz", p.admin_url()), &[], "")
+            .await
+            .status,
+        200
+    );
     let mut kept = tokio::net::TcpStream::connect(p.addr).await.unwrap();
     let (head, _, closed) = exchange(&mut kept, MODEL_PATH).await;
-    assert!(head.starts_with("http/1.1 200") && !head.contains("connection: close") && !closed, "{head}");
+    assert!(
+        head.starts_with("http/1.1 200") && !head.contains("connection: close") && !closed,
+        "{head}"
+    );
 
     let signalled = Instant::now();
     p.terminate();
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Not ready, on both ports, with the reason on the admin listener; alive still.
-    let ready = c.call(Method::GET, &format!("{}/readyz", p.admin_url()), &[], "").await;
+    let ready = c
+        .call(Method::GET, &format!("{}/readyz", p.admin_url()), &[], "")
+        .await;
     assert_eq!(ready.status, 503, "{}", ready.text());
     assert!(ready.text().contains("draining"), "{}", ready.text());
-    assert_eq!(c.call(Method::GET, &format!("{}/readyz", p.url()), &[], "").await.status, 503);
+    assert_eq!(
+        c.call(Method::GET, &format!("{}/readyz", p.url()), &[], "")
+            .await
+            .status,
+        503
+    );
     // The kept-alive connection is served once more, then closed by the proxy...
     let (head, body, closed) = exchange(&mut kept, MODEL_PATH).await;
-    assert!(head.starts_with("http/1.1 200") && head.contains("connection: close"), "{head}");
-    assert!(body.contains("candidates") && closed, "{body} closed={closed}");
+    assert!(
+        head.starts_with("http/1.1 200") && head.contains("connection: close"),
+        "{head}"
+    );
+    assert!(
+        body.contains("candidates") && closed,
+        "{body} closed={closed}"
+    );
     // ...and new connections are still accepted and served, one answer each.
-    let mut fresh = tokio::net::TcpStream::connect(p.addr).await.expect("accepting during the delay");
+    let mut fresh = tokio::net::TcpStream::connect(p.addr)
+        .await
+        .expect("accepting during the delay");
     let (head, _, closed) = exchange(&mut fresh, MODEL_PATH).await;
     assert!(head.contains("connection: close") && closed, "{head}");
-    assert!(signalled.elapsed() < Duration::from_secs(2), "the delay ran out before the checks");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(2),
+        "the delay ran out before the checks"
+    );
     // After the delay: no new connections; liveness answers until the process ends.
     tokio::time::sleep(Duration::from_secs(2).saturating_sub(signalled.elapsed())).await;
-    assert!(refuses_new_connections(&p).await, "still accepting after the delay");
+    assert!(
+        refuses_new_connections(&p).await,
+        "still accepting after the delay"
+    );
     let status = p.wait_exit(Duration::from_secs(10)).await.expect("exited");
     assert!(status.success(), "exit status {status}:\n{}", p.logs());
     assert!(p.logs().contains("draining"), "{}", p.logs());

@@ -352,7 +352,11 @@ impl Resolver<'_> {
                 .shutdown_grace_seconds
                 .map(Duration::from_secs)
                 .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
-            shutdown_delay: Duration::from_secs(file.shutdown_delay_seconds.unwrap_or(0).min(MAX_SHUTDOWN_DELAY_S)),
+            shutdown_delay: Duration::from_secs(
+                file.shutdown_delay_seconds
+                    .unwrap_or(0)
+                    .min(MAX_SHUTDOWN_DELAY_S),
+            ),
             store,
         })
     }
