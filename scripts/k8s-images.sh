@@ -180,7 +180,8 @@ test_images() {
   "${B[@]}" config --entrypoint '["/usr/local/bin/mock-gemini"]' --cmd 0.0.0.0:8000 "$c"
   "${B[@]}" commit -q --rm "$c" "$MOCK_IMAGE" >/dev/null
 
-  local app_base="gemini-proxy.test/sdk-base:v$IMAGES_VERSION"
+  local app_base
+  app_base="gemini-proxy.test/sdk-base:v$IMAGES_VERSION-$(sha256sum tests/node/app/requirements.txt | cut -c1-12)"
   if ! have "$app_base"; then
     log "$app_base (Python 3 and the official SDKs of tests/node/app/requirements.txt)"
     c=$("${B[@]}" from --pull=never "$DEBIAN_IMAGE")

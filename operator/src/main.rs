@@ -215,10 +215,10 @@ async fn run(args: RunArgs) -> Result<(), String> {
         .build()
         .await
         .map_err(|e| format!("lease: {e}"))?;
-    let (mut leader, _task) = manager.watch().await;
-    loop {
+    let (mut leader, task) = manager.watch().await;
+    let result = loop {
         if *stop_rx.borrow() {
-            return Ok(());
+            break Ok(());
         }
         let leading = *leader.borrow_and_update();
         probe.standby.store(!leading, Ordering::Relaxed);
@@ -237,11 +237,21 @@ async fn run(args: RunArgs) -> Result<(), String> {
             tracing::info!(lease = %args.lease_name, "standing by for the lease");
             let mut stop = stop_rx.clone();
             tokio::select! {
-                r = leader.changed() => if r.is_err() { return Err("lease manager stopped".into()) },
-                _ = stop.wait_for(|s| *s) => return Ok(()),
+                r = leader.changed() => if r.is_err() { break Err("lease manager stopped".into()) },
+                _ = stop.wait_for(|s| *s) => break Ok(()),
             }
         }
+    };
+    // Stopping (SIGTERM, e.g. a deleted pod): the lease manager releases the Lease once its
+    // channel closes, so a standby takes over at once instead of after the lease runs out.
+    drop(leader);
+    match tokio::time::timeout(Duration::from_secs(5), task).await {
+        Ok(Ok(Ok(_))) => tracing::info!(lease = %args.lease_name, "lease released"),
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "lease not released"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "lease manager task failed"),
+        Err(_) => tracing::warn!("lease not released within 5 s"),
     }
+    result
 }
 
 async fn spawn_probes(addr: SocketAddr, probe: Arc<Probe>) -> Result<(), String> {

@@ -65,6 +65,18 @@ class Redis:
         r = subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, env=env, timeout=10)
         return (r.stdout + r.stderr).strip()
 
+    def session(self, user, *commands):
+        """Commands (lists of arguments) on one connection as `user` (redis-cli reading them
+        from its stdin), e.g. MULTI ... EXEC; redis-cli's output lines."""
+        cmd = [tool("redis-cli"), "-h", "127.0.0.1", "-p", str(self.port), "--user", user]
+        env = dict(os.environ, REDISCLI_AUTH=self.passwords[user])
+        text = "".join(" ".join(json.dumps(str(a)) for a in c) + "\n" for c in commands)
+        r = subprocess.run(cmd, input=text, capture_output=True, text=True, env=env, timeout=10)
+        out = (r.stdout + r.stderr).strip().splitlines()
+        assert not [l for l in out if re.match(r"^(\(error\) )?(NOPERM|NOAUTH|ERR|WRONGPASS|WRONGTYPE|EXECABORT)", l)
+                    or "AUTH failed" in l], f"{user}: {commands} -> {out}"
+        return out
+
     def ok(self, user, *args):
         out = self.cli(user, *args)
         assert not re.match(r"^(NOPERM|NOAUTH|ERR|WRONGPASS|WRONGTYPE)", out) and "AUTH failed" not in out, \
@@ -103,17 +115,9 @@ def resp(*args):
     return out
 
 
-@pytest.fixture(scope="module", params=["gemini-proxy:", "acme.gp-1_"], ids=["default-prefix", "other-prefix"])
-def redis(request, tmp_path_factory):
-    """The rendered Redis container's start script, run in front of a real redis-server."""
-    prefix = request.param
-    docs = render(["--set", f"redis.keyPrefix={prefix}"])
-    _, container, secret = redis_parts(docs)
-    passwords = {u: base64.b64decode(secret["data"][f"{u}-password"]).decode() for u in ["operator", "proxy"]}
-    tmp = tmp_path_factory.mktemp("redis")
-    acl_file = tmp / "acl" / "users.acl"
-    acl_file.parent.mkdir()
-    # The container's environment: plain values as rendered, secretKeyRefs from the rendered Secret.
+def container_env(container, secret, acl_file):
+    """The Redis container's environment: plain values as rendered, secretKeyRefs from the
+    rendered Secret; the ACL file moved to `acl_file`."""
     env = {"PATH": os.environ["PATH"]}
     for e in container["env"]:
         if "value" in e:
@@ -124,30 +128,60 @@ def redis(request, tmp_path_factory):
             env[e["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
     assert env["REDIS_ACL_FILE"].startswith("/acl/")
     env["REDIS_ACL_FILE"] = str(acl_file)
+    return env
+
+
+def start_redis(container, env, args, log_path):
+    """The rendered start script (container's command) with `args` for redis-server, logging
+    to `log_path` (appended); returns the process once the port in `args` is listened on."""
     tool("redis-server")
-    port = free_port()
     command = container["command"]
     assert command[:2] == ["sh", "-c"] and command[3] == "redis-server", command
-    log = open(tmp / "redis.log", "w")
-    proc = subprocess.Popen(command + ["--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-                                       "--dir", str(tmp)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    port = int(args[args.index("--port") + 1])
+    with open(log_path, "a") as log:
+        proc = subprocess.Popen(command + [str(a) for a in args], env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 10
+    try:
+        while True:
+            assert proc.poll() is None, "redis did not start:\n" + log_path.read_text()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return proc
+            except OSError:
+                assert time.time() < deadline, "redis did not listen:\n" + log_path.read_text()
+                time.sleep(0.05)
+    except BaseException:
+        stop_redis(proc)
+        raise
+
+
+def stop_redis(proc):
+    """SIGTERM, as the kubelet does: redis-server shuts down cleanly (and fsyncs its AOF)."""
+    if proc.poll() is None:
+        proc.terminate()
+    assert proc.wait(10) is not None
+
+
+@pytest.fixture(scope="module", params=["gemini-proxy:", "acme.gp-1_"], ids=["default-prefix", "other-prefix"])
+def redis(request, tmp_path_factory):
+    """The rendered Redis container's start script, run in front of a real redis-server."""
+    prefix = request.param
+    docs = render(["--set", f"redis.keyPrefix={prefix}"])
+    _, container, secret = redis_parts(docs)
+    passwords = {u: base64.b64decode(secret["data"][f"{u}-password"]).decode() for u in ["operator", "proxy"]}
+    tmp = tmp_path_factory.mktemp("redis")
+    acl_file = tmp / "acl" / "users.acl"
+    acl_file.parent.mkdir()
+    env = container_env(container, secret, acl_file)
+    port = free_port()
+    proc = start_redis(container, env, ["--bind", "127.0.0.1", "--port", port, "--save", "", "--appendonly", "no",
+                                        "--dir", tmp], tmp / "redis.log")
     r = Redis(port, passwords)
     r.prefix, r.acl_file, r.container, r.secret, r.env = prefix, acl_file, container, secret, env
     try:
-        deadline = time.time() + 10
-        while True:
-            assert proc.poll() is None, "redis did not start:\n" + (tmp / "redis.log").read_text()
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert time.time() < deadline, "redis did not listen:\n" + (tmp / "redis.log").read_text()
-                time.sleep(0.05)
         yield r
     finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
+        stop_redis(proc)
 
 
 def test_passwords_are_generated_kept_and_never_in_the_pod_spec(redis):
@@ -185,6 +219,97 @@ def test_default_user_and_wrong_passwords_are_refused(redis):
     assert "WRONGPASS" in redis.cli("default", "PING", password="")
     assert "WRONGPASS" in redis.cli("proxy", "PING", password=redis.passwords["operator"])
     assert "WRONGPASS" in redis.cli("operator", "PING", password=redis.passwords["proxy"])
+
+
+def test_transactions_survive_a_restart_with_the_aof(tmp_path):
+    """The chart's Redis keeps its data in its AOF (--appendonly yes) and replays it at start.
+    The replaying client is the `default` user, and EXEC re-checks the ACL for the queued
+    commands (redis/redis#14541): with `default` off and without permissions, every MULTI/EXEC
+    of the AOF (the store's scripts are written there as one too) is refused at each restart and
+    its writes lost. So write as the store does, restart on the same data with the same start
+    script, and find everything back."""
+    docs = render([])
+    sts, container, secret = redis_parts(docs)
+    passwords = {u: base64.b64decode(secret["data"][f"{u}-password"]).decode() for u in ["operator", "proxy"]}
+    data = tmp_path / "data"
+    data.mkdir()
+    (tmp_path / "acl").mkdir()
+    acl_file = tmp_path / "acl" / "users.acl"
+    env = container_env(container, secret, acl_file)
+    # The rendered args (the AOF on, no RDB snapshots), with the data volume here.
+    args = container["args"]
+    assert args[args.index("--appendonly") + 1] == "yes" and args[args.index("--dir") + 1] == "/data", args
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/data")
+    assert mount["name"] in {t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]}, mount
+    port = free_port()
+    args = [str(data) if a == "/data" else a for a in args] + ["--bind", "127.0.0.1", "--port", port]
+    log = tmp_path / "redis.log"
+    r = Redis(port, passwords)
+    r.prefix = "gemini-proxy:"
+    k = keys(r.prefix)
+    k2 = keys(r.prefix, "ns/h")
+    publish, transition = rust_script("PUBLISH_GROUP"), rust_script("TRANSITION")
+
+    def contents():
+        return {name: r.ok("operator", *cmd) for name, cmd in {
+            "group": ["HGETALL", k["group"]], "keys": ["HGETALL", k["keys"]], "groups": ["SMEMBERS", k["groups"]],
+            "group2": ["HGETALL", k2["group"]], "keys2": ["HGETALL", k2["keys"]],
+            "usage": ["HGETALL", k["usage_m"]], "usage2": ["HGETALL", k2["usage_m"]], "audit": ["XLEN", k["audit"]],
+            "aff": ["GET", k["aff"]], "plain": ["GET", r.prefix + "plain"],
+            "multi": ["MGET", r.prefix + "multi:a", r.prefix + "multi:b"]}.items()}
+
+    proc = start_redis(container, env, args, log)
+    try:
+        first_acl = acl_file.read_text()
+        # Plain writes.
+        r.ok("operator", "SET", r.prefix + "plain", "1")
+        r.ok("operator", "SADD", k["groups"], "ns/g", "ns/h")
+        r.ok("proxy", "SET", k["aff"], "{}", "EX", 3600)
+        # Transactions, by hand.
+        r.session("operator", ["MULTI"], ["SET", r.prefix + "multi:a", "a"], ["SET", r.prefix + "multi:b", "b"],
+                  ["HSET", k2["group"], "version", "1"], ["EXPIRE", r.prefix + "multi:a", 86400], ["EXEC"])
+        r.session("proxy", ["MULTI"], ["HINCRBY", k["usage_m"], "k:key-1:req", 2], ["EXPIRE", k["usage_m"], 7200],
+                  ["XADD", k["audit"], "MAXLEN", "~", 1000, "*", "e", "{}"], ["EXEC"])
+        r.session("proxy", ["MULTI"], ["HINCRBY", k2["usage_m"], "k:key-2:req", 3], ["EXPIRE", k2["usage_m"], 7200],
+                  ["EXEC"])
+        # The store's scripts: the operator publishes snapshots (a transaction in the AOF), the
+        # proxy changes a key's state.
+        for g, fp in [(k, "fp-1"), (k2, "fp-2")]:
+            r.ok("operator", "EVAL", publish, 2, g["group"], g["keys"], fp, "sealed-" + fp, g["events"],
+                 "ns/g", "key-1")
+        t = '{"kind":"cool","untilMs":9999999999999,"reason":"rate","model":"m"}'
+        r.ok("proxy", "EVAL", transition, 1, k["keys"], 1, t, "proxy-1", k["events"], "ns/g", "key-1")
+        before = contents()
+    finally:
+        stop_redis(proc)
+    assert "sealed-fp-1" in before["group"] and "sealed-fp-2" in before["group2"] and "cool" in before["keys"]
+    assert before["multi"].split() == ["a", "b"] and "version" in before["group2"], before
+    aof = "".join(f.read_text(errors="replace") for f in (data / "appendonlydir").glob("*.aof"))
+    assert aof.count("MULTI") >= 5 and aof.count("EXEC") >= 5, "the test should replay transactions"
+
+    proc = start_redis(container, env, args, log)
+    try:
+        # The server answers once the AOF is loaded.
+        deadline = time.time() + 10
+        while "LOADING" in (out := r.cli("operator", "PING")):
+            assert time.time() < deadline, out
+            time.sleep(0.05)
+        after = contents()
+        # A new ACL file with a new, unknown password for `default`; the clients' unchanged.
+        second_acl = acl_file.read_text()
+        # Still nobody gets in as `default`.
+        assert r.cli(None, "GET", r.prefix + "plain").startswith("NOAUTH")
+        assert "WRONGPASS" in r.cli("default", "GET", r.prefix + "plain", password="")
+        r.noperm("proxy", "HSET", k["group"], "data", "forged")
+    finally:
+        stop_redis(proc)
+    text = log.read_text()
+    assert text.count("DB loaded from append only file") == 1, text
+    assert not re.search(r"NOPERM|CRITICAL|Bad file format|Unrecoverable|AOF.*(truncated|corrupt)", text, re.I), text
+    assert after == before
+    default_lines = [l for t in (first_acl, second_acl) for l in t.splitlines() if l.startswith("user default ")]
+    assert len(default_lines) == 2 and default_lines[0] != default_lines[1], default_lines
+    assert first_acl.replace(default_lines[0], "") == second_acl.replace(default_lines[1], "")
 
 
 def test_readiness_probe_pings_with_auth(redis):

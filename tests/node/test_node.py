@@ -316,8 +316,8 @@ def test_a_rollout_under_load_fails_no_request_and_breaks_no_stream():
 
     def restart():
         t0 = time.monotonic()
-        kubectl("rollout", "restart", f"deployment/{RELEASE}", "-n", NS)
-        kubectl("rollout", "status", f"deployment/{RELEASE}", "-n", NS, "--timeout=240s", timeout=260)
+        kubectl("rollout", "restart", f"deployment/{RELEASE}-proxy", "-n", NS)
+        kubectl("rollout", "status", f"deployment/{RELEASE}-proxy", "-n", NS, "--timeout=240s", timeout=260)
         print(f"\nrollout restart done in {time.monotonic() - t0:.1f} s")
 
     phase, s = run_app("sdk-rollout", 75, during=restart, workers=4)
@@ -394,15 +394,18 @@ def test_the_operators_fail_over_when_the_leaders_pod_is_deleted():
     assert new_leader != leader
     assert took < duration + 10
 
-    # No Event twice: each (object, reason, note) appears once.
-    events = kjson("get", "events.v1.events.k8s.io", "-n", APP_NS, direct=True)["items"]
+    # No Event twice: each of the operator's Events (object, reason, note) appears once, though
+    # two leaders wrote them and Redis restarted in between (its AOF kept the store, so no key
+    # was added again).
+    events = [ev for ev in kjson("get", "events.v1.events.k8s.io", "-n", APP_NS, direct=True)["items"]
+              if ev.get("reportingController") == "gemini-proxy-operator"]
     seen = {}
     for ev in events:
-        k = (ev.get("regarding", {}).get("name"), ev.get("reason"), ev.get("note"))
+        k = (ev.get("regarding", {}).get("uid"), ev.get("regarding", {}).get("name"), ev.get("reason"), ev.get("note"))
         seen[k] = seen.get(k, 0) + 1 + max(0, (ev.get("series") or {}).get("count", 1) - 1)
     twice = {k: n for k, n in seen.items() if n > 1}
     assert not twice, twice
-    assert any(k[1] == "KeyAdded" for k in seen), seen
+    assert any(k[2] == "KeyAdded" and k[1] == "after-failover" for k in seen), seen
 
 
 # --- 6. uninstall -----------------------------------------------------------------------------
