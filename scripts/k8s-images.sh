@@ -168,6 +168,7 @@ project_images() {
     "${B[@]}" build --quiet --isolation chroot --network host --layers --pull=never \
       -f "Dockerfile.${f%%:*}" -t "$img" . >"$STORE/build-${f%%:*}.log" 2>&1 \
       || { tail -40 "$STORE/build-${f%%:*}.log" >&2; die "Dockerfile.${f%%:*} failed"; }
+    tag_dependency_layers
   done
 }
 
@@ -197,15 +198,28 @@ test_images() {
   "${B[@]}" commit -q --rm "$c" "$APP_IMAGE" >/dev/null
 }
 
+# The image of each Dockerfile's dependency step is tagged (gemini-proxy.test/cache:<crate>):
+# removing an untagged image also removes its untagged parents that are left without
+# children, so without a tag pruning the source steps would take the whole cached chain.
+tag_dependency_layers() {
+  local id last crate
+  for id in $("${B[@]}" images -a -q --no-trunc --filter dangling=true); do
+    last=$("${B[@]}" inspect --type image --format '{{range .History}}{{.CreatedBy}}{{"\n"}}{{end}}' "$id" 2>/dev/null | grep . | tail -1) || continue
+    case "$last" in *"rm -rf keystore/src"*) ;; *) continue ;; esac
+    crate=$(printf '%s' "$last" | grep -o -- '-p gemini-proxy[a-z-]*' | head -1 | cut -c4-)
+    [ -n "$crate" ] && "${B[@]}" tag "$id" "gemini-proxy.test/cache:$crate" >/dev/null
+  done
+}
+
 # What each run leaves behind and no later run reuses: the Dockerfiles' intermediate images
-# from the sources on (each run's sources differ) and the final stages' intermediates. The
-# chain up to the dependency step stays: it is the cache the next run's `buildah build
-# --layers` finds. (Children first, so that no image is removed under another.)
+# from the sources on (each run's sources differ), the final stages' intermediates, and
+# dependency steps of earlier manifests. The chain up to the tagged dependency steps stays:
+# it is the cache the next run's `buildah build --layers` finds.
 prune() {
   local id hist n=0
   for id in $("${B[@]}" images -a -q --no-trunc --filter dangling=true); do
     hist=$("${B[@]}" inspect --type image --format '{{range .History}}{{.CreatedBy}}{{"\n"}}{{end}}' "$id" 2>/dev/null) || continue
-    if printf '%s\n' "$hist" | awk '/rm -rf keystore\/src/ {dep = NR} /[^ ]/ {last = NR} END {exit !(dep && last > dep)}' \
+    if printf '%s\n' "$hist" | grep -q 'rm -rf keystore/src' \
       || printf '%s\n' "$hist" | grep -q 'in /usr/local/bin/gemini-proxy'; then
       "${B[@]}" rmi "$id" >/dev/null 2>&1 && n=$((n + 1))
     fi
@@ -248,8 +262,10 @@ export_images() {
 describe() {
   local img
   for img in "$PROXY_IMAGE" "$OPERATOR_IMAGE"; do
-    "${B[@]}" inspect --type image --format "$img: user {{.OCIv1.Config.User}}, {{.OCIv1.Config.Entrypoint}}" "$img"
-    "${B[@]}" images --format '{{.Name}}:{{.Tag}} {{.Size}}' "$img"
+    printf '%s: %s, user %s, entrypoint %s\n' "$img" \
+      "$("${B[@]}" images --format '{{.Size}}' "$img")" \
+      "$("${B[@]}" inspect --type image --format '{{.OCIv1.Config.User}}' "$img")" \
+      "$("${B[@]}" inspect --type image --format '{{.OCIv1.Config.Entrypoint}}' "$img")"
   done
 }
 

@@ -207,16 +207,49 @@ def test_the_acl_file_holds_hashes_only_and_is_private(redis):
     for user, pw in redis.passwords.items():
         assert pw not in text
         assert f"user {user} reset on #{hashlib.sha256(pw.encode()).hexdigest()} " in text
-    assert "user default reset off" in text
+    # `default` is on for the AOF's replay (test_transactions_survive_a_restart_with_the_aof),
+    # with every right, and a password nobody knows: a new random one at each start, of which
+    # only the hash is kept.
+    default = [l for l in text.splitlines() if l.startswith("user default ")]
+    assert len(default) == 1 and re.fullmatch(r"user default reset on #[0-9a-f]{64} ~\* &\* \+@all", default[0]), default
+    default_hash = default[0].split()[4][1:]
+    known = [hashlib.sha256(pw.encode()).hexdigest() for pw in list(redis.passwords.values()) + [""]]
+    assert default_hash not in known
+    script = redis.container["command"][2]
+    assert "DEFAULT_PASSWORD=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n')" in script
+    assert '[ "${#DEFAULT_PASSWORD}" -eq 64 ] ||' in script and "unset DEFAULT_PASSWORD" in script
+    assert script.count("DEFAULT_PASSWORD") == 4 and "export" not in script, script
     # redis-server itself does not keep the passwords in its environment.
-    assert "unset REDIS_OPERATOR_PASSWORD REDIS_PROXY_PASSWORD REDISCLI_AUTH" in redis.container["command"][2]
+    assert "unset REDIS_OPERATOR_PASSWORD REDIS_PROXY_PASSWORD REDISCLI_AUTH" in script
+
+
+def raw(port, *commands):
+    """Commands on one unauthenticated connection, over RESP: the replies' first lines."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"".join(resp(*c) for c in commands))
+        data = b""
+        deadline = time.time() + 5
+        while data.count(b"\r\n") < len(commands) and time.time() < deadline:
+            data += s.recv(4096)
+    return [l.decode() for l in data.split(b"\r\n")[:len(commands)]]
 
 
 def test_default_user_and_wrong_passwords_are_refused(redis):
+    # A new connection is not logged in as `default` (on, but with a password nobody knows).
     assert redis.cli(None, "PING").startswith("NOAUTH")
     assert redis.cli(None, "GET", redis.prefix + "aff:x").startswith("NOAUTH")
+    assert redis.cli(None, "ACL", "WHOAMI").startswith("NOAUTH")
+    assert redis.cli(None, "SET", "x", "1").startswith("NOAUTH")
+    assert redis.cli(None, "EVAL", "return 1", 0).startswith("NOAUTH")
     assert "WRONGPASS" in redis.cli("default", "PING", password="nopass")
     assert "WRONGPASS" in redis.cli("default", "PING", password="")
+    default_hash = next(l for l in redis.acl_file.read_text().splitlines() if l.startswith("user default ")).split()[4]
+    for guess in [redis.passwords["operator"], redis.passwords["proxy"], default_hash, default_hash[1:]]:
+        assert "WRONGPASS" in redis.cli("default", "PING", password=guess)
+    # AUTH with the password alone is AUTH default; HELLO's AUTH too; and nothing gets through after.
+    replies = raw(redis.port, ["AUTH", "anything"], ["AUTH", "default", "anything"], ["AUTH", "default", ""],
+                  ["HELLO", "3", "AUTH", "default", "anything"], ["PING"], ["GET", redis.prefix + "aff:x"])
+    assert [r.split()[0] for r in replies] == ["-WRONGPASS"] * 4 + ["-NOAUTH"] * 2, replies
     assert "WRONGPASS" in redis.cli("proxy", "PING", password=redis.passwords["operator"])
     assert "WRONGPASS" in redis.cli("operator", "PING", password=redis.passwords["proxy"])
 
@@ -251,7 +284,11 @@ def test_transactions_survive_a_restart_with_the_aof(tmp_path):
     publish, transition = rust_script("PUBLISH_GROUP"), rust_script("TRANSITION")
 
     def contents():
-        return {name: r.ok("operator", *cmd) for name, cmd in {
+        def read(cmd):
+            lines = r.ok("operator", *cmd).splitlines()
+            # Neither a set's nor a hash's order need be kept by a reload.
+            return dict(zip(lines[::2], lines[1::2])) if cmd[0] == "HGETALL" else sorted(lines)
+        return {name: read(cmd) for name, cmd in {
             "group": ["HGETALL", k["group"]], "keys": ["HGETALL", k["keys"]], "groups": ["SMEMBERS", k["groups"]],
             "group2": ["HGETALL", k2["group"]], "keys2": ["HGETALL", k2["keys"]],
             "usage": ["HGETALL", k["usage_m"]], "usage2": ["HGETALL", k2["usage_m"]], "audit": ["XLEN", k["audit"]],
@@ -282,8 +319,9 @@ def test_transactions_survive_a_restart_with_the_aof(tmp_path):
         before = contents()
     finally:
         stop_redis(proc)
-    assert "sealed-fp-1" in before["group"] and "sealed-fp-2" in before["group2"] and "cool" in before["keys"]
-    assert before["multi"].split() == ["a", "b"] and "version" in before["group2"], before
+    assert before["group"]["data"] == "sealed-fp-1" and before["group2"]["data"] == "sealed-fp-2", before
+    assert "9999999999999" in before["keys"]["key-1"] and before["groups"] == ["ns/g", "ns/h"], before
+    assert before["multi"] == ["a", "b"] and "version" in before["group2"] and before["audit"] == ["1"], before
     aof = "".join(f.read_text(errors="replace") for f in (data / "appendonlydir").glob("*.aof"))
     assert aof.count("MULTI") >= 5 and aof.count("EXEC") >= 5, "the test should replay transactions"
 
@@ -303,10 +341,10 @@ def test_transactions_survive_a_restart_with_the_aof(tmp_path):
         r.noperm("proxy", "HSET", k["group"], "data", "forged")
     finally:
         stop_redis(proc)
+    assert after == before
     text = log.read_text()
     assert text.count("DB loaded from append only file") == 1, text
     assert not re.search(r"NOPERM|CRITICAL|Bad file format|Unrecoverable|AOF.*(truncated|corrupt)", text, re.I), text
-    assert after == before
     default_lines = [l for t in (first_acl, second_acl) for l in t.splitlines() if l.startswith("user default ")]
     assert len(default_lines) == 2 and default_lines[0] != default_lines[1], default_lines
     assert first_acl.replace(default_lines[0], "") == second_acl.replace(default_lines[1], "")

@@ -79,16 +79,24 @@ seccompProfile:
 {{- end -}}
 
 {{/* The bundled Redis's ACL users, one line each (the key prefix is checked first, since it
-goes into glob patterns). Expects the shell variables OP_HASH and PROXY_HASH (SHA-256 hex of
-the passwords) where it is used. The proxy reads group snapshots (`{g:NAME}:group`) and the
-group index (`{index}:groups`) and writes nothing else than its own state. */}}
+goes into glob patterns). Expects the shell variables OP_HASH, PROXY_HASH (SHA-256 hex of the
+passwords) and DEFAULT_HASH (of a random password made at each start, known to nobody) where it
+is used. The proxy reads group snapshots (`{g:NAME}:group`) and the group index
+(`{index}:groups`) and writes nothing else than its own state.
+`default` is on, with every right: Redis replays its AOF at start as the `default` user, and EXEC
+re-checks the ACL for the queued commands (redis/redis#14541, in Redis 7 and Valkey), so with
+`default` off or restricted every MULTI/EXEC of the AOF (the store's scripts are written there as
+one) would be refused and its writes lost at each restart. The replay must take whatever the
+other users wrote, under any earlier key prefix or ACL too: hence all keys, channels and
+commands. Nobody can log in as `default` all the same: a new connection is not authenticated as
+a user with a password, and its password is thrown away once hashed. */}}
 {{- define "gp.redisAcl" -}}
 {{- $p := .Values.redis.keyPrefix -}}
 {{- if not (regexMatch "^[A-Za-z0-9:_.-]*$" $p) -}}
 {{- fail (printf `redis.keyPrefix %q: with the bundled Redis it may hold only letters, digits and ":_.-" (it goes into the ACL's key patterns)` $p) -}}
 {{- end -}}
 {{- $cmds := "+@all -@dangerous -function -script|flush -script|kill -script|debug" -}}
-user default reset off
+user default reset on #${DEFAULT_HASH} ~* &* +@all
 user operator reset on #${OP_HASH} ~{{ $p }}* &{{ $p }}* {{ $cmds }}
 user proxy reset on #${PROXY_HASH} %R~{{ $p }}{g:*}:group %R~{{ $p }}{index}:groups ~{{ $p }}{g:*}:keys ~{{ $p }}{g:*}:health ~{{ $p }}{g:*}:usage:m:* ~{{ $p }}{g:*}:usage:d:* ~{{ $p }}{g:*}:rate:s:* ~{{ $p }}{g:*}:rate:d:* ~{{ $p }}{g:*}:audit ~{{ $p }}aff:* ~{{ $p }}{index}:proxies &{{ $p }}events {{ $cmds }}
 {{- end -}}
