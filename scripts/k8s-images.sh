@@ -203,7 +203,9 @@ test_images() {
 # children, so without a tag pruning the source steps would take the whole cached chain.
 tag_dependency_layers() {
   local id last crate
-  for id in $("${B[@]}" images -a -q --no-trunc --filter dangling=true); do
+  # (Untagged images with children are "intermediate", without "dangling".)
+  for id in $("${B[@]}" images -a -q --no-trunc --filter intermediate=true) \
+    $("${B[@]}" images -a -q --no-trunc --filter dangling=true); do
     last=$("${B[@]}" inspect --type image --format '{{range .History}}{{.CreatedBy}}{{"\n"}}{{end}}' "$id" 2>/dev/null | grep . | tail -1) || continue
     case "$last" in *"rm -rf keystore/src"*) ;; *) continue ;; esac
     crate=$(printf '%s' "$last" | grep -o -- '-p gemini-proxy[a-z-]*' | head -1 | cut -c4-)
@@ -273,7 +275,7 @@ case "${1:-}" in
   build) build ;;
   standins) ensure_tools; standin_debian; standin_rust; standin_distroless; standin_redis; standin_pause ;;
   project) ensure_tools; project_images ;;
-  prune) prune ;;
+  prune) tag_dependency_layers; prune ;;
   tests) ensure_tools; test_images ;;
   export) export_images "${2:?export needs a directory}" ;;
   env) images_env ;;
