@@ -118,12 +118,26 @@ async fn serve(bytes: Vec<u8>, cuts: Vec<f64>, close: bool) -> Arc<str> {
                 .collect();
             cuts.sort_unstable();
             tokio::spawn(async move {
-                let mut head = Vec::new();
+                // The whole request, body included: a socket closed with unread bytes sends a
+                // reset, which may destroy the answer before the client has read it.
+                let mut req = Vec::new();
                 let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let whole = |req: &[u8]| {
+                    let Some(end) = req.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        return false;
+                    };
+                    let head = String::from_utf8_lossy(&req[..end]).to_ascii_lowercase();
+                    let len = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    req.len() >= end + 4 + len
+                };
+                while !whole(&req) {
                     match tokio::io::AsyncReadExt::read(&mut s, &mut buf).await {
                         Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
                     }
                 }
                 let mut at = 0;
