@@ -141,12 +141,7 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
         ));
     }
     body.push('\n');
-    let code = if draining {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        crate::app::readiness_code(&groups)
-    };
-    (code, body).into_response()
+    (crate::app::readiness_code(app, &groups), body).into_response()
 }
 
 async fn metrics(State(admin): State<Arc<Admin>>) -> Response {

@@ -92,12 +92,13 @@ impl Service<Request> for Entry {
             return Box::pin(self.router.clone().oneshot(req));
         }
         let app = self.app.clone();
-        // HTTP/2 has no Connection header; its connections end by GOAWAY at the stop.
-        let h1 = req.version() < http::Version::HTTP_2;
+        // Draining: the client's next request opens a connection elsewhere. (HTTP/2 has no
+        // Connection header; its connections end by GOAWAY at the stop.)
+        let close = req.version() < http::Version::HTTP_2
+            && app.draining.load(std::sync::atomic::Ordering::Relaxed);
         Box::pin(async move {
-            let mut res = forward::handle(State(app.clone()), req).await;
-            if h1 && app.draining.load(std::sync::atomic::Ordering::Relaxed) {
-                // Draining: the client's next request opens a connection elsewhere.
+            let mut res = forward::handle(State(app), req).await;
+            if close {
                 res.headers_mut().insert(
                     http::header::CONNECTION,
                     http::HeaderValue::from_static("close"),
@@ -117,11 +118,7 @@ async fn healthz() -> &'static str {
 /// listener, with group names and key counts).
 async fn readyz(State(app): State<Arc<App>>) -> Response {
     let groups = app.registry.groups();
-    let code = if app.draining.load(std::sync::atomic::Ordering::Relaxed) {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        readiness_code(&groups)
-    };
+    let code = readiness_code(&app, &groups);
     let body = if code == StatusCode::OK {
         "ready\n"
     } else {
@@ -135,8 +132,9 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 /// GeminiKeyGroup status; taking every pod out of the Service for it would turn the clients'
 /// 429/503 answers (in their SDK's envelope) into refused connections, and would keep
 /// `helm install --wait` hanging until the first group exists.
-pub fn readiness_code(groups: &crate::registry::Groups) -> StatusCode {
-    if groups.loaded {
+/// A draining proxy (after SIGTERM) is not ready either.
+pub fn readiness_code(app: &App, groups: &crate::registry::Groups) -> StatusCode {
+    if groups.loaded && !app.draining.load(std::sync::atomic::Ordering::Relaxed) {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
